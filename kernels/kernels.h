@@ -1,0 +1,80 @@
+/* kernels: the compute backend interface. A backend is one table of functions plus a context
+ * pointer (ggml-style); the CPU backend (kernels/cpu) is the reference, CUDA comes later.
+ *
+ * Dimension letters:
+ *   T   positions in the batch            D   model width
+ *   N   output rows of a matmul           K   reduction length (input width)
+ *   H   query heads   Hkv  key/value heads   Dh  head width
+ *   S   KV-cache slots (row stride of the caches is Hkv*Dh floats)
+ *
+ * Batch invariance (DESIGN.md §2): every output element is computed with a reduction order
+ * fixed by the element alone — never by T, the thread count or which thread runs it — so a
+ * position's result is bitwise the same whether it is computed alone or inside a batch. */
+#ifndef SD_KERNELS_H
+#define SD_KERNELS_H
+
+#include <stdint.h>
+
+#include "../common/sd_err.h"
+#include "dtype.h"
+
+typedef struct kern_backend kern_backend;
+
+struct kern_backend {
+    const char *name; /* "cpu-avx512vnni", "cpu-avx2", "cpu-portable", ... */
+    void *ctx;
+
+    /* out[T][N] = x[T][K] · W[N][K]^T, W rows of type wt (row stride dtype_row_bytes(wt, K)). */
+    void (*matmul)(void *ctx, float *out, const float *x, const void *w, sd_dtype wt, int T,
+                   int N, int K);
+
+    /* out[T][D] = x / sqrt(mean(x^2) + eps) * w[D]. out may alias x. */
+    void (*rmsnorm)(void *ctx, float *out, const float *x, const float *w, int T, int D,
+                    float eps);
+
+    /* Rotary embedding in place on x[T][H][Dh] at positions pos[T]; the first n_rot dims of each
+     * head rotate. neox = 0: pairs (2i, 2i+1); neox = 1: pairs (i, i + n_rot/2). */
+    void (*rope)(void *ctx, float *x, const int *pos, int T, int H, int Dh, int n_rot,
+                 float freq_base, int neox);
+
+    /* Causal/tree attention. For position t, the keys are cache slots 0..n_prefix-1 followed by
+     * the slots anc[anc_off[t] .. anc_off[t+1]-1] (its in-batch ancestors in root-to-node order,
+     * then itself), in exactly that order — the order a token-by-token decode would see.
+     * q[T][H][Dh], kc/vc[S][Hkv][Dh], out[T][H][Dh]. Head h reads KV head h / (H/Hkv).
+     * scale multiplies q·k (normally 1/sqrt(Dh)). */
+    void (*attention)(void *ctx, float *out, const float *q, const float *kc, const float *vc,
+                      int n_prefix, const int *anc, const int *anc_off, int T, int H, int Hkv,
+                      int Dh, float scale);
+
+    /* gate[T*F] = silu(gate) * up, in place on gate. */
+    void (*silu_mul)(void *ctx, float *gate, const float *up, int n);
+
+    /* x[n] += y[n]. */
+    void (*add)(void *ctx, float *x, const float *y, int n);
+
+    /* out[T][N] += bias[N] (Qwen2 QKV bias). */
+    void (*add_bias)(void *ctx, float *out, const float *bias, int T, int N);
+
+    void (*free)(kern_backend *b);
+};
+
+/* CPU backend flags. */
+enum {
+    KERN_CPU_PORTABLE = 1u << 0, /* plain C only, whatever the CPU has (the tested fallback) */
+    KERN_CPU_F32_ACT = 1u << 1,  /* f32 activations in matmul (exact path); default quantizes
+                                    activations to 8-bit blocks for integer dot products */
+};
+
+/* n_threads <= 0: all online cores. */
+sd_err kern_cpu_create(kern_backend **out, int n_threads, unsigned flags);
+
+/* What the CPU offers, as detected at run time: "avx512vnni avx2 fma ..." */
+const char *kern_cpu_features(void);
+
+static inline void kern_free(kern_backend *b)
+{
+    if (b)
+        b->free(b);
+}
+
+#endif
