@@ -1,0 +1,97 @@
+#include "kv.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+sd_err kv_init(kv_cache **out, int n_layer, int row, int n_ctx)
+{
+    *out = NULL;
+    if (n_layer <= 0 || row <= 0 || n_ctx <= 0)
+        return sd_fail(SD_EINVAL, "kv cache: bad shape (layers %d, row %d, context %d)", n_layer,
+                       row, n_ctx);
+    kv_cache *kv = calloc(1, sizeof *kv);
+    if (!kv)
+        return SD_ENOMEM;
+    size_t n = (size_t)n_layer * (size_t)n_ctx * (size_t)row;
+    kv->n_layer = n_layer;
+    kv->n_ctx = n_ctx;
+    kv->row = row;
+    kv->k = malloc(n * sizeof(float));
+    kv->v = malloc(n * sizeof(float));
+    kv->parent = malloc(sizeof(int) * (size_t)n_ctx);
+    kv->depth = malloc(sizeof(int) * (size_t)n_ctx);
+    kv->tok = malloc(sizeof(int32_t) * (size_t)n_ctx);
+    if (!kv->k || !kv->v || !kv->parent || !kv->depth || !kv->tok) {
+        kv_free(kv);
+        return sd_fail(SD_ENOMEM, "kv cache: cannot allocate %zu MiB for %d positions",
+                       2 * n * sizeof(float) >> 20, n_ctx);
+    }
+    *out = kv;
+    return SD_OK;
+}
+
+void kv_free(kv_cache *kv)
+{
+    if (!kv)
+        return;
+    free(kv->k);
+    free(kv->v);
+    free(kv->parent);
+    free(kv->depth);
+    free(kv->tok);
+    free(kv);
+}
+
+void kv_clear_pending(kv_cache *kv) { kv->n_pending = 0; }
+
+sd_err kv_truncate(kv_cache *kv, int n)
+{
+    if (n < 0 || n > kv->n_committed)
+        return sd_fail(SD_ERANGE, "kv truncate to %d: committed length is %d", n, kv->n_committed);
+    kv->n_committed = n;
+    kv->n_pending = 0;
+    return SD_OK;
+}
+
+sd_err kv_commit_path(kv_cache *kv, const int *path, int n)
+{
+    if (n < 0 || n > kv->n_pending)
+        return sd_fail(SD_ERANGE, "kv commit: path of %d nodes, %d pending", n, kv->n_pending);
+    for (int i = 0; i < n; i++) {
+        int p = path[i];
+        if (p < 0 || p >= kv->n_pending)
+            return sd_fail(SD_ERANGE, "kv commit: path[%d] = %d, %d pending", i, p, kv->n_pending);
+        int want = i == 0 ? -1 : path[i - 1];
+        if (kv->parent[p] != want)
+            return sd_fail(SD_EINVAL, "kv commit: path[%d] = node %d has parent %d, expected %d", i,
+                           p, kv->parent[p], want);
+    }
+    /* Pending indices along a path strictly increase and path[i] >= i, so copying slot
+     * base+path[i] down to base+i never overwrites a source still to be read. */
+    int base = kv->n_committed;
+    for (int i = 0; i < n; i++) {
+        int src = base + path[i], dst = base + i;
+        if (src == dst)
+            continue;
+        for (int l = 0; l < kv->n_layer; l++) {
+            memcpy(kv_k(kv, l) + (size_t)dst * kv->row, kv_k(kv, l) + (size_t)src * kv->row,
+                   sizeof(float) * (size_t)kv->row);
+            memcpy(kv_v(kv, l) + (size_t)dst * kv->row, kv_v(kv, l) + (size_t)src * kv->row,
+                   sizeof(float) * (size_t)kv->row);
+        }
+        kv->tok[dst] = kv->tok[src];
+    }
+    kv->n_committed += n;
+    kv->n_pending = 0;
+    return SD_OK;
+}
+
+sd_err kv_commit_all(kv_cache *kv)
+{
+    for (int i = 0; i < kv->n_pending; i++)
+        if (kv->parent[i] != i - 1)
+            return sd_fail(SD_EINVAL, "kv commit: pending node %d is not on one chain", i);
+    kv->n_committed += kv->n_pending;
+    kv->n_pending = 0;
+    return SD_OK;
+}

@@ -1,0 +1,512 @@
+#include "model.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../common/log.h"
+
+struct model {
+    model_config cfg;
+    gguf *owned; /* set when model_open opened the file */
+    const gguf *g;
+    kern_backend *be;
+    int own_be;
+    model_w tok_embd; /* [V][D] */
+    const float *out_norm; /* [D] */
+    model_w output;   /* [V][D] (= tok_embd when tied) */
+    model_layer *layers; /* [n_layer] */
+    uint64_t weight_bytes;
+};
+
+struct model_run {
+    int t_max;
+    float *x, *xn, *q, *k, *v, *att, *gate, *up, *tmp; /* [t_max][...] */
+    int *pos, *anc_off, *anc;
+    size_t anc_cap;
+    int *path; /* scratch for one node's ancestors, n_ctx long */
+    int path_cap;
+};
+
+/* Supported architectures and how they differ. */
+static const struct {
+    const char *name;
+    int rope_neox, qkv_bias;
+} model_archs[] = {
+    {"llama", 0, 0},
+    {"mistral", 0, 0},
+    {"qwen2", 1, 1},
+};
+
+static sd_err get_u32(const gguf *g, const char *arch, const char *key, int *out, int dflt,
+                      int required)
+{
+    char full[128];
+    snprintf(full, sizeof full, "%s.%s", arch, key);
+    uint32_t v;
+    sd_err e = gguf_get_u32(g, full, &v);
+    if (e == SD_ENOTFOUND && !required) {
+        *out = dflt;
+        return SD_OK;
+    }
+    if (e == SD_ENOTFOUND)
+        return sd_fail(SD_EPROTO, "%s: missing metadata key '%s'", gguf_path(g), full);
+    if (e)
+        return sd_fail(e, "%s: metadata key '%s': %s", gguf_path(g), full, sd_errmsg());
+    if (v == 0 || v > (1u << 24))
+        return sd_fail(SD_EPROTO, "%s: metadata key '%s' = %u is out of range", gguf_path(g), full,
+                       v);
+    *out = (int)v;
+    return SD_OK;
+}
+
+static sd_err get_f32(const gguf *g, const char *arch, const char *key, float *out, float dflt)
+{
+    char full[128];
+    snprintf(full, sizeof full, "%s.%s", arch, key);
+    sd_err e = gguf_get_f32(g, full, out);
+    if (e == SD_ENOTFOUND) {
+        *out = dflt;
+        return SD_OK;
+    }
+    if (e)
+        return sd_fail(e, "%s: metadata key '%s': %s", gguf_path(g), full, sd_errmsg());
+    if (!isfinite(*out) || *out <= 0)
+        return sd_fail(SD_EPROTO, "%s: metadata key '%s' = %g is out of range", gguf_path(g),
+                       full, *out);
+    return SD_OK;
+}
+
+/* Find a tensor and check its shape: ne0 x ne1 (ne1 = 0 for a vector). */
+static sd_err find_t(const gguf *g, const char *name, uint64_t ne0, uint64_t ne1, int optional,
+                     const gguf_tensor **out)
+{
+    const gguf_tensor *t = gguf_find_tensor(g, name);
+    *out = t;
+    if (!t)
+        return optional ? SD_OK
+                        : sd_fail(SD_EPROTO, "%s: missing tensor '%s'", gguf_path(g), name);
+    int dims_ok = ne1 ? (t->n_dims == 2 && t->ne[0] == ne0 && t->ne[1] == ne1)
+                      : (t->n_dims == 1 && t->ne[0] == ne0);
+    if (!dims_ok)
+        return sd_fail(SD_EPROTO,
+                       "%s: tensor '%s' has shape [%llu, %llu], expected [%llu, %llu]",
+                       gguf_path(g), name, (unsigned long long)t->ne[0],
+                       (unsigned long long)(t->n_dims > 1 ? t->ne[1] : 0),
+                       (unsigned long long)ne0, (unsigned long long)ne1);
+    return SD_OK;
+}
+
+static sd_err load_vec(const gguf *g, const char *name, uint64_t n, int optional,
+                       const float **out)
+{
+    const gguf_tensor *t;
+    sd_err e = find_t(g, name, n, 0, optional, &t);
+    *out = NULL;
+    if (e || !t)
+        return e;
+    if (t->type != SD_DTYPE_F32)
+        return sd_fail(SD_EUNSUPPORTED, "%s: tensor '%s' is %s; norms and biases must be F32",
+                       gguf_path(g), name, dtype_name(t->type));
+    *out = t->data;
+    return SD_OK;
+}
+
+static sd_err load_mat(model *m, const char *name, uint64_t k, uint64_t n, model_w *out)
+{
+    const gguf_tensor *t;
+    sd_err e = find_t(m->g, name, k, n, 0, &t);
+    if (e)
+        return e;
+    out->data = t->data;
+    out->type = t->type;
+    return SD_OK;
+}
+
+static sd_err load_config(model *m, const model_opts *o)
+{
+    const gguf *g = m->g;
+    model_config *c = &m->cfg;
+    const char *s;
+    size_t len;
+    if (gguf_get_str(g, "general.architecture", &s, &len))
+        return sd_fail(SD_EPROTO, "%s: missing metadata key 'general.architecture'", gguf_path(g));
+    if (len >= sizeof c->arch)
+        len = sizeof c->arch - 1;
+    memcpy(c->arch, s, len);
+    c->arch[len] = 0;
+    size_t a;
+    for (a = 0; a < sizeof model_archs / sizeof model_archs[0]; a++)
+        if (strcmp(model_archs[a].name, c->arch) == 0)
+            break;
+    if (a == sizeof model_archs / sizeof model_archs[0])
+        return sd_fail(SD_EUNSUPPORTED,
+                       "%s: architecture '%s' is not supported (supported: llama, mistral, qwen2)",
+                       gguf_path(g), c->arch);
+    c->rope_neox = model_archs[a].rope_neox;
+    c->qkv_bias = model_archs[a].qkv_bias;
+    sd_err e;
+    if ((e = get_u32(g, c->arch, "block_count", &c->n_layer_file, 0, 1)) ||
+        (e = get_u32(g, c->arch, "embedding_length", &c->n_embd, 0, 1)) ||
+        (e = get_u32(g, c->arch, "feed_forward_length", &c->n_ff, 0, 1)) ||
+        (e = get_u32(g, c->arch, "attention.head_count", &c->n_head, 0, 1)) ||
+        (e = get_u32(g, c->arch, "attention.head_count_kv", &c->n_head_kv, c->n_head, 0)) ||
+        (e = get_u32(g, c->arch, "context_length", &c->n_ctx_train, 2048, 0)) ||
+        (e = get_f32(g, c->arch, "rope.freq_base", &c->rope_base, 10000.0f)) ||
+        (e = get_f32(g, c->arch, "attention.layer_norm_rms_epsilon", &c->norm_eps, 1e-5f)))
+        return e;
+    if (c->n_embd % c->n_head || c->n_head % c->n_head_kv)
+        return sd_fail(SD_EPROTO, "%s: width %d, %d heads, %d kv heads do not divide", gguf_path(g),
+                       c->n_embd, c->n_head, c->n_head_kv);
+    c->head_dim = c->n_embd / c->n_head;
+    if ((e = get_u32(g, c->arch, "rope.dimension_count", &c->n_rot, c->head_dim, 0)))
+        return e;
+    if (c->n_rot > c->head_dim || c->n_rot % 2 || c->head_dim % 2)
+        return sd_fail(SD_EPROTO, "%s: rope dimension %d does not fit head width %d",
+                       gguf_path(g), c->n_rot, c->head_dim);
+    const gguf_tensor *te = gguf_find_tensor(g, "token_embd.weight");
+    if (!te || te->n_dims != 2 || te->ne[0] != (uint64_t)c->n_embd || te->ne[1] > (1u << 24))
+        return sd_fail(SD_EPROTO, "%s: tensor 'token_embd.weight' missing or not [%d, vocab]",
+                       gguf_path(g), c->n_embd);
+    c->n_vocab = (int)te->ne[1];
+    c->n_layer = c->n_layer_file;
+    if (o && o->layers) {
+        if (o->n_layers <= 0 || o->n_layers > c->n_layer_file)
+            return sd_fail(SD_EINVAL, "layer subset of %d layers (model has %d)", o->n_layers,
+                           c->n_layer_file);
+        for (int i = 0; i < o->n_layers; i++)
+            if (o->layers[i] < 0 || o->layers[i] >= c->n_layer_file ||
+                (i && o->layers[i] <= o->layers[i - 1]))
+                return sd_fail(SD_EINVAL,
+                               "layer subset: entry %d = %d must be increasing and < %d", i,
+                               o->layers[i], c->n_layer_file);
+        c->n_layer = o->n_layers;
+    }
+    return SD_OK;
+}
+
+static sd_err load_weights(model *m, const model_opts *o)
+{
+    model_config *c = &m->cfg;
+    const gguf *g = m->g;
+    uint64_t D = (uint64_t)c->n_embd, Q = (uint64_t)c->n_head * c->head_dim,
+             KV = (uint64_t)c->n_head_kv * c->head_dim, F = (uint64_t)c->n_ff,
+             V = (uint64_t)c->n_vocab;
+    sd_err e;
+    if ((e = load_mat(m, "token_embd.weight", D, V, &m->tok_embd)) ||
+        (e = load_vec(g, "output_norm.weight", D, 0, &m->out_norm)))
+        return e;
+    const gguf_tensor *to;
+    if ((e = find_t(g, "output.weight", D, V, 1, &to)))
+        return e;
+    c->tied_output = to == NULL;
+    if (to) {
+        m->output.data = to->data;
+        m->output.type = to->type;
+    } else {
+        m->output = m->tok_embd;
+    }
+    m->layers = calloc((size_t)c->n_layer, sizeof *m->layers);
+    if (!m->layers)
+        return SD_ENOMEM;
+    m->weight_bytes = dtype_row_bytes(m->output.type, D) * V;
+    for (int i = 0; i < c->n_layer; i++) {
+        int fl = o && o->layers ? o->layers[i] : i;
+        model_layer *L = &m->layers[i];
+        char n[96];
+#define NAME(s) (snprintf(n, sizeof n, "blk.%d." s, fl), n)
+        if ((e = load_vec(g, NAME("attn_norm.weight"), D, 0, &L->attn_norm)) ||
+            (e = load_vec(g, NAME("ffn_norm.weight"), D, 0, &L->ffn_norm)) ||
+            (e = load_mat(m, NAME("attn_q.weight"), D, Q, &L->wq)) ||
+            (e = load_mat(m, NAME("attn_k.weight"), D, KV, &L->wk)) ||
+            (e = load_mat(m, NAME("attn_v.weight"), D, KV, &L->wv)) ||
+            (e = load_mat(m, NAME("attn_output.weight"), Q, D, &L->wo)) ||
+            (e = load_mat(m, NAME("ffn_gate.weight"), D, F, &L->w_gate)) ||
+            (e = load_mat(m, NAME("ffn_up.weight"), D, F, &L->w_up)) ||
+            (e = load_mat(m, NAME("ffn_down.weight"), F, D, &L->w_down)))
+            return e;
+        if (c->qkv_bias &&
+            ((e = load_vec(g, NAME("attn_q.bias"), Q, 0, &L->bq)) ||
+             (e = load_vec(g, NAME("attn_k.bias"), KV, 0, &L->bk)) ||
+             (e = load_vec(g, NAME("attn_v.bias"), KV, 0, &L->bv))))
+            return e;
+#undef NAME
+        m->weight_bytes += dtype_row_bytes(L->wq.type, D) * Q + dtype_row_bytes(L->wk.type, D) * KV +
+                           dtype_row_bytes(L->wv.type, D) * KV + dtype_row_bytes(L->wo.type, Q) * D +
+                           dtype_row_bytes(L->w_gate.type, D) * F +
+                           dtype_row_bytes(L->w_up.type, D) * F +
+                           dtype_row_bytes(L->w_down.type, F) * D;
+    }
+    return SD_OK;
+}
+
+sd_err model_init(model **out, const gguf *g, const model_opts *o)
+{
+    *out = NULL;
+    model *m = calloc(1, sizeof *m);
+    if (!m)
+        return SD_ENOMEM;
+    m->g = g;
+    sd_err e = load_config(m, o);
+    if (!e)
+        e = load_weights(m, o);
+    if (!e) {
+        if (o && o->backend) {
+            m->be = o->backend;
+        } else {
+            e = kern_cpu_create(&m->be, o ? o->n_threads : 0, o ? o->kern_flags : 0);
+            m->own_be = !e;
+        }
+    }
+    if (e) {
+        model_free(m);
+        return e;
+    }
+    LOG_INFO("model", "%s: %s, %d/%d layers, D=%d H=%d/%d F=%d V=%d, backend %s", gguf_path(g),
+             m->cfg.arch, m->cfg.n_layer, m->cfg.n_layer_file, m->cfg.n_embd, m->cfg.n_head,
+             m->cfg.n_head_kv, m->cfg.n_ff, m->cfg.n_vocab, m->be->name);
+    *out = m;
+    return SD_OK;
+}
+
+sd_err model_open(model **out, const char *path, const model_opts *o)
+{
+    *out = NULL;
+    gguf *g;
+    sd_err e = gguf_open(&g, path);
+    if (e)
+        return e;
+    e = model_init(out, g, o);
+    if (e) {
+        gguf_close(g);
+        return e;
+    }
+    (*out)->owned = g;
+    return SD_OK;
+}
+
+void model_free(model *m)
+{
+    if (!m)
+        return;
+    if (m->own_be)
+        kern_free(m->be);
+    free(m->layers);
+    gguf_close(m->owned);
+    free(m);
+}
+
+const model_config *model_cfg(const model *m) { return &m->cfg; }
+const gguf *model_gguf(const model *m) { return m->g; }
+kern_backend *model_backend(const model *m) { return m->be; }
+uint64_t model_weight_bytes(const model *m) { return m->weight_bytes; }
+
+sd_err model_kv_init(const model *m, kv_cache **out, int n_ctx)
+{
+    if (n_ctx <= 0)
+        n_ctx = m->cfg.n_ctx_train;
+    return kv_init(out, m->cfg.n_layer, m->cfg.n_head_kv * m->cfg.head_dim, n_ctx);
+}
+
+sd_err model_run_init(model_run **out, const model *m, int t_max)
+{
+    *out = NULL;
+    if (t_max <= 0 || t_max > 4096)
+        return sd_fail(SD_EINVAL, "batch size %d: must be in 1..4096", t_max);
+    const model_config *c = &m->cfg;
+    model_run *r = calloc(1, sizeof *r);
+    if (!r)
+        return SD_ENOMEM;
+    size_t T = (size_t)t_max, D = (size_t)c->n_embd, Q = (size_t)c->n_head * c->head_dim,
+           KV = (size_t)c->n_head_kv * c->head_dim, F = (size_t)c->n_ff;
+    r->t_max = t_max;
+    r->x = malloc(sizeof(float) * T * D);
+    r->xn = malloc(sizeof(float) * T * D);
+    r->tmp = malloc(sizeof(float) * T * D);
+    r->q = malloc(sizeof(float) * T * Q);
+    r->att = malloc(sizeof(float) * T * Q);
+    r->k = malloc(sizeof(float) * T * KV);
+    r->v = malloc(sizeof(float) * T * KV);
+    r->gate = malloc(sizeof(float) * T * F);
+    r->up = malloc(sizeof(float) * T * F);
+    r->pos = malloc(sizeof(int) * T);
+    r->anc_off = malloc(sizeof(int) * (T + 1));
+    if (!r->x || !r->xn || !r->tmp || !r->q || !r->att || !r->k || !r->v || !r->gate || !r->up ||
+        !r->pos || !r->anc_off) {
+        model_run_free(r);
+        return SD_ENOMEM;
+    }
+    *out = r;
+    return SD_OK;
+}
+
+void model_run_free(model_run *r)
+{
+    if (!r)
+        return;
+    free(r->x);
+    free(r->xn);
+    free(r->tmp);
+    free(r->q);
+    free(r->att);
+    free(r->k);
+    free(r->v);
+    free(r->gate);
+    free(r->up);
+    free(r->pos);
+    free(r->anc_off);
+    free(r->anc);
+    free(r->path);
+    free(r);
+}
+
+static sd_err grow(int **p, size_t *cap, size_t need)
+{
+    if (need <= *cap)
+        return SD_OK;
+    size_t n = *cap ? *cap : 1024;
+    while (n < need)
+        n *= 2;
+    int *q = realloc(*p, n * sizeof(int));
+    if (!q)
+        return SD_ENOMEM;
+    *p = q;
+    *cap = n;
+    return SD_OK;
+}
+
+/* Build positions and ancestor slot lists for pending nodes [first, first+T). The lists grow
+ * only when a batch is deeper than any before (amortised, never per token in steady state). */
+static sd_err build_anc(model_run *r, const kv_cache *kv, int first, int T)
+{
+    size_t total = 0;
+    for (int i = 0; i < T; i++)
+        total += (size_t)kv->depth[first + i] + 1;
+    size_t pcap = (size_t)r->path_cap;
+    sd_err e = grow(&r->anc, &r->anc_cap, total);
+    if (!e)
+        e = grow(&r->path, &pcap, (size_t)kv->n_ctx);
+    if (e)
+        return sd_fail(SD_ENOMEM, "forward: cannot allocate ancestor lists (%zu entries)", total);
+    r->path_cap = (int)pcap;
+    size_t o = 0;
+    for (int i = 0; i < T; i++) {
+        int node = first + i, n = 0;
+        r->pos[i] = kv->n_committed + kv->depth[node];
+        for (int a = node; a >= 0; a = kv->parent[a])
+            r->path[n++] = kv->n_committed + a;
+        r->anc_off[i] = (int)o;
+        while (n > 0) /* root-to-node order: the order a sequential decode sees its keys */
+            r->anc[o++] = r->path[--n];
+    }
+    r->anc_off[T] = (int)o;
+    return SD_OK;
+}
+
+static void layer_forward(model *m, model_run *r, kv_cache *kv, int l, int first, int T)
+{
+    const model_config *c = &m->cfg;
+    const model_layer *L = &m->layers[l];
+    kern_backend *be = m->be;
+    void *bc = be->ctx;
+    int D = c->n_embd, Q = c->n_head * c->head_dim, KV = c->n_head_kv * c->head_dim, F = c->n_ff;
+
+    be->rmsnorm(bc, r->xn, r->x, L->attn_norm, T, D, c->norm_eps);
+    be->matmul(bc, r->q, r->xn, L->wq.data, L->wq.type, T, Q, D);
+    be->matmul(bc, r->k, r->xn, L->wk.data, L->wk.type, T, KV, D);
+    be->matmul(bc, r->v, r->xn, L->wv.data, L->wv.type, T, KV, D);
+    if (L->bq) {
+        be->add_bias(bc, r->q, L->bq, T, Q);
+        be->add_bias(bc, r->k, L->bk, T, KV);
+        be->add_bias(bc, r->v, L->bv, T, KV);
+    }
+    be->rope(bc, r->q, r->pos, T, c->n_head, c->head_dim, c->n_rot, c->rope_base, c->rope_neox);
+    be->rope(bc, r->k, r->pos, T, c->n_head_kv, c->head_dim, c->n_rot, c->rope_base,
+             c->rope_neox);
+    size_t slot0 = (size_t)(kv->n_committed + first);
+    memcpy(kv_k(kv, l) + slot0 * KV, r->k, sizeof(float) * (size_t)T * KV);
+    memcpy(kv_v(kv, l) + slot0 * KV, r->v, sizeof(float) * (size_t)T * KV);
+    be->attention(bc, r->att, r->q, kv_k(kv, l), kv_v(kv, l), kv->n_committed, r->anc, r->anc_off,
+                  T, c->n_head, c->n_head_kv, c->head_dim, 1.0f / sqrtf((float)c->head_dim));
+    be->matmul(bc, r->tmp, r->att, L->wo.data, L->wo.type, T, D, Q);
+    be->add(bc, r->x, r->tmp, T * D);
+
+    be->rmsnorm(bc, r->xn, r->x, L->ffn_norm, T, D, c->norm_eps);
+    be->matmul(bc, r->gate, r->xn, L->w_gate.data, L->w_gate.type, T, F, D);
+    be->matmul(bc, r->up, r->xn, L->w_up.data, L->w_up.type, T, F, D);
+    be->silu_mul(bc, r->gate, r->up, T * F);
+    be->matmul(bc, r->tmp, r->gate, L->w_down.data, L->w_down.type, T, D, F);
+    be->add(bc, r->x, r->tmp, T * D);
+}
+
+sd_err model_forward(model *m, model_run *r, kv_cache *kv, const int32_t *tokens,
+                     const int *parents, int T, const int *out_idx, int n_out, float *logits)
+{
+    const model_config *c = &m->cfg;
+    int V = c->n_vocab, D = c->n_embd;
+    if (T <= 0)
+        return sd_fail(SD_EINVAL, "forward: empty batch");
+    if (kv->n_layer != c->n_layer || kv->row != c->n_head_kv * c->head_dim)
+        return sd_fail(SD_EINVAL, "forward: kv cache shaped for another model");
+    int P = kv->n_pending;
+    if ((long)kv->n_committed + P + T > kv->n_ctx)
+        return sd_fail(SD_ERANGE, "forward: %d committed + %d pending + %d new positions exceed the "
+                       "context of %d", kv->n_committed, P, T, kv->n_ctx);
+    for (int i = 0; i < T; i++) {
+        if (tokens[i] < 0 || tokens[i] >= V)
+            return sd_fail(SD_ERANGE, "forward: token %d at batch index %d is outside the "
+                           "vocabulary (0..%d)", tokens[i], i, V - 1);
+        if (parents && (parents[i] < -1 || parents[i] >= P + i))
+            return sd_fail(SD_EINVAL, "forward: node %d has parent %d; parents must be -1 or an "
+                           "earlier node (< %d)", P + i, parents[i], P + i);
+    }
+    if (n_out < 0 || n_out > T || (!out_idx && n_out > 1))
+        return sd_fail(SD_EINVAL, "forward: %d logits rows requested from a batch of %d", n_out, T);
+    for (int j = 0; out_idx && j < n_out; j++)
+        if (out_idx[j] < 0 || out_idx[j] >= T || (j && out_idx[j] <= out_idx[j - 1]))
+            return sd_fail(SD_EINVAL, "forward: logits index %d must be increasing in 0..%d",
+                           out_idx[j], T - 1);
+
+    /* Register the nodes first: the whole batch's tree shape is known before any compute. */
+    for (int i = 0; i < T; i++) {
+        int node = P + i;
+        int par = parents ? parents[i] : node - 1;
+        kv->parent[node] = par;
+        kv->depth[node] = par < 0 ? 0 : kv->depth[par] + 1;
+        kv->tok[kv->n_committed + node] = tokens[i];
+    }
+    kv->n_pending = P + T;
+
+    int j = 0; /* next logits row */
+    for (int c0 = 0; c0 < T; c0 += r->t_max) {
+        int n = T - c0 < r->t_max ? T - c0 : r->t_max;
+        sd_err e = build_anc(r, kv, P + c0, n);
+        if (e) {
+            kv->n_pending = P;
+            return e;
+        }
+        for (int i = 0; i < n; i++)
+            dtype_dequant_row(r->x + (size_t)i * D,
+                              (const uint8_t *)m->tok_embd.data +
+                                  (size_t)tokens[c0 + i] * dtype_row_bytes(m->tok_embd.type, D),
+                              m->tok_embd.type, (size_t)D);
+        for (int l = 0; l < c->n_layer; l++)
+            layer_forward(m, r, kv, l, P + c0, n);
+        /* Gather the rows whose logits are wanted, then one matmul over the head for them. */
+        int g = 0, j0 = j;
+        for (; j < n_out; j++) {
+            int bi = out_idx ? out_idx[j] : T - 1;
+            if (bi >= c0 + n)
+                break;
+            memcpy(r->xn + (size_t)g * D, r->x + (size_t)(bi - c0) * D, sizeof(float) * D);
+            g++;
+        }
+        if (g) {
+            m->be->rmsnorm(m->be->ctx, r->xn, r->xn, m->out_norm, g, D, c->norm_eps);
+            m->be->matmul(m->be->ctx, logits + (size_t)j0 * V, r->xn, m->output.data,
+                          m->output.type, g, V, D);
+        }
+    }
+    return SD_OK;
+}
