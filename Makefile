@@ -45,6 +45,7 @@ fuzz: setup
 	    -print_final_stats=1 $(FUZZ_BUILD)/fuzz-corpus tests/fuzz/corpus
 
 bench: setup build
+	mkdir -p bench/out
 	$(BUILD)/bench_engine --model $(MODEL)
 
 format:
