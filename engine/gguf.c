@@ -179,6 +179,18 @@ static const char *vt_name(uint32_t t)
     return t < sizeof names / sizeof names[0] ? names[t] : "unknown";
 }
 
+/* Names of all ggml type ids, supported or not, so an error can say what the file holds. */
+static const char *ggml_type_name(uint32_t t)
+{
+    static const char *const names[] = {
+        "F32",      "F16",      "Q4_0",    "Q4_1",  "Q4_2",   "Q4_3",  "Q5_0",  "Q5_1",
+        "Q8_0",     "Q8_1",     "Q2_K",    "Q3_K",  "Q4_K",   "Q5_K",  "Q6_K",  "Q8_K",
+        "IQ2_XXS",  "IQ2_XS",   "IQ3_XXS", "IQ1_S", "IQ4_NL", "IQ3_S", "IQ2_S", "IQ4_XS",
+        "I8",       "I16",      "I32",     "I64",   "F64",    "IQ1_M", "BF16",  "Q4_0_4_4",
+        "Q4_0_4_8", "Q4_0_8_8", "TQ1_0",   "TQ2_0"};
+    return t < sizeof names / sizeof names[0] ? names[t] : "unknown";
+}
+
 static int has_nul(const uint8_t *s, uint64_t n)
 {
     return memchr(s, 0, (size_t)n) != NULL;
@@ -360,7 +372,7 @@ static sd_err parse_tensor(gguf *g, rd *r, gguf_tensor *t, uint64_t idx, uint32_
         return sd_fail(SD_EUNSUPPORTED,
                        "%s: offset %zu: tensor '%s': type %u (%s) unsupported; "
                        "supported: %s",
-                       r->name, toff, name, ty, dtype_name(ty), dtype_supported_list());
+                       r->name, toff, name, ty, ggml_type_name(ty), dtype_supported_list());
     t->type = (sd_dtype)ty;
     *raw_type = ty;
     uint64_t be = dtype_block_elems(t->type), bb = dtype_block_bytes(t->type);
