@@ -63,6 +63,7 @@ enum {
     KERN_CPU_PORTABLE = 1u << 0, /* plain C only, whatever the CPU has (the tested fallback) */
     KERN_CPU_F32_ACT = 1u << 1,  /* f32 activations in matmul (exact path); default quantizes
                                     activations to 8-bit blocks for integer dot products */
+    KERN_CPU_MAX_AVX2 = 1u << 2, /* dispatch no higher than AVX2 (tests, comparisons) */
 };
 
 /* n_threads <= 0: all online cores. */

@@ -1,0 +1,555 @@
+/* cpu_backend: the CPU kern_backend — dispatch by CPUID, the thread pool, the matmul driver and
+ * the small ops (rmsnorm, rope, attention, silu_mul, add, add_bias).
+ *
+ * Dimension letters as in kernels.h. Every op here computes an output element from its own
+ * position's inputs with a fixed operation order (batch invariance, kernels.h); threads only
+ * decide who computes which element. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "../kernels.h"
+#include "cpu_impl.h"
+
+#if defined(__x86_64__)
+#include <cpuid.h>
+#endif
+
+typedef struct {
+    kcpu_pool *pool;
+    int nt;
+    int level;
+    unsigned flags;
+    kcpu_mm_kernel mm[KCPU_DTYPE_SLOTS][2];
+    uint8_t *act; /* prepared activations, grown on demand */
+    size_t act_cap;
+    uint8_t **scr; /* per-thread scratch */
+    size_t scr_cap;
+} cpu_ctx;
+
+/* ---- CPU features ---- */
+
+typedef struct {
+    int avx2, fma, f16c, avx512f, avx512bw, avx512vl, avx512dq, avx512vnni, avx512bf16, avxvnni;
+    int amx_tile, amx_int8, amx_bf16;
+} cpu_feat;
+
+static cpu_feat cpu_detect(void)
+{
+    cpu_feat f;
+    memset(&f, 0, sizeof f);
+#if defined(__x86_64__)
+    unsigned a, b, c, d;
+    if (!__get_cpuid(1, &a, &b, &c, &d))
+        return f;
+    int osxsave = (c >> 27) & 1;
+    f.fma = (c >> 12) & 1;
+    f.f16c = (c >> 29) & 1;
+    int avx = (c >> 28) & 1;
+    unsigned long long xcr0 = 0;
+    if (osxsave) {
+        unsigned lo, hi;
+        __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+        xcr0 = ((unsigned long long)hi << 32) | lo;
+    }
+    int ymm_os = avx && (xcr0 & 6) == 6;
+    int zmm_os = ymm_os && (xcr0 & 0xe0) == 0xe0;
+    int amx_os = (xcr0 & (3ull << 17)) == (3ull << 17);
+    if (!ymm_os) {
+        f.fma = f.f16c = 0;
+        return f;
+    }
+    if (__get_cpuid_max(0, NULL) < 7)
+        return f;
+    __cpuid_count(7, 0, a, b, c, d);
+    f.avx2 = (b >> 5) & 1;
+    if (zmm_os) {
+        f.avx512f = (b >> 16) & 1;
+        f.avx512dq = (b >> 17) & 1;
+        f.avx512bw = (b >> 30) & 1;
+        f.avx512vl = (b >> 31) & 1;
+        f.avx512vnni = (c >> 11) & 1;
+    }
+    if (amx_os) {
+        f.amx_bf16 = (d >> 22) & 1;
+        f.amx_tile = (d >> 24) & 1;
+        f.amx_int8 = (d >> 25) & 1;
+    }
+    unsigned a1, b1, c1, d1;
+    __cpuid_count(7, 1, a1, b1, c1, d1);
+    f.avxvnni = (a1 >> 4) & 1;
+    if (zmm_os)
+        f.avx512bf16 = (a1 >> 5) & 1;
+    (void)b1;
+    (void)c1;
+    (void)d1;
+#endif
+    return f;
+}
+
+const char *kern_cpu_features(void)
+{
+    static char buf[256];
+    static int done;
+    if (done)
+        return buf;
+    cpu_feat f = cpu_detect();
+    struct {
+        int on;
+        const char *name;
+    } l[] = {{f.amx_int8, "amx-int8"},
+             {f.amx_bf16, "amx-bf16"},
+             {f.amx_tile, "amx-tile"},
+             {f.avx512bf16, "avx512bf16"},
+             {f.avx512vnni, "avx512vnni"},
+             {f.avx512bw, "avx512bw"},
+             {f.avx512dq, "avx512dq"},
+             {f.avx512vl, "avx512vl"},
+             {f.avx512f, "avx512f"},
+             {f.avxvnni, "avxvnni"},
+             {f.avx2, "avx2"},
+             {f.fma, "fma"},
+             {f.f16c, "f16c"}};
+    size_t n = 0;
+    buf[0] = 0;
+    for (size_t i = 0; i < sizeof l / sizeof l[0]; i++)
+        if (l[i].on)
+            n += (size_t)snprintf(buf + n, sizeof buf - n, "%s%s", n ? " " : "", l[i].name);
+    done = 1;
+    return buf;
+}
+
+static int cpu_best_level(void)
+{
+    cpu_feat f = cpu_detect();
+    if (f.avx512f && f.avx512bw && f.avx512vl && f.avx512dq && f.avx512vnni && f.fma && f.f16c &&
+        f.avx2)
+        return KCPU_LEVEL_AVX512;
+    if (f.avx2 && f.fma && f.f16c)
+        return KCPU_LEVEL_AVX2;
+    return KCPU_LEVEL_PORTABLE;
+}
+
+/* ---- scratch ---- */
+
+static int ensure_buf(uint8_t **p, size_t *cap, size_t need)
+{
+    if (need <= *cap)
+        return 0;
+    size_t n = need + need / 2 + 4096;
+    n = (n + 63) & ~(size_t)63;
+    void *q = aligned_alloc(64, n);
+    if (!q)
+        return -1;
+    free(*p);
+    *p = q;
+    *cap = n;
+    return 0;
+}
+
+static int ensure_scratch(cpu_ctx *c, size_t need)
+{
+    if (need <= c->scr_cap)
+        return 0;
+    size_t n = (need + need / 2 + 4096 + 63) & ~(size_t)63;
+    for (int i = 0; i < c->nt; i++) {
+        void *q = aligned_alloc(64, n);
+        if (!q)
+            return -1;
+        free(c->scr[i]);
+        c->scr[i] = q;
+    }
+    c->scr_cap = n;
+    return 0;
+}
+
+static void fill_nan(float *out, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        out[i] = NAN;
+}
+
+/* ---- matmul ---- */
+
+typedef struct {
+    cpu_ctx *c;
+    const kcpu_mm_kernel *k;
+    float *out;
+    const float *x;
+    const uint8_t *w;
+    size_t w_stride, act_stride;
+    const uint8_t *act;
+    kcpu_q8_layout L;
+    int T, N, K, chunk, t_per_task;
+} mm_job;
+
+static void mm_prep_task(void *arg, int task, int tid)
+{
+    mm_job *j = arg;
+    int t0 = task * j->t_per_task, t1 = t0 + j->t_per_task;
+    if (t1 > j->T)
+        t1 = j->T;
+    for (int t = t0; t < t1; t++)
+        kcpu_q8_quantize_row(j->c->act + (size_t)t * j->act_stride, j->x + (size_t)t * j->K, j->K,
+                             &j->L);
+}
+
+static void mm_rows_task(void *arg, int task, int tid)
+{
+    mm_job *j = arg;
+    int n0 = task * j->chunk, n1 = n0 + j->chunk;
+    if (n1 > j->N)
+        n1 = j->N;
+    j->k->rows(j->out, j->N, j->act, j->act_stride, j->T, j->w, j->w_stride, n0, n1, j->K,
+               j->c->scr[tid]);
+}
+
+static void cpu_matmul(void *vctx, float *out, const float *x, const void *w, sd_dtype wt, int T,
+                       int N, int K)
+{
+    cpu_ctx *c = vctx;
+    if (T <= 0 || N <= 0)
+        return;
+    size_t be = dtype_block_elems(wt);
+    int qact = !(c->flags & KERN_CPU_F32_ACT);
+    if ((unsigned)wt >= KCPU_DTYPE_SLOTS || !be || K <= 0 || K % (int)be || K % 32 ||
+        !c->mm[wt][qact].rows) {
+        /* shapes are validated at model load; a bad call here is a program bug: make it loud */
+        fill_nan(out, (size_t)T * (size_t)N);
+        return;
+    }
+    mm_job j;
+    memset(&j, 0, sizeof j);
+    j.c = c;
+    j.k = &c->mm[wt][qact];
+    j.out = out;
+    j.x = x;
+    j.w = w;
+    j.w_stride = dtype_row_bytes(wt, (size_t)K);
+    j.T = T;
+    j.N = N;
+    j.K = K;
+    if (ensure_scratch(c, j.k->scratch_per_k * (size_t)K + 64) != 0) {
+        fill_nan(out, (size_t)T * (size_t)N);
+        return;
+    }
+    if (j.k->quantized_act) {
+        j.L = kcpu_q8_layout_for(K);
+        j.act_stride = j.L.stride;
+        if (ensure_buf(&c->act, &c->act_cap, j.act_stride * (size_t)T) != 0) {
+            fill_nan(out, (size_t)T * (size_t)N);
+            return;
+        }
+        j.act = c->act;
+        /* quantizing is O(T*K): split over rows only when there is enough of it */
+        int per = (int)(16384 / K) + 1;
+        j.t_per_task = per;
+        kcpu_pool_run(c->pool, mm_prep_task, &j, (T + per - 1) / per);
+    } else {
+        j.act = (const uint8_t *)x;
+        j.act_stride = (size_t)K * 4;
+    }
+    /* Row chunks: ~4 per thread so a descheduled thread costs little, in multiples of the
+     * kernel's row tile; each chunk's weight rows are read once and reused for all T. */
+    int tile = j.k->row_tile > 0 ? j.k->row_tile : 1;
+    int want = c->nt * 4;
+    int chunk = (N + want - 1) / want;
+    chunk = (chunk + tile - 1) / tile * tile;
+    if (chunk < tile)
+        chunk = tile;
+    j.chunk = chunk;
+    kcpu_pool_run(c->pool, mm_rows_task, &j, (N + chunk - 1) / chunk);
+}
+
+/* ---- rmsnorm ---- */
+
+/* Sum of squares in 8 partial sums (i % 8), combined pairwise; then the scale in float. */
+static void rmsnorm_row(float *o, const float *x, const float *w, int D, float eps)
+{
+    float a[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    int i = 0;
+    for (; i + 8 <= D; i += 8)
+        for (int j = 0; j < 8; j++)
+            a[j] += x[i + j] * x[i + j];
+    for (; i < D; i++)
+        a[i & 7] += x[i] * x[i];
+    float ss = ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
+    float r = 1.0f / sqrtf(ss / (float)D + eps);
+    for (i = 0; i < D; i++)
+        o[i] = x[i] * r * w[i];
+}
+
+typedef struct {
+    float *out;
+    const float *x, *w;
+    int D, per, T;
+    float eps;
+} rms_job;
+
+static void rms_task(void *arg, int task, int tid)
+{
+    rms_job *j = arg;
+    for (int t = task * j->per; t < j->T && t < (task + 1) * j->per; t++)
+        rmsnorm_row(j->out + (size_t)t * j->D, j->x + (size_t)t * j->D, j->w, j->D, j->eps);
+}
+
+static void cpu_rmsnorm(void *vctx, float *out, const float *x, const float *w, int T, int D,
+                        float eps)
+{
+    cpu_ctx *c = vctx;
+    rms_job j = {out, x, w, D, 8, T, eps};
+    kcpu_pool_run(c->pool, rms_task, &j, (T + 7) / 8);
+}
+
+/* ---- rope ---- */
+
+/* The angle pos * base^(-2i/n_rot) and its cos/sin are computed in double and rounded once,
+ * so they depend on (pos, i) alone; the rotation itself is two float products and a sum,
+ * each rounded (no FMA). */
+static void rope_head(float *xh, int p, int n_rot, float base, int neox)
+{
+    int half = n_rot / 2;
+    for (int i = 0; i < half; i++) {
+        double theta = (double)p * pow((double)base, -2.0 * i / (double)n_rot);
+        float cs = (float)cos(theta), sn = (float)sin(theta);
+        int i0 = neox ? i : 2 * i, i1 = neox ? i + half : 2 * i + 1;
+        float x0 = xh[i0], x1 = xh[i1];
+        xh[i0] = x0 * cs - x1 * sn;
+        xh[i1] = x0 * sn + x1 * cs;
+    }
+}
+
+typedef struct {
+    float *x;
+    const int *pos;
+    int T, H, Dh, n_rot, neox;
+    float base;
+} rope_job;
+
+static void rope_task(void *arg, int task, int tid)
+{
+    rope_job *j = arg;
+    int t = task;
+    for (int h = 0; h < j->H; h++)
+        rope_head(j->x + ((size_t)t * j->H + h) * j->Dh, j->pos[t], j->n_rot, j->base, j->neox);
+}
+
+static void cpu_rope(void *vctx, float *x, const int *pos, int T, int H, int Dh, int n_rot,
+                     float freq_base, int neox)
+{
+    cpu_ctx *c = vctx;
+    if (n_rot > Dh)
+        n_rot = Dh;
+    rope_job j = {x, pos, T, H, Dh, n_rot & ~1, neox, freq_base};
+    if (T < 4 || c->nt == 1) {
+        for (int t = 0; t < T; t++)
+            rope_task(&j, t, 0);
+        return;
+    }
+    kcpu_pool_run(c->pool, rope_task, &j, T);
+}
+
+/* ---- attention ---- */
+
+typedef struct {
+    cpu_ctx *c;
+    float *out;
+    const float *q, *kc, *vc;
+    const int *anc, *anc_off;
+    int n_prefix, T, H, Hkv, Dh, group;
+    float scale;
+} attn_job;
+
+static float dot_dh(const float *a, const float *b, int n)
+{
+    float s[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    int i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int j = 0; j < 8; j++)
+            s[j] += a[i + j] * b[i + j];
+    for (; i < n; i++)
+        s[i & 7] += a[i] * b[i];
+    return ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));
+}
+
+/* One (t, h): scores in key order, max subtracted, exp, sum in key order; out accumulates
+ * p_j * v_j in key order and is divided by the sum at the end. */
+static void attn_task(void *arg, int task, int tid)
+{
+    attn_job *j = arg;
+    int t = task / j->H, h = task % j->H, kvh = h / j->group;
+    int Dh = j->Dh;
+    size_t row = (size_t)j->Hkv * Dh;
+    const float *q = j->q + ((size_t)t * j->H + h) * Dh;
+    float *o = j->out + ((size_t)t * j->H + h) * Dh;
+    int a0 = j->anc_off[t], a1 = j->anc_off[t + 1];
+    int nk = j->n_prefix + (a1 - a0);
+    float *sc = (float *)j->c->scr[tid];
+    float mx = -INFINITY;
+    for (int i = 0; i < nk; i++) {
+        int slot = i < j->n_prefix ? i : j->anc[a0 + i - j->n_prefix];
+        float s = dot_dh(q, j->kc + (size_t)slot * row + (size_t)kvh * Dh, Dh) * j->scale;
+        sc[i] = s;
+        mx = s > mx ? s : mx;
+    }
+    float sum = 0.0f;
+    for (int i = 0; i < nk; i++) {
+        float e = expf(sc[i] - mx);
+        sc[i] = e;
+        sum += e;
+    }
+    for (int d = 0; d < Dh; d++)
+        o[d] = 0.0f;
+    for (int i = 0; i < nk; i++) {
+        int slot = i < j->n_prefix ? i : j->anc[a0 + i - j->n_prefix];
+        const float *v = j->vc + (size_t)slot * row + (size_t)kvh * Dh;
+        float p = sc[i];
+        for (int d = 0; d < Dh; d++)
+            o[d] += p * v[d];
+    }
+    float inv = nk > 0 ? 1.0f / sum : 0.0f;
+    for (int d = 0; d < Dh; d++)
+        o[d] *= inv;
+}
+
+static void cpu_attention(void *vctx, float *out, const float *q, const float *kc, const float *vc,
+                          int n_prefix, const int *anc, const int *anc_off, int T, int H, int Hkv,
+                          int Dh, float scale)
+{
+    cpu_ctx *c = vctx;
+    if (T <= 0)
+        return;
+    int maxk = 0;
+    for (int t = 0; t < T; t++) {
+        int n = n_prefix + anc_off[t + 1] - anc_off[t];
+        maxk = n > maxk ? n : maxk;
+    }
+    if (Hkv <= 0 || H % Hkv || ensure_scratch(c, (size_t)maxk * 4 + 64) != 0) {
+        fill_nan(out, (size_t)T * (size_t)H * (size_t)Dh);
+        return;
+    }
+    attn_job j = {c, out, q, kc, vc, anc, anc_off, n_prefix, T, H, Hkv, Dh, H / Hkv, scale};
+    kcpu_pool_run(c->pool, attn_task, &j, T * H);
+}
+
+/* ---- elementwise ---- */
+
+typedef struct {
+    float *a;
+    const float *b;
+    int n, per, op;
+} ew_job;
+
+static void ew_task(void *arg, int task, int tid)
+{
+    ew_job *j = arg;
+    int i0 = task * j->per, i1 = i0 + j->per;
+    if (i1 > j->n)
+        i1 = j->n;
+    float *a = j->a;
+    const float *b = j->b;
+    if (j->op == 0) {
+        for (int i = i0; i < i1; i++) {
+            float g = a[i];
+            a[i] = g / (1.0f + expf(-g)) * b[i];
+        }
+    } else {
+        for (int i = i0; i < i1; i++)
+            a[i] += b[i];
+    }
+}
+
+static void ew_run(cpu_ctx *c, float *a, const float *b, int n, int op)
+{
+    int per = op == 0 ? 4096 : 32768;
+    ew_job j = {a, b, n, per, op};
+    kcpu_pool_run(c->pool, ew_task, &j, (n + per - 1) / per);
+}
+
+static void cpu_silu_mul(void *vctx, float *gate, const float *up, int n)
+{
+    ew_run(vctx, gate, up, n, 0);
+}
+
+static void cpu_add(void *vctx, float *x, const float *y, int n)
+{
+    ew_run(vctx, x, y, n, 1);
+}
+
+static void cpu_add_bias(void *vctx, float *out, const float *bias, int T, int N)
+{
+    for (int t = 0; t < T; t++) {
+        float *o = out + (size_t)t * N;
+        for (int n = 0; n < N; n++)
+            o[n] += bias[n];
+    }
+}
+
+/* ---- create / free ---- */
+
+static void cpu_free(kern_backend *b)
+{
+    if (!b)
+        return;
+    cpu_ctx *c = b->ctx;
+    if (c) {
+        kcpu_pool_free(c->pool);
+        if (c->scr)
+            for (int i = 0; i < c->nt; i++)
+                free(c->scr[i]);
+        free(c->scr);
+        free(c->act);
+        free(c);
+    }
+    free(b);
+}
+
+sd_err kern_cpu_create(kern_backend **out, int n_threads, unsigned flags)
+{
+    *out = NULL;
+    if (n_threads <= 0) {
+        long n = sysconf(_SC_NPROCESSORS_ONLN);
+        n_threads = n > 0 ? (int)n : 1;
+    }
+    if (n_threads > 1024)
+        return sd_fail(SD_EINVAL, "kern_cpu_create: n_threads %d out of range", n_threads);
+    kcpu_f16_init();
+    kern_backend *b = calloc(1, sizeof *b);
+    cpu_ctx *c = calloc(1, sizeof *c);
+    if (!b || !c) {
+        free(b);
+        free(c);
+        return sd_fail(SD_ENOMEM, "kern_cpu_create: out of memory");
+    }
+    b->ctx = c;
+    b->free = cpu_free;
+    c->nt = n_threads;
+    c->flags = flags;
+    c->scr = calloc((size_t)n_threads, sizeof *c->scr);
+    if (!c->scr || kcpu_pool_create(&c->pool, n_threads) != 0) {
+        cpu_free(b);
+        return sd_fail(SD_ENOMEM, "kern_cpu_create: cannot start %d threads", n_threads);
+    }
+    int level = (flags & KERN_CPU_PORTABLE) ? KCPU_LEVEL_PORTABLE : cpu_best_level();
+    if ((flags & KERN_CPU_MAX_AVX2) && level > KCPU_LEVEL_AVX2)
+        level = KCPU_LEVEL_AVX2;
+    c->level = level;
+    kcpu_mm_portable(c->mm);
+    if (level >= KCPU_LEVEL_AVX2)
+        kcpu_mm_avx2(c->mm);
+    if (level >= KCPU_LEVEL_AVX512)
+        kcpu_mm_avx512(c->mm);
+    static const char *names[KCPU_LEVEL_N] = {"cpu-portable", "cpu-avx2", "cpu-avx512vnni"};
+    b->name = names[level];
+    b->matmul = cpu_matmul;
+    b->rmsnorm = cpu_rmsnorm;
+    b->rope = cpu_rope;
+    b->attention = cpu_attention;
+    b->silu_mul = cpu_silu_mul;
+    b->add = cpu_add;
+    b->add_bias = cpu_add_bias;
+    *out = b;
+    return SD_OK;
+}

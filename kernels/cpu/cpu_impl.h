@@ -1,0 +1,84 @@
+/* cpu_impl: internals shared by the CPU backend's files (kernels/cpu): the thread pool, the
+ * 8-bit activation layout, and the per-ISA matmul kernel tables.
+ *
+ * Dimension letters as in kernels.h: T positions, N output rows, K reduction length.
+ *
+ * Batch invariance: a matmul kernel computes out[t][n] from activation row t and weight row n
+ * alone, with one fixed operation order per (ISA level, dtype, activation mode). Tiles over
+ * T or N (several tokens sharing a weight block in registers) keep one accumulator per
+ * (t, n) and apply exactly the single-token sequence of operations to it, so neither T, the
+ * tile shape, the row split between threads nor the thread count changes any bit. */
+#ifndef SD_KCPU_IMPL_H
+#define SD_KCPU_IMPL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "../dtype.h"
+
+/* ---- thread pool ---- */
+
+typedef struct kcpu_pool kcpu_pool;
+/* task in [0, n_tasks), tid in [0, kcpu_pool_threads()) (0 is the calling thread). */
+typedef void (*kcpu_task_fn)(void *arg, int task, int tid);
+
+/* n_threads >= 1 (the caller counts as one; n_threads - 1 workers are started). */
+int kcpu_pool_create(kcpu_pool **out, int n_threads);
+void kcpu_pool_free(kcpu_pool *p);
+int kcpu_pool_threads(const kcpu_pool *p);
+/* Runs fn for every task, spread over the pool; returns when all are done. Tasks are claimed
+ * dynamically, so which thread runs which task varies from call to call: task functions must
+ * not let the result depend on tid (tid only selects scratch memory). */
+void kcpu_pool_run(kcpu_pool *p, kcpu_task_fn fn, void *arg, int n_tasks);
+
+/* ---- 8-bit activations (the default "quantized activation" mode) ----
+ *
+ * Each activation row of K floats is quantized once per matmul call, in blocks of 32:
+ *   d = max|x| / 127 (0 for an all-zero block), q = round-to-nearest-even(x * (1/d)) in
+ *   [-127, 127]. Per row we keep q[K], d[K/32], ds[K/32] = d * sum(q of the block) and
+ *   s16[K/16] = sums of q over 16-element groups (Q6_K needs per-16 sums, Q4_0/Q4_1/Q4_K per-32).
+ * Per-32 scales for every weight type (also the K-quants, whose super-blocks are 256 wide) keep
+ * the activation error at most d/2 = max|x_block|/254 per element, independent of the weight
+ * type. The quantization is the same bitwise on every ISA level (exact max, IEEE division and
+ * multiplication, round-to-nearest-even), so levels differ only in float summation order. */
+typedef struct {
+    size_t q, d, ds, s16, stride; /* byte offsets inside a row record, and its size (64-aligned) */
+} kcpu_q8_layout;
+
+kcpu_q8_layout kcpu_q8_layout_for(int K);
+void kcpu_q8_quantize_row(uint8_t *rec, const float *x, int K, const kcpu_q8_layout *L);
+
+/* ---- matmul kernels ----
+ * rows(): out[t * ldo + n] for t in [0, T), n in [n0, n1). act is the prepared activation:
+ * T records of act_stride bytes (or, for the f32 path, the raw x rows, act_stride = 4*K).
+ * w points at weight row 0, w_stride bytes per row. scratch: at least scratch_bytes(K) bytes
+ * private to the calling thread. */
+typedef void (*kcpu_rows_fn)(float *out, int ldo, const uint8_t *act, size_t act_stride, int T,
+                             const uint8_t *w, size_t w_stride, int n0, int n1, int K,
+                             void *scratch);
+
+typedef struct {
+    kcpu_rows_fn rows;    /* NULL: not provided at this level (fall back to a lower one) */
+    int quantized_act;    /* act is the kcpu_q8 record, not raw floats */
+    size_t scratch_per_k; /* bytes of scratch per element of K */
+    int row_tile;         /* preferred multiple for the rows given to one task */
+} kcpu_mm_kernel;
+
+enum { KCPU_LEVEL_PORTABLE = 0, KCPU_LEVEL_AVX2 = 1, KCPU_LEVEL_AVX512 = 2, KCPU_LEVEL_N = 3 };
+enum { KCPU_DTYPE_SLOTS = 31 }; /* indexed by sd_dtype value */
+
+/* Fill tab[dtype][qact] (qact 0: f32 activations, 1: 8-bit activations) for one level. A level
+ * leaves unsupported entries untouched so that they keep the lower level's kernel. */
+void kcpu_mm_portable(kcpu_mm_kernel tab[KCPU_DTYPE_SLOTS][2]);
+void kcpu_mm_avx2(kcpu_mm_kernel tab[KCPU_DTYPE_SLOTS][2]);
+void kcpu_mm_avx512(kcpu_mm_kernel tab[KCPU_DTYPE_SLOTS][2]);
+
+/* f16 -> f32 through a table (filled once by kcpu_f16_init; exact). */
+extern float kcpu_f16_tab[65536];
+void kcpu_f16_init(void);
+static inline float kcpu_f16(const uint8_t *p)
+{
+    return kcpu_f16_tab[(uint16_t)(p[0] | p[1] << 8)];
+}
+
+#endif

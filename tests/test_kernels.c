@@ -1,0 +1,659 @@
+/* test_kernels: the CPU backend against double-precision references built on
+ * dtype_dequant_row, on fresh random inputs (seed printed; replay with SD_SEED=...), for every
+ * weight type x ISA level (portable, AVX2, AVX-512 where the CPU has them) x activation mode;
+ * plus bitwise batch invariance (a row alone vs the same row inside batches of other random
+ * rows, thread counts 1/2/3) for matmul, attention, rope and rmsnorm.
+ *
+ * Tolerances:
+ *   f32 activations: |out - ref| <= 1e-5 * sum|x||w| (float accumulation error; the weights are
+ *     dequantized to the same floats as the reference).
+ *   8-bit activations: each activation block is rounded to d*q with d = max|x_block|/127, an
+ *     error of at most d/2 per element, so |out - ref| <= sum_i |w_i| * d_block(i)/2 (+ the f32
+ *     term above for the float accumulation). That bound is computed per output from the
+ *     actual inputs and is exact, not statistical. Observed errors are printed (typically
+ *     ~1e-3 of sum|x||w| for Gaussian rows, since the rounding errors have random signs). */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "kernels/kernels.h"
+#include "testutil.h"
+
+static const sd_dtype all_types[] = {SD_DTYPE_F32,  SD_DTYPE_F16,  SD_DTYPE_BF16, SD_DTYPE_Q8_0,
+                                     SD_DTYPE_Q4_0, SD_DTYPE_Q4_1, SD_DTYPE_Q4_K, SD_DTYPE_Q6_K};
+#define N_TYPES (sizeof all_types / sizeof all_types[0])
+
+/* ISA levels to test: flags and the backend name they must produce. */
+typedef struct {
+    unsigned flags;
+    const char *name;
+} level;
+static level levels[3];
+static int n_levels;
+
+static int group_setup(void **state)
+{
+    (void)state;
+    tu_seed();
+    fprintf(stderr, "[kernels] cpu features: %s\n", kern_cpu_features());
+    n_levels = 0;
+    levels[n_levels++] = (level){KERN_CPU_PORTABLE, "cpu-portable"};
+    kern_backend *b = NULL;
+    if (kern_cpu_create(&b, 1, KERN_CPU_MAX_AVX2) == SD_OK && strcmp(b->name, "cpu-avx2") == 0)
+        levels[n_levels++] = (level){KERN_CPU_MAX_AVX2, "cpu-avx2"};
+    kern_free(b);
+    b = NULL;
+    if (kern_cpu_create(&b, 1, 0) == SD_OK && strcmp(b->name, "cpu-avx512vnni") == 0)
+        levels[n_levels++] = (level){0, "cpu-avx512vnni"};
+    kern_free(b);
+    for (int i = 0; i < n_levels; i++)
+        fprintf(stderr, "[kernels] testing level %s\n", levels[i].name);
+    return 0;
+}
+
+static kern_backend *mk(int nt, unsigned flags)
+{
+    kern_backend *b = NULL;
+    assert_int_equal(kern_cpu_create(&b, nt, flags), SD_OK);
+    assert_non_null(b);
+    return b;
+}
+
+/* ---- random weights ---- */
+
+static void put16(uint8_t *p, uint16_t v)
+{
+    p[0] = (uint8_t)v;
+    p[1] = (uint8_t)(v >> 8);
+}
+
+/* Random bytes for the quants, sane f16 scales. */
+static void rand_weights(tu_rng *r, uint8_t *w, sd_dtype t, int N, int K)
+{
+    size_t rb = dtype_row_bytes(t, (size_t)K);
+    for (size_t i = 0; i < rb * (size_t)N; i++)
+        w[i] = (uint8_t)tu_next(r);
+    for (int n = 0; n < N; n++) {
+        uint8_t *row = w + rb * (size_t)n;
+        switch (t) {
+        case SD_DTYPE_F32:
+            for (int k = 0; k < K; k++) {
+                float f = tu_normal(r);
+                memcpy(row + 4 * k, &f, 4);
+            }
+            break;
+        case SD_DTYPE_F16:
+            for (int k = 0; k < K; k++)
+                put16(row + 2 * k, dtype_f32_to_f16(tu_normal(r)));
+            break;
+        case SD_DTYPE_BF16:
+            for (int k = 0; k < K; k++)
+                put16(row + 2 * k, dtype_f32_to_bf16(tu_normal(r)));
+            break;
+        case SD_DTYPE_Q8_0:
+            for (int b = 0; b < K / 32; b++)
+                put16(row + 34 * b, dtype_f32_to_f16(0.002f + 0.02f * tu_uniform(r)));
+            break;
+        case SD_DTYPE_Q4_0:
+            for (int b = 0; b < K / 32; b++)
+                put16(row + 18 * b, dtype_f32_to_f16((tu_uniform(r) - 0.3f) * 0.3f));
+            break;
+        case SD_DTYPE_Q4_1:
+            for (int b = 0; b < K / 32; b++) {
+                put16(row + 20 * b, dtype_f32_to_f16(0.01f + 0.2f * tu_uniform(r)));
+                put16(row + 20 * b + 2, dtype_f32_to_f16(-1.5f + 1.0f * tu_uniform(r)));
+            }
+            break;
+        case SD_DTYPE_Q4_K:
+            for (int b = 0; b < K / 256; b++) {
+                put16(row + 144 * b, dtype_f32_to_f16(0.001f + 0.01f * tu_uniform(r)));
+                put16(row + 144 * b + 2, dtype_f32_to_f16(0.001f + 0.01f * tu_uniform(r)));
+            }
+            break;
+        case SD_DTYPE_Q6_K:
+            for (int b = 0; b < K / 256; b++)
+                put16(row + 210 * b + 208, dtype_f32_to_f16((tu_uniform(r) - 0.2f) * 0.005f));
+            break;
+        }
+    }
+}
+
+static void rand_x(tu_rng *r, float *x, size_t n)
+{
+    int kind = (int)tu_below(r, 3);
+    for (size_t i = 0; i < n; i++) {
+        float v = tu_normal(r);
+        if (kind == 1 && tu_below(r, 50) == 0)
+            v *= 30.0f; /* outliers, as real activations have */
+        if (kind == 2 && tu_below(r, 8) == 0)
+            v = 0.0f;
+        x[i] = v;
+    }
+}
+
+static int block_of(sd_dtype t)
+{
+    return t == SD_DTYPE_Q4_K || t == SD_DTYPE_Q6_K ? 256 : 32;
+}
+
+/* ---- matmul vs double reference ---- */
+
+typedef struct {
+    double worst_f32, worst_q8_ratio, mean_q8_rel;
+    long n_q8;
+} err_stats;
+
+static void check_matmul_case(tu_rng *r, kern_backend *b, int qact, sd_dtype t, int T, int N, int K,
+                              err_stats *st)
+{
+    size_t rb = dtype_row_bytes(t, (size_t)K);
+    uint8_t *w = malloc(rb * (size_t)N);
+    float *x = malloc(sizeof(float) * (size_t)T * K);
+    float *out = malloc(sizeof(float) * (size_t)T * N);
+    float *wd = malloc(sizeof(float) * (size_t)N * K);
+    assert_true(w && x && out && wd);
+    rand_weights(r, w, t, N, K);
+    rand_x(r, x, (size_t)T * K);
+    for (int n = 0; n < N; n++)
+        dtype_dequant_row(wd + (size_t)n * K, w + rb * n, t, (size_t)K);
+    b->matmul(b->ctx, out, x, w, t, T, N, K);
+    int float_w = t == SD_DTYPE_F32 || t == SD_DTYPE_F16 || t == SD_DTYPE_BF16;
+    for (int ti = 0; ti < T; ti++) {
+        const float *xr = x + (size_t)ti * K;
+        double dq[4096 / 32];
+        for (int bb = 0; bb < K / 32; bb++) {
+            float amax = 0;
+            for (int j = 0; j < 32; j++)
+                amax = fmaxf(amax, fabsf(xr[32 * bb + j]));
+            dq[bb] = amax / 127.0;
+        }
+        for (int n = 0; n < N; n++) {
+            const float *wr = wd + (size_t)n * K;
+            double ref = 0, mag = 0, qb = 0;
+            for (int k = 0; k < K; k++) {
+                ref += (double)xr[k] * wr[k];
+                mag += fabs((double)xr[k] * wr[k]);
+                qb += fabs((double)wr[k]) * dq[k / 32] * 0.5;
+            }
+            double got = out[(size_t)ti * N + n];
+            double err = fabs(got - ref);
+            double tol = 1e-5 * mag + 1e-30;
+            if (qact && !float_w)
+                tol += qb * 1.001;
+            if (!(err <= tol)) {
+                fprintf(stderr,
+                        "matmul %s %s qact=%d T=%d N=%d K=%d t=%d n=%d: got %.9g ref %.9g "
+                        "err %.3g tol %.3g\n",
+                        b->name, dtype_name(t), qact, T, N, K, ti, n, got, ref, err, tol);
+                fail();
+            }
+            if (qact && !float_w) {
+                if (qb > 0 && err / qb > st->worst_q8_ratio)
+                    st->worst_q8_ratio = err / qb;
+                if (mag > 0) {
+                    st->mean_q8_rel += err / mag;
+                    st->n_q8++;
+                }
+            } else if (mag > 0 && err / mag > st->worst_f32) {
+                st->worst_f32 = err / mag;
+            }
+        }
+    }
+    free(w);
+    free(x);
+    free(out);
+    free(wd);
+}
+
+static void test_matmul_reference(void **state)
+{
+    (void)state;
+    tu_rng r;
+    tu_rng_init(&r, tu_seed() ^ 0x11);
+    time_t t0 = time(NULL);
+    for (int li = 0; li < n_levels; li++)
+        for (int qact = 0; qact < 2; qact++) {
+            kern_backend *b =
+                mk(1 + (int)tu_below(&r, 3), levels[li].flags | (qact ? 0 : KERN_CPU_F32_ACT));
+            assert_string_equal(b->name, levels[li].name);
+            err_stats st = {0, 0, 0, 0};
+            for (size_t ti = 0; ti < N_TYPES; ti++) {
+                sd_dtype t = all_types[ti];
+                int bs = block_of(t);
+                for (int c = 0; c < 6 && time(NULL) - t0 < 60; c++) {
+                    int K = bs * (1 + (int)tu_below(&r, bs == 256 ? 6 : 40));
+                    int N = 1 + (int)tu_below(&r, 70);
+                    int T = 1 + (int)tu_below(&r, 70);
+                    check_matmul_case(&r, b, qact, t, T, N, K, &st);
+                }
+            }
+            fprintf(stderr,
+                    "[kernels] %s qact=%d: worst f32 rel err %.3g; q8: worst err/bound %.3f, "
+                    "mean err/sum|xw| %.3g\n",
+                    b->name, qact, st.worst_f32, st.worst_q8_ratio,
+                    st.n_q8 ? st.mean_q8_rel / st.n_q8 : 0.0);
+            kern_free(b);
+        }
+}
+
+/* ---- matmul batch invariance ---- */
+
+static void test_matmul_batch_invariance(void **state)
+{
+    (void)state;
+    tu_rng r;
+    tu_rng_init(&r, tu_seed() ^ 0x22);
+    static const int Ts[] = {1, 2, 3, 4, 5, 7, 8, 9, 13, 16, 17, 31, 32, 33, 48, 63, 64};
+    for (int li = 0; li < n_levels; li++)
+        for (int qact = 0; qact < 2; qact++) {
+            unsigned fl = levels[li].flags | (qact ? 0 : KERN_CPU_F32_ACT);
+            kern_backend *bs[3] = {mk(1, fl), mk(2, fl), mk(3, fl)};
+            for (size_t ti = 0; ti < N_TYPES; ti++) {
+                sd_dtype t = all_types[ti];
+                int K = block_of(t) == 256 ? 512 : 576;
+                int N = 37 + (int)tu_below(&r, 60);
+                size_t rb = dtype_row_bytes(t, (size_t)K);
+                uint8_t *w = malloc(rb * N);
+                float *x = malloc(sizeof(float) * 64 * K);
+                float *out = malloc(sizeof(float) * 64 * N);
+                float *alone = malloc(sizeof(float) * N);
+                float *probe = malloc(sizeof(float) * K);
+                assert_true(w && x && out && alone && probe);
+                rand_weights(&r, w, t, N, K);
+                rand_x(&r, probe, (size_t)K);
+                bs[0]->matmul(bs[0]->ctx, alone, probe, w, t, 1, N, K);
+                for (size_t k = 0; k < sizeof Ts / sizeof Ts[0]; k++) {
+                    int T = Ts[k];
+                    int p = (int)tu_below(&r, (uint32_t)T);
+                    rand_x(&r, x, (size_t)T * K);
+                    memcpy(x + (size_t)p * K, probe, sizeof(float) * K);
+                    kern_backend *b = bs[tu_below(&r, 3)];
+                    b->matmul(b->ctx, out, x, w, t, T, N, K);
+                    if (memcmp(out + (size_t)p * N, alone, sizeof(float) * N) != 0) {
+                        fprintf(stderr, "batch invariance broken: %s %s qact=%d T=%d p=%d\n",
+                                b->name, dtype_name(t), qact, T, p);
+                        fail();
+                    }
+                }
+                free(w);
+                free(x);
+                free(out);
+                free(alone);
+                free(probe);
+            }
+            for (int i = 0; i < 3; i++)
+                kern_free(bs[i]);
+        }
+}
+
+/* ---- SIMD vs portable ---- */
+
+static void test_matmul_simd_vs_portable(void **state)
+{
+    (void)state;
+    tu_rng r;
+    tu_rng_init(&r, tu_seed() ^ 0x33);
+    for (int li = 1; li < n_levels; li++)
+        for (int qact = 0; qact < 2; qact++) {
+            unsigned am = qact ? 0 : KERN_CPU_F32_ACT;
+            kern_backend *p = mk(2, KERN_CPU_PORTABLE | am), *s = mk(2, levels[li].flags | am);
+            double worst = 0;
+            for (size_t ti = 0; ti < N_TYPES; ti++) {
+                sd_dtype t = all_types[ti];
+                int bs = block_of(t);
+                int K = bs * (1 + (int)tu_below(&r, bs == 256 ? 6 : 40));
+                int N = 1 + (int)tu_below(&r, 90), T = 1 + (int)tu_below(&r, 40);
+                size_t rb = dtype_row_bytes(t, (size_t)K);
+                uint8_t *w = malloc(rb * N);
+                float *x = malloc(sizeof(float) * T * K);
+                float *o1 = malloc(sizeof(float) * T * N), *o2 = malloc(sizeof(float) * T * N);
+                float *wd = malloc(sizeof(float) * K);
+                assert_true(w && x && o1 && o2 && wd);
+                rand_weights(&r, w, t, N, K);
+                rand_x(&r, x, (size_t)T * K);
+                p->matmul(p->ctx, o1, x, w, t, T, N, K);
+                s->matmul(s->ctx, o2, x, w, t, T, N, K);
+                for (int n = 0; n < N; n++) {
+                    dtype_dequant_row(wd, w + rb * n, t, (size_t)K);
+                    for (int tt = 0; tt < T; tt++) {
+                        double mag = 0;
+                        for (int k = 0; k < K; k++)
+                            mag += fabs((double)x[(size_t)tt * K + k] * wd[k]);
+                        double e = fabs((double)o1[tt * N + n] - o2[tt * N + n]);
+                        /* same quantized activations on both: only float order differs */
+                        if (!(e <= 2e-5 * mag + 1e-30)) {
+                            fprintf(stderr, "%s vs portable %s qact=%d: %.9g vs %.9g\n", s->name,
+                                    dtype_name(t), qact, o2[tt * N + n], o1[tt * N + n]);
+                            fail();
+                        }
+                        if (mag > 0 && e / mag > worst)
+                            worst = e / mag;
+                    }
+                }
+                free(w);
+                free(x);
+                free(o1);
+                free(o2);
+                free(wd);
+            }
+            fprintf(stderr, "[kernels] %s vs portable qact=%d: worst rel diff %.3g\n", s->name,
+                    qact, worst);
+            kern_free(p);
+            kern_free(s);
+        }
+}
+
+/* ---- attention ---- */
+
+typedef struct {
+    int T, n_prefix, S;
+    int *parent, *anc, *anc_off;
+} tree;
+
+/* Random tree of T nodes after n_prefix cached slots; node i lives at slot n_prefix + i. */
+static void rand_tree(tu_rng *r, tree *tr, int T, int n_prefix)
+{
+    tr->T = T;
+    tr->n_prefix = n_prefix;
+    tr->S = n_prefix + T;
+    tr->parent = malloc(sizeof(int) * T);
+    tr->anc_off = malloc(sizeof(int) * (T + 1));
+    tr->anc = malloc(sizeof(int) * T * (T + 1) / 2 + 1);
+    int chain = tu_below(r, 3) == 0;
+    int n = 0;
+    for (int i = 0; i < T; i++) {
+        tr->parent[i] = i == 0 ? -1 : chain ? i - 1 : (int)tu_below(r, (uint32_t)i + 1) - 1;
+        int path[256], len = 0;
+        for (int a = i; a >= 0; a = tr->parent[a])
+            path[len++] = a;
+        tr->anc_off[i] = n;
+        for (int k = len - 1; k >= 0; k--)
+            tr->anc[n++] = n_prefix + path[k];
+    }
+    tr->anc_off[T] = n;
+}
+
+static void tree_free(tree *tr)
+{
+    free(tr->parent);
+    free(tr->anc);
+    free(tr->anc_off);
+}
+
+static void test_attention(void **state)
+{
+    (void)state;
+    tu_rng r;
+    tu_rng_init(&r, tu_seed() ^ 0x44);
+    static const struct {
+        int H, Hkv, Dh;
+    } shapes[] = {{9, 3, 64}, {4, 4, 32}, {8, 1, 16}, {6, 2, 128}};
+    kern_backend *bs[3] = {mk(1, 0), mk(2, 0), mk(3, KERN_CPU_PORTABLE)};
+    for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++)
+        for (int c = 0; c < 8; c++) {
+            int H = shapes[si].H, Hkv = shapes[si].Hkv, Dh = shapes[si].Dh;
+            int T = 1 + (int)tu_below(&r, 40), np = (int)tu_below(&r, 300);
+            if (c == 0)
+                np = 0;
+            tree tr;
+            rand_tree(&r, &tr, T, np);
+            size_t row = (size_t)Hkv * Dh;
+            float *kc = malloc(sizeof(float) * tr.S * row),
+                  *vc = malloc(sizeof(float) * tr.S * row);
+            float *q = malloc(sizeof(float) * T * H * Dh),
+                  *out = malloc(sizeof(float) * T * H * Dh);
+            float *o1 = malloc(sizeof(float) * H * Dh);
+            double *sc = malloc(sizeof(double) * tr.S);
+            assert_true(kc && vc && q && out && o1 && sc);
+            float qs = 0.5f + 3.0f * tu_uniform(&r);
+            rand_x(&r, kc, tr.S * row);
+            rand_x(&r, vc, tr.S * row);
+            rand_x(&r, q, (size_t)T * H * Dh);
+            for (size_t i = 0; i < (size_t)T * H * Dh; i++)
+                q[i] *= qs;
+            float scale = 1.0f / sqrtf((float)Dh);
+            kern_backend *b = bs[tu_below(&r, 3)];
+            b->attention(b->ctx, out, q, kc, vc, np, tr.anc, tr.anc_off, T, H, Hkv, Dh, scale);
+            for (int t = 0; t < T; t++)
+                for (int h = 0; h < H; h++) {
+                    int kvh = h / (H / Hkv);
+                    const float *qv = q + ((size_t)t * H + h) * Dh;
+                    int nk = np + tr.anc_off[t + 1] - tr.anc_off[t];
+                    double mx = -1e300;
+                    for (int i = 0; i < nk; i++) {
+                        int slot = i < np ? i : tr.anc[tr.anc_off[t] + i - np];
+                        double s = 0;
+                        for (int d = 0; d < Dh; d++)
+                            s += (double)qv[d] * kc[slot * row + kvh * Dh + d];
+                        sc[i] = s * scale;
+                        mx = fmax(mx, sc[i]);
+                    }
+                    double sum = 0;
+                    for (int i = 0; i < nk; i++)
+                        sum += (sc[i] = exp(sc[i] - mx));
+                    for (int d = 0; d < Dh; d++) {
+                        double o = 0, mag = 0;
+                        for (int i = 0; i < nk; i++) {
+                            int slot = i < np ? i : tr.anc[tr.anc_off[t] + i - np];
+                            o += sc[i] * vc[slot * row + kvh * Dh + d];
+                            mag += sc[i] * fabs(vc[slot * row + kvh * Dh + d]);
+                        }
+                        double got = out[((size_t)t * H + h) * Dh + d];
+                        /* scores carry ~|q||k| * 2^-24 error, exp amplifies it by the score */
+                        if (!(fabs(got - o / sum) <= 2e-5 * mag / sum * (1 + fabs(mx)) + 1e-6)) {
+                            fprintf(stderr,
+                                    "attention %s H=%d Hkv=%d Dh=%d T=%d np=%d t=%d h=%d "
+                                    "d=%d: got %.9g ref %.9g\n",
+                                    b->name, H, Hkv, Dh, T, np, t, h, d, got, o / sum);
+                            fail();
+                        }
+                    }
+                }
+            /* batch invariance: each node alone (T=1, its own ancestor list) */
+            for (int t = 0; t < T; t++) {
+                int off[2] = {0, tr.anc_off[t + 1] - tr.anc_off[t]};
+                kern_backend *b1 = bs[tu_below(&r, 2)];
+                if (b != bs[2]) {
+                    b1->attention(b1->ctx, o1, q + (size_t)t * H * Dh, kc, vc, np,
+                                  tr.anc + tr.anc_off[t], off, 1, H, Hkv, Dh, scale);
+                } else {
+                    b->attention(b->ctx, o1, q + (size_t)t * H * Dh, kc, vc, np,
+                                 tr.anc + tr.anc_off[t], off, 1, H, Hkv, Dh, scale);
+                }
+                assert_memory_equal(o1, out + (size_t)t * H * Dh, sizeof(float) * H * Dh);
+            }
+            tree_free(&tr);
+            free(kc);
+            free(vc);
+            free(q);
+            free(out);
+            free(o1);
+            free(sc);
+        }
+    for (int i = 0; i < 3; i++)
+        kern_free(bs[i]);
+}
+
+/* ---- rope, rmsnorm, elementwise ---- */
+
+static void test_rope(void **state)
+{
+    (void)state;
+    tu_rng r;
+    tu_rng_init(&r, tu_seed() ^ 0x55);
+    kern_backend *bs[2] = {mk(1, 0), mk(3, 0)};
+    for (int c = 0; c < 24; c++) {
+        int neox = c & 1;
+        int H = 1 + (int)tu_below(&r, 9), Dh = 16 * (1 + (int)tu_below(&r, 8));
+        int n_rot = c % 3 == 0 ? Dh / 2 : Dh;
+        int T = 1 + (int)tu_below(&r, 33);
+        float base = c % 4 == 0 ? 1000000.0f : 10000.0f;
+        float *x = malloc(sizeof(float) * T * H * Dh), *y = malloc(sizeof(float) * T * H * Dh);
+        int *pos = malloc(sizeof(int) * T);
+        assert_true(x && y && pos);
+        rand_x(&r, x, (size_t)T * H * Dh);
+        for (int t = 0; t < T; t++)
+            pos[t] = (int)tu_below(&r, 40000);
+        memcpy(y, x, sizeof(float) * T * H * Dh);
+        kern_backend *b = bs[tu_below(&r, 2)];
+        b->rope(b->ctx, y, pos, T, H, Dh, n_rot, base, neox);
+        for (int t = 0; t < T; t++)
+            for (int h = 0; h < H; h++) {
+                const float *xi = x + ((size_t)t * H + h) * Dh;
+                const float *yo = y + ((size_t)t * H + h) * Dh;
+                for (int i = 0; i < n_rot / 2; i++) {
+                    double th = pos[t] * pow(base, -2.0 * i / n_rot);
+                    int i0 = neox ? i : 2 * i, i1 = neox ? i + n_rot / 2 : 2 * i + 1;
+                    double r0 = xi[i0] * cos(th) - xi[i1] * sin(th);
+                    double r1 = xi[i0] * sin(th) + xi[i1] * cos(th);
+                    double tol = 1e-6 * (fabs(xi[i0]) + fabs(xi[i1])) + 1e-30;
+                    if (!(fabs(yo[i0] - r0) <= tol && fabs(yo[i1] - r1) <= tol)) {
+                        fprintf(stderr, "rope neox=%d pos=%d i=%d: %g %g vs %g %g\n", neox, pos[t],
+                                i, yo[i0], yo[i1], r0, r1);
+                        fail();
+                    }
+                }
+                for (int i = n_rot; i < Dh; i++)
+                    assert_true(yo[i] == xi[i]);
+            }
+        /* per-position invariance */
+        int t = (int)tu_below(&r, (uint32_t)T);
+        float *z = malloc(sizeof(float) * H * Dh);
+        assert_non_null(z);
+        memcpy(z, x + (size_t)t * H * Dh, sizeof(float) * H * Dh);
+        bs[0]->rope(bs[0]->ctx, z, pos + t, 1, H, Dh, n_rot, base, neox);
+        assert_memory_equal(z, y + (size_t)t * H * Dh, sizeof(float) * H * Dh);
+        free(z);
+        free(x);
+        free(y);
+        free(pos);
+    }
+    kern_free(bs[0]);
+    kern_free(bs[1]);
+}
+
+static void test_rmsnorm(void **state)
+{
+    (void)state;
+    tu_rng r;
+    tu_rng_init(&r, tu_seed() ^ 0x66);
+    kern_backend *bs[2] = {mk(1, 0), mk(3, 0)};
+    for (int c = 0; c < 20; c++) {
+        int T = 1 + (int)tu_below(&r, 70), D = 1 + (int)tu_below(&r, 1200);
+        if (c < 3)
+            D = 576;
+        float eps = c & 1 ? 1e-5f : 1e-6f;
+        float *x = malloc(sizeof(float) * T * D), *y = malloc(sizeof(float) * T * D);
+        float *w = malloc(sizeof(float) * D), *z = malloc(sizeof(float) * D);
+        assert_true(x && y && w && z);
+        rand_x(&r, x, (size_t)T * D);
+        rand_x(&r, w, (size_t)D);
+        kern_backend *b = bs[tu_below(&r, 2)];
+        b->rmsnorm(b->ctx, y, x, w, T, D, eps);
+        for (int t = 0; t < T; t++) {
+            const float *xr = x + (size_t)t * D;
+            double ss = 0;
+            for (int i = 0; i < D; i++)
+                ss += (double)xr[i] * xr[i];
+            double rs = 1.0 / sqrt(ss / D + eps);
+            for (int i = 0; i < D; i++) {
+                double ref = xr[i] * rs * w[i];
+                if (!(fabs(y[(size_t)t * D + i] - ref) <= 1e-5 * fabs(ref) + 1e-30)) {
+                    fprintf(stderr, "rmsnorm D=%d t=%d i=%d: %.9g vs %.9g\n", D, t, i,
+                            y[(size_t)t * D + i], ref);
+                    fail();
+                }
+            }
+        }
+        int t = (int)tu_below(&r, (uint32_t)T);
+        memcpy(z, x + (size_t)t * D, sizeof(float) * D);
+        bs[0]->rmsnorm(bs[0]->ctx, z, z, w, 1, D, eps); /* in place */
+        assert_memory_equal(z, y + (size_t)t * D, sizeof(float) * D);
+        free(x);
+        free(y);
+        free(w);
+        free(z);
+    }
+    kern_free(bs[0]);
+    kern_free(bs[1]);
+}
+
+static void test_elementwise(void **state)
+{
+    (void)state;
+    tu_rng r;
+    tu_rng_init(&r, tu_seed() ^ 0x77);
+    kern_backend *b = mk(2, 0);
+    for (int c = 0; c < 6; c++) {
+        int n = 1 + (int)tu_below(&r, 100000);
+        float *g = malloc(sizeof(float) * n), *u = malloc(sizeof(float) * n);
+        float *g0 = malloc(sizeof(float) * n);
+        assert_true(g && u && g0);
+        rand_x(&r, g, (size_t)n);
+        rand_x(&r, u, (size_t)n);
+        memcpy(g0, g, sizeof(float) * n);
+        b->silu_mul(b->ctx, g, u, n);
+        for (int i = 0; i < n; i++) {
+            double ref = g0[i] / (1.0 + exp(-(double)g0[i])) * u[i];
+            if (!(fabs(g[i] - ref) <= 1e-6 * fabs(ref) + 1e-30)) {
+                fprintf(stderr, "silu_mul i=%d x=%g: %.9g vs %.9g\n", i, g0[i], g[i], ref);
+                fail();
+            }
+        }
+        memcpy(g, g0, sizeof(float) * n);
+        b->add(b->ctx, g, u, n);
+        for (int i = 0; i < n; i++)
+            assert_true(g[i] == g0[i] + u[i]);
+        int T = 1 + n % 7, N = n / T;
+        memcpy(g, g0, sizeof(float) * n);
+        b->add_bias(b->ctx, g, u, T, N);
+        for (int t = 0; t < T; t++)
+            for (int i = 0; i < N; i++)
+                assert_true(g[t * N + i] == g0[t * N + i] + u[i]);
+        free(g);
+        free(u);
+        free(g0);
+    }
+    kern_free(b);
+}
+
+static void test_create_and_features(void **state)
+{
+    (void)state;
+    kern_backend *b = NULL;
+    assert_int_equal(kern_cpu_create(&b, 0, 0), SD_OK);
+    assert_non_null(b->name);
+    assert_true(strncmp(b->name, "cpu-", 4) == 0);
+    kern_free(b);
+    kern_free(NULL);
+    assert_non_null(kern_cpu_features());
+    /* a pool survives many tiny dispatches (the decode pattern) */
+    b = mk(3, 0);
+    float x[64], w[64 * 8], o[8];
+    for (int i = 0; i < 64; i++)
+        x[i] = (float)i;
+    for (int i = 0; i < 64 * 8; i++)
+        w[i] = 1.0f;
+    for (int it = 0; it < 20000; it++) {
+        b->matmul(b->ctx, o, x, w, SD_DTYPE_F32, 1, 8, 64);
+        assert_true(o[7] == 2016.0f);
+    }
+    kern_free(b);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_create_and_features),
+        cmocka_unit_test(test_matmul_reference),
+        cmocka_unit_test(test_matmul_batch_invariance),
+        cmocka_unit_test(test_matmul_simd_vs_portable),
+        cmocka_unit_test(test_attention),
+        cmocka_unit_test(test_rope),
+        cmocka_unit_test(test_rmsnorm),
+        cmocka_unit_test(test_elementwise),
+    };
+    return cmocka_run_group_tests(tests, group_setup, NULL);
+}
