@@ -147,6 +147,43 @@ static uint64_t hash_probe(const gguf *g, const uint64_t *tab, uint64_t cap, nam
     }
 }
 
+/* Grow *p (zero-filled) to hold at least `need` elements. */
+static int vec_grow(void **p, uint64_t *cap, uint64_t need, size_t elem)
+{
+    if (need <= *cap)
+        return 0;
+    uint64_t c = *cap ? *cap * 2 : 16;
+    if (c < need)
+        c = need;
+    void *q = realloc(*p, (size_t)c * elem);
+    if (!q)
+        return -1;
+    memset((char *)q + *cap * elem, 0, (size_t)(c - *cap) * elem);
+    *p = q;
+    *cap = c;
+    return 0;
+}
+
+/* Make the table big enough for n + 1 entries at load <= 1/2, rehashing the first n. */
+static int hash_reserve(gguf *g, uint64_t **tab, uint64_t *cap, uint64_t n, name_at_fn at)
+{
+    if (*tab && 2 * (n + 1) <= *cap)
+        return 0;
+    uint64_t c = hash_cap_for(n + 1);
+    uint64_t *t = calloc((size_t)c, sizeof *t);
+    if (!t)
+        return -1;
+    free(*tab);
+    *tab = t;
+    *cap = c;
+    for (uint64_t i = 0; i < n; i++) {
+        const char *s = at(g, i);
+        int64_t found;
+        t[hash_probe(g, t, c, at, s, strlen(s), &found)] = i + 1;
+    }
+    return 0;
+}
+
 /* ---- helpers ---- */
 
 static size_t vt_size(uint32_t t)
@@ -461,16 +498,13 @@ static sd_err parse(gguf *g)
         return sd_fail(SD_EPROTO, "%s: offset 8: tensor count %llu cannot fit in %zu bytes",
                        g->path, (unsigned long long)nt, left);
 
-    g->kv = calloc((size_t)(nkv ? nkv : 1), sizeof *g->kv);
-    g->kv_cap = hash_cap_for(nkv);
-    g->kv_hash = calloc((size_t)g->kv_cap, sizeof *g->kv_hash);
-    g->tensors = calloc((size_t)(nt ? nt : 1), sizeof *g->tensors);
-    g->t_cap = hash_cap_for(nt);
-    g->t_hash = calloc((size_t)g->t_cap, sizeof *g->t_hash);
-    if (!g->kv || !g->kv_hash || !g->tensors || !g->t_hash)
-        return sd_fail(SD_ENOMEM, "%s: out of memory", g->path);
-
+    /* Tables grow with the records actually parsed, so a large but bounded count on a large
+     * file costs memory only as far as its records are real. */
+    uint64_t kv_vcap = 0;
     for (uint64_t i = 0; i < nkv; i++) {
+        if (vec_grow((void **)&g->kv, &kv_vcap, i + 1, sizeof *g->kv) ||
+            hash_reserve(g, &g->kv_hash, &g->kv_cap, i, kv_name_at))
+            return sd_fail(SD_ENOMEM, "%s: out of memory", g->path);
         gguf_kv *kv = &g->kv[i];
         g->n_kv = i + 1; /* so close frees this entry's allocations even on failure */
         if ((e = parse_kv(g, &r, kv)))
@@ -480,6 +514,9 @@ static sd_err parse(gguf *g)
             hash_probe(g, g->kv_hash, g->kv_cap, kv_name_at, kv->key, strlen(kv->key), &dup);
         g->kv_hash[slot] = i + 1;
     }
+    if (hash_reserve(g, &g->kv_hash, &g->kv_cap, nkv, kv_name_at) ||
+        hash_reserve(g, &g->t_hash, &g->t_cap, 0, t_name_at))
+        return sd_fail(SD_ENOMEM, "%s: out of memory", g->path);
 
     g->alignment = GGUF_DEFAULT_ALIGN;
     int64_t ai = gguf_find_key(g, "general.alignment");
@@ -497,15 +534,17 @@ static sd_err parse(gguf *g)
         g->alignment = a;
     }
 
-    uint64_t *rel = malloc((size_t)(nt ? nt : 1) * sizeof *rel);
-    size_t *info_off = malloc((size_t)(nt ? nt : 1) * sizeof *info_off);
-    if (!rel || !info_off) {
-        free(rel);
-        free(info_off);
-        return sd_fail(SD_ENOMEM, "%s: out of memory", g->path);
-    }
+    uint64_t *rel = NULL, t_vcap = 0, rel_cap = 0, io_cap = 0;
+    size_t *info_off = NULL;
     for (uint64_t i = 0; i < nt; i++) {
         uint32_t ty = 0;
+        if (vec_grow((void **)&g->tensors, &t_vcap, i + 1, sizeof *g->tensors) ||
+            vec_grow((void **)&rel, &rel_cap, i + 1, sizeof *rel) ||
+            vec_grow((void **)&info_off, &io_cap, i + 1, sizeof *info_off) ||
+            hash_reserve(g, &g->t_hash, &g->t_cap, i, t_name_at)) {
+            e = sd_fail(SD_ENOMEM, "%s: out of memory", g->path);
+            goto out;
+        }
         g->n_tensors = i + 1;
         info_off[i] = r.off;
         if ((e = parse_tensor(g, &r, &g->tensors[i], i, &ty, &rel[i])))

@@ -898,6 +898,55 @@ static void test_random_flips(void **st)
     gw_free(w);
 }
 
+/* ---- the committed fuzz seeds (written by tests/fuzz/make_corpus.py, an independent writer) ----
+ */
+
+static void test_corpus_seeds(void **st)
+{
+    static const struct {
+        const char *file;
+        sd_err code;
+        uint64_t n_kv, n_tensors;
+    } seeds[] = {
+        {"empty_v3.gguf", SD_OK, 0, 0},
+        {"empty_v2.gguf", SD_OK, 0, 0},
+        {"scalars.gguf", SD_OK, 12, 0},
+        {"arrays.gguf", SD_OK, 7, 0},
+        {"tokenizer.gguf", SD_OK, 7, 0},
+        {"tensor_f32.gguf", SD_OK, 1, 1},
+        {"tensor_f16.gguf", SD_OK, 1, 1},
+        {"tensor_bf16.gguf", SD_OK, 1, 1},
+        {"tensor_q8_0.gguf", SD_OK, 1, 1},
+        {"tensor_q4_0.gguf", SD_OK, 1, 1},
+        {"tensor_q4_1.gguf", SD_OK, 1, 1},
+        {"tensor_q4_k.gguf", SD_OK, 1, 1},
+        {"tensor_q6_k.gguf", SD_OK, 1, 1},
+        {"all_tensors_v2.gguf", SD_OK, 1, 8},
+        {"align64.gguf", SD_OK, 1, 3},
+        {"dims4.gguf", SD_OK, 0, 2},
+        {"bad_type.gguf", SD_EUNSUPPORTED, 0, 0},
+        {"bad_version1.gguf", SD_EUNSUPPORTED, 0, 0},
+        {"nested_arr_hdr.gguf", SD_EUNSUPPORTED, 0, 0},
+    };
+    for (size_t i = 0; i < sizeof seeds / sizeof seeds[0]; i++) {
+        char rel[128];
+        snprintf(rel, sizeof rel, "tests/fuzz/corpus/%s", seeds[i].file);
+        const char *path = tu_src_path(rel);
+        gguf *g = NULL;
+        sd_err e = gguf_open(&g, path);
+        if (e != seeds[i].code)
+            fail_msg("%s: got %d, want %d: %s", path, e, seeds[i].code, sd_errmsg());
+        if (e == SD_OK) {
+            assert_int_equal(gguf_n_kv(g), seeds[i].n_kv);
+            assert_int_equal(gguf_n_tensors(g), seeds[i].n_tensors);
+            touch_all(g);
+            gguf_close(g);
+        } else {
+            assert_non_null(strstr(sd_errmsg(), seeds[i].file));
+        }
+    }
+}
+
 int main(void)
 {
     tu_seed();
@@ -914,6 +963,7 @@ int main(void)
         cmocka_unit_test(test_corruptions),
         cmocka_unit_test(test_truncation_every_byte),
         cmocka_unit_test(test_random_flips),
+        cmocka_unit_test(test_corpus_seeds),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
