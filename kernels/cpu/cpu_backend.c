@@ -181,7 +181,6 @@ typedef struct {
     const uint8_t *w;
     size_t w_stride, act_stride;
     const uint8_t *act;
-    kcpu_q8_layout L;
     int T, N, K, chunk, t_per_task;
 } mm_job;
 
@@ -192,8 +191,7 @@ static void mm_prep_task(void *arg, int task, int tid)
     if (t1 > j->T)
         t1 = j->T;
     for (int t = t0; t < t1; t++)
-        kcpu_q8_quantize_row(j->c->act + (size_t)t * j->act_stride, j->x + (size_t)t * j->K, j->K,
-                             &j->L);
+        j->k->prep(j->c->act + (size_t)t * j->act_stride, j->x + (size_t)t * j->K, j->K);
 }
 
 static void mm_rows_task(void *arg, int task, int tid)
@@ -231,13 +229,12 @@ static void cpu_matmul(void *vctx, float *out, const float *x, const void *w, sd
     j.T = T;
     j.N = N;
     j.K = K;
-    if (ensure_scratch(c, j.k->scratch_per_k * (size_t)K + 64) != 0) {
+    if (ensure_scratch(c, j.k->scratch_per_k * (size_t)K + 4096) != 0) {
         fill_nan(out, (size_t)T * (size_t)N);
         return;
     }
     if (j.k->quantized_act) {
-        j.L = kcpu_q8_layout_for(K);
-        j.act_stride = j.L.stride;
+        j.act_stride = j.k->prep_stride(K);
         if (ensure_buf(&c->act, &c->act_cap, j.act_stride * (size_t)T) != 0) {
             fill_nan(out, (size_t)T * (size_t)N);
             return;

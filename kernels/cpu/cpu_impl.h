@@ -42,11 +42,15 @@ void kcpu_pool_run(kcpu_pool *p, kcpu_task_fn fn, void *arg, int n_tasks);
  * type. The quantization is the same bitwise on every ISA level (exact max, IEEE division and
  * multiplication, round-to-nearest-even), so levels differ only in float summation order. */
 typedef struct {
-    size_t q, d, ds, s16, stride; /* byte offsets inside a row record, and its size (64-aligned) */
+    size_t q, d, ds, s16, ds16, stride; /* byte offsets in a row record, and its size (64-aligned) */
 } kcpu_q8_layout;
 
+/* The portable record (also used by AVX2): q[K] in natural order, d[K/32], ds[K/32],
+ * s16[K/16] (int16), ds16[K/16] = d * s16 (float). */
 kcpu_q8_layout kcpu_q8_layout_for(int K);
 void kcpu_q8_quantize_row(uint8_t *rec, const float *x, int K, const kcpu_q8_layout *L);
+size_t kcpu_q8_stride(int K);
+void kcpu_q8_prep(uint8_t *rec, const float *x, int K);
 
 /* ---- matmul kernels ----
  * rows(): out[t * ldo + n] for t in [0, T), n in [n0, n1). act is the prepared activation:
@@ -57,9 +61,13 @@ typedef void (*kcpu_rows_fn)(float *out, int ldo, const uint8_t *act, size_t act
                              const uint8_t *w, size_t w_stride, int n0, int n1, int K,
                              void *scratch);
 
+typedef void (*kcpu_prep_fn)(uint8_t *rec, const float *x, int K);
+
 typedef struct {
     kcpu_rows_fn rows;    /* NULL: not provided at this level (fall back to a lower one) */
-    int quantized_act;    /* act is the kcpu_q8 record, not raw floats */
+    int quantized_act;    /* act is a record made by prep, not raw floats */
+    kcpu_prep_fn prep;    /* quantizes one activation row into a record (quantized_act only) */
+    size_t (*prep_stride)(int K); /* bytes of one record, a multiple of 64 */
     size_t scratch_per_k; /* bytes of scratch per element of K */
     int row_tile;         /* preferred multiple for the rows given to one task */
 } kcpu_mm_kernel;

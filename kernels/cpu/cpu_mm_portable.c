@@ -41,8 +41,17 @@ kcpu_q8_layout kcpu_q8_layout_for(int K)
     L.d = (k + 63) & ~(size_t)63;
     L.ds = L.d + ((k / 32 * 4 + 63) & ~(size_t)63);
     L.s16 = L.ds + ((k / 32 * 4 + 63) & ~(size_t)63);
-    L.stride = L.s16 + ((k / 16 * 2 + 63) & ~(size_t)63);
+    L.ds16 = L.s16 + ((k / 16 * 2 + 63) & ~(size_t)63);
+    L.stride = L.ds16 + ((k / 16 * 4 + 63) & ~(size_t)63);
     return L;
+}
+
+size_t kcpu_q8_stride(int K) { return kcpu_q8_layout_for(K).stride; }
+
+void kcpu_q8_prep(uint8_t *rec, const float *x, int K)
+{
+    kcpu_q8_layout L = kcpu_q8_layout_for(K);
+    kcpu_q8_quantize_row(rec, x, K, &L);
 }
 
 void kcpu_q8_quantize_row(uint8_t *rec, const float *x, int K, const kcpu_q8_layout *L)
@@ -50,6 +59,7 @@ void kcpu_q8_quantize_row(uint8_t *rec, const float *x, int K, const kcpu_q8_lay
     int8_t *q = (int8_t *)(rec + L->q);
     float *d = (float *)(rec + L->d), *ds = (float *)(rec + L->ds);
     int16_t *s16 = (int16_t *)(rec + L->s16);
+    float *ds16 = (float *)(rec + L->ds16);
     for (int b = 0; b < K / 32; b++) {
         const float *xb = x + 32 * b;
         float amax = 0.0f;
@@ -70,6 +80,8 @@ void kcpu_q8_quantize_row(uint8_t *rec, const float *x, int K, const kcpu_q8_lay
         ds[b] = db * (float)(s[0] + s[1]);
         s16[2 * b] = (int16_t)s[0];
         s16[2 * b + 1] = (int16_t)s[1];
+        ds16[2 * b] = db * (float)s[0];
+        ds16[2 * b + 1] = db * (float)s[1];
     }
 }
 
@@ -279,10 +291,11 @@ void kcpu_mm_portable(kcpu_mm_kernel tab[KCPU_DTYPE_SLOTS][2])
         {SD_DTYPE_Q4_K, rows_f32_q4_k, rows_q8_q4_k}, {SD_DTYPE_Q6_K, rows_f32_q6_k, rows_q8_q6_k},
     };
     for (size_t i = 0; i < sizeof k / sizeof k[0]; i++) {
-        kcpu_mm_kernel f = {k[i].f32, 0, 4, 1};
+        kcpu_mm_kernel f = {k[i].f32, 0, NULL, NULL, 4, 1};
         tab[k[i].t][0] = f;
         /* float weights: the "quantized activation" mode uses the f32 path too */
-        kcpu_mm_kernel q = k[i].q8 ? (kcpu_mm_kernel){k[i].q8, 1, 0, 1} : f;
+        kcpu_mm_kernel q =
+            k[i].q8 ? (kcpu_mm_kernel){k[i].q8, 1, kcpu_q8_prep, kcpu_q8_stride, 0, 1} : f;
         tab[k[i].t][1] = q;
     }
 }
