@@ -141,7 +141,8 @@ static int cut(const sample_work *w, int m, double need, double *mass)
 
 /* Fills w->idx[0..n) with the kept candidates (best first when filtered, id order when nothing
  * filters) and returns n; *sum is their total unnormalised mass. */
-static int filter(sample_work *w, const float *logits, int V, const sample_params *p, double *sum)
+static int filter(sample_work *w, const float *logits, int V, const sample_params *p, double *sum,
+                  double *all)
 {
     float mx = logits[sample_argmax(logits, V)];
     float inv_t = 1.0f / p->temp;
@@ -152,6 +153,8 @@ static int filter(sample_work *w, const float *logits, int V, const sample_param
         w->idx[i] = i;
         total += e;
     }
+    if (all)
+        *all = total;
     int topk = p->top_k > 0 && p->top_k < V;
     if (!topk && p->top_p >= 1.0f) {
         *sum = total;
@@ -189,7 +192,7 @@ int sample_dist(sample_work *w, const float *logits, int V, const sample_params 
         return 1;
     }
     double sum;
-    int n = filter(w, logits, V, p, &sum);
+    int n = filter(w, logits, V, p, &sum, NULL);
     for (int i = 0; i < n; i++) {
         ids[i] = w->idx[i];
         probs[i] = (float)(w->prob[w->idx[i]] / sum);
@@ -202,7 +205,7 @@ int sample_token(sample_work *w, const float *logits, int V, const sample_params
     if (p->temp == 0.0f)
         return sample_argmax(logits, V);
     double sum;
-    int n = filter(w, logits, V, p, &sum);
+    int n = filter(w, logits, V, p, &sum, NULL);
     double u = sample_rng_uniform(p->seed, pos, 0) * sum, acc = 0;
     for (int i = 0; i < n; i++) {
         acc += w->prob[w->idx[i]];
@@ -210,4 +213,19 @@ int sample_token(sample_work *w, const float *logits, int V, const sample_params
             return w->idx[i];
     }
     return w->idx[n - 1];
+}
+
+int sample_top(sample_work *w, const float *logits, int V, float temp, int k, int32_t *ids,
+               float *probs)
+{
+    sample_params p = {temp > 0 ? temp : 1.0f, k < V ? k : 0, 1.0f, 0};
+    double sum, total;
+    int n = filter(w, logits, V, &p, &sum, &total);
+    if (n == V) /* nothing filtered: id order, so order the head explicitly */
+        top_m(w, V, n);
+    for (int i = 0; i < n; i++) {
+        ids[i] = w->idx[i];
+        probs[i] = (float)(w->prob[w->idx[i]] / total);
+    }
+    return n;
 }

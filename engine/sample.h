@@ -42,4 +42,9 @@ int sample_token(sample_work *w, const float *logits, int V, const sample_params
 int sample_dist(sample_work *w, const float *logits, int V, const sample_params *p, int *ids,
                 float *probs);
 
+/* The k most likely tokens under softmax(logits / temp) (temp 0 counts as 1), best first, with
+ * their probabilities under the FULL distribution (not renormalised). Returns min(k, V). */
+int sample_top(sample_work *w, const float *logits, int V, float temp, int k, int32_t *ids,
+               float *probs);
+
 #endif

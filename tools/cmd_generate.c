@@ -1,21 +1,23 @@
-/* specd generate: tokenize a prompt (optionally through the model's chat template), prefill it,
- * then decode token by token, streaming text to stdout; statistics go to stderr. */
+/* specd generate: tokenize a prompt (optionally through the model's chat template) and generate,
+ * target-only or speculatively (--draft), streaming text to stdout; statistics go to stderr.
+ * --compare also runs target-only on the same prompt, checks the texts are identical and prints
+ * the measured speedup. */
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "../common/log.h"
 #include "../common/opt.h"
 #include "../engine/model.h"
 #include "../engine/sample.h"
+#include "../engine/spec.h"
 #include "../engine/tok.h"
 #include "specd.h"
 
 typedef struct {
-    const char *model, *prompt, *system, *log_level;
-    int n_predict, threads, ctx, chat, f32_act, portable, ignore_eos, top_k;
+    const char *model, *prompt, *system, *log_level, *draft, *tree, *verify;
+    int n_predict, threads, ctx, chat, f32_act, portable, ignore_eos, top_k, compare, max_nodes;
     float temp, top_p;
     unsigned long long seed;
 } gen_opts;
@@ -38,6 +40,16 @@ static const opt_def gen_defs[] = {
     {"ctx", 'c', OPT_INT, F(ctx), 0, 1 << 20, "0", "N",
      "context length in tokens; 0 = the model's, at most 4096"},
     {"threads", 't', OPT_INT, F(threads), 0, 1024, "0", "N", "compute threads; 0 = all cores"},
+    {"draft", 'd', OPT_STR, F(draft), OPT_NOBOUNDS, NULL, "SPEC",
+     "speculate with a drafter: model:PATH | layerskip:LAYERS (e.g. 0-9,29) | ngram[:N]"},
+    {"tree", 0, OPT_STR, F(tree), OPT_NOBOUNDS, "chain:4", "SHAPE",
+     "draft tree: chain:K | topk:B1,B2,... | dynamic:NODES"},
+    {"verify", 0, OPT_STR, F(verify), OPT_NOBOUNDS, "sample", "MODE",
+     "greedy | sample (lossless tree sampling) | specinfer (needs a model drafter)"},
+    {"max-nodes", 0, OPT_INT, F(max_nodes), 1, VERIFY_MAX_NODES, "64", "N",
+     "largest tree accepted"},
+    {"compare", 0, OPT_FLAG, F(compare), OPT_NOBOUNDS, NULL, NULL,
+     "also run target-only, check identical output, print the speedup"},
     {"ignore-eos", 0, OPT_FLAG, F(ignore_eos), OPT_NOBOUNDS, NULL, NULL,
      "keep generating past end-of-generation tokens"},
     {"f32-act", 0, OPT_FLAG, F(f32_act), OPT_NOBOUNDS, NULL, NULL,
@@ -50,11 +62,39 @@ static const opt_def gen_defs[] = {
 #undef F
 #define N_DEFS (sizeof gen_defs / sizeof gen_defs[0])
 
-static double now(void)
+typedef struct {
+    int32_t *ids;
+    int n, cap;
+} text_buf;
+
+static text_buf *g_text; /* --compare: the speculative run's tokens */
+
+static int collect_token(void *ud, int32_t t)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+    text_buf *b = g_text;
+    if (b->n == b->cap) {
+        int cap = b->cap ? b->cap * 2 : 256;
+        int32_t *p = realloc(b->ids, sizeof(int32_t) * (size_t)cap);
+        if (!p)
+            return 1;
+        b->ids = p;
+        b->cap = cap;
+    }
+    b->ids[b->n++] = t;
+    return 0;
+}
+
+/* Stream one token's text to stdout (control tokens are not printed). */
+static int print_token(void *ud, int32_t t)
+{
+    const tok *tk = ud;
+    const char *bytes;
+    size_t len;
+    if (!tok_is_special(tk, t) && tok_piece(tk, t, &bytes, &len) == SD_OK) {
+        fwrite(bytes, 1, len, stdout);
+        fflush(stdout);
+    }
+    return g_text ? collect_token(ud, t) : 0;
 }
 
 static int fail(const char *what, sd_err e)
@@ -119,11 +159,8 @@ int cmd_generate(int argc, char **argv)
                                    (o.portable ? KERN_CPU_PORTABLE : 0u)};
     model *m = NULL;
     tok *tk = NULL;
-    kv_cache *kv = NULL;
-    model_run *run = NULL;
-    sample_work *sw = NULL;
+    draft *dr = NULL;
     int32_t *ids = NULL;
-    float *logits = NULL;
     int rc = 1;
     if ((e = model_open(&m, o.model, &mo))) {
         fprintf(stderr, "specd generate: cannot load model '%s': %s\n", o.model, sd_errmsg());
@@ -145,6 +182,7 @@ int cmd_generate(int argc, char **argv)
         rc = fail("tokenizer", e);
         goto out;
     }
+    int32_t eog[2] = {tok_eos(tk), tok_eot(tk)};
     if (tok_n_vocab(tk) != V) {
         fprintf(stderr, "specd generate: tokenizer has %d tokens, model %d\n", tok_n_vocab(tk), V);
         goto out;
@@ -167,54 +205,77 @@ int cmd_generate(int argc, char **argv)
         n_gen = ctx - (int)n_prompt;
         LOG_WARN("generate", "only %d tokens fit after the prompt in a context of %d", n_gen, ctx);
     }
-    logits = malloc(sizeof(float) * (size_t)V);
-    if (!logits || (e = model_kv_init(m, &kv, ctx)) || (e = model_run_init(&run, m, 256)) ||
-        (e = sample_work_init(&sw, V))) {
-        rc = fail("allocating", e ? e : SD_ENOMEM);
-        goto out;
-    }
-
-    double t0 = now();
-    if ((e = model_forward(m, run, kv, ids, NULL, (int)n_prompt, NULL, 1, logits)) ||
-        (e = kv_commit_all(kv))) {
-        rc = fail("prefill", e);
-        goto out;
-    }
-    double t_prefill = now() - t0, t1 = now();
-    int produced = 0; /* the first token comes from the prefill's logits */
-    for (;;) {
-        int32_t t = sample_token(sw, logits, V, &sp, (uint64_t)kv->n_committed);
-        if (!o.ignore_eos && tok_is_eog(tk, t))
-            break;
-        const char *bytes;
-        size_t len;
-        if (!tok_is_special(tk, t) && tok_piece(tk, t, &bytes, &len) == SD_OK) {
-            fwrite(bytes, 1, len, stdout);
-            fflush(stdout);
-        }
-        if (++produced == n_gen)
-            break;
-        if ((e = model_forward(m, run, kv, &t, NULL, 1, NULL, 1, logits)) ||
-            (e = kv_commit_all(kv))) {
-            rc = fail("decode", e);
+    verify_mode vm = VERIFY_SAMPLE;
+    if (!strcmp(o.verify, "greedy")) {
+        if (o.temp != 0) {
+            fprintf(stderr, "specd generate: --verify greedy needs --temp 0\n");
             goto out;
         }
+    } else if (!strcmp(o.verify, "specinfer")) {
+        vm = VERIFY_SPECINFER;
+    } else if (strcmp(o.verify, "sample")) {
+        fprintf(stderr, "specd generate: --verify '%s': use greedy, sample or specinfer\n",
+                o.verify);
+        goto out;
     }
-    double t_decode = now() - t1;
+    spec_config sc = {.target = m, .vmode = vm, .sp = sp, .n_predict = n_gen,
+                      .max_nodes = o.max_nodes, .n_ctx = ctx, .eog = eog, .on_token = print_token,
+                      .ud = tk};
+    if (o.ignore_eos)
+        sc.n_eog = 0;
+    else
+        sc.n_eog = eog[1] >= 0 && eog[1] != eog[0] ? 2 : 1;
+    if ((e = tree_shape_parse(&sc.shape, o.tree, o.max_nodes))) {
+        rc = fail("--tree", e);
+        goto out;
+    }
+    if (o.draft) {
+        draft_opts dop = {.max_ctx = ctx, .max_nodes = o.max_nodes,
+                          .sample_children = vm == VERIFY_SPECINFER && o.temp > 0,
+                          .temp = o.temp, .seed = o.seed};
+        if ((e = draft_open(&dr, o.draft, m, &dop))) {
+            rc = fail("--draft", e);
+            goto out;
+        }
+        sc.drafter = dr;
+    }
+    spec_stats st, base;
+    text_buf tb = {0};
+    g_text = o.compare ? &tb : NULL;
+    if ((e = spec_generate(&sc, ids, (int)n_prompt, &st))) {
+        rc = fail("generation", e);
+        goto out;
+    }
     printf("\n");
-    fprintf(stderr,
-            "\nprompt: %zu tokens, %.1f tok/s prefill | generated: %d tokens, %.1f tok/s decode | "
-            "%s, %s\n",
-            n_prompt, (double)n_prompt / t_prefill, produced,
-            produced > 1 ? (double)(produced - 1) / t_decode : 0.0, c->arch,
-            model_backend(m)->name);
+    fflush(stdout);
+    spec_stats_print(&st, dr ? dr->kind : "target");
+    if (o.compare) {
+        text_buf spec_text = tb;
+        tb = (text_buf){0};
+        sc.drafter = NULL;
+        sc.on_token = collect_token;
+        if ((e = spec_generate(&sc, ids, (int)n_prompt, &base))) {
+            rc = fail("target-only run", e);
+            free(spec_text.ids);
+            goto out;
+        }
+        spec_stats_print(&base, "target");
+        int same = spec_text.n == tb.n &&
+                   !memcmp(spec_text.ids, tb.ids, sizeof(int32_t) * (size_t)tb.n);
+        double a = st.n_gen / (st.t_total - st.t_prefill),
+               b = base.n_gen / (base.t_total - base.t_prefill);
+        fprintf(stderr, "[compare] output %s target-only (%d vs %d tokens); speedup %.2fx "
+                "(%.1f vs %.1f tok/s)\n", same ? "identical to" : "DIFFERS from", spec_text.n,
+                tb.n, a / b, a, b);
+        free(spec_text.ids);
+        free(tb.ids);
+        if (!same)
+            goto out;
+    }
     rc = 0;
 out:
     free(ids);
-    free(logits);
-    sample_work_free(sw);
-    model_run_free(run);
-    kv_free(kv);
+    draft_free(dr);
     tok_free(tk);
     model_free(m);
     return rc;

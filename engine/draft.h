@@ -1,0 +1,69 @@
+/* draft: drafters behind one interface (DESIGN.md §3).
+ *
+ * A drafter follows the committed sequence (draft_advance appends committed tokens,
+ * draft_rollback cuts it back) and proposes a token tree continuing it (draft_propose). Tree
+ * nodes with parent -1 continue the last committed token. A drafter keeps its own state (KV
+ * cache, history) and reuses the work of the previous proposal when the accepted tokens follow a
+ * path it already computed.
+ *
+ * Kinds (draft_open spec):
+ *   model:PATH      a draft model: any GGUF whose vocabulary equals the target's
+ *   layerskip:SPEC  the target's own weights, a subset of layers ("0-9,29"), sharing its file
+ *   ngram[:N]       prompt lookup: continuations of the longest matching n-gram (N max, default 3)
+ *                   in the prompt and generated text; no model */
+#ifndef SD_DRAFT_H
+#define SD_DRAFT_H
+
+#include <stdint.h>
+
+#include "../common/sd_err.h"
+#include "model.h"
+#include "tree.h"
+
+typedef struct draft draft;
+
+typedef struct {
+    int max_ctx;  /* longest sequence followed (committed tokens) */
+    int max_nodes; /* largest tree proposed */
+    /* Children drawn i.i.d. from the draft distribution (temperature temp, keyed by seed)
+     * instead of taken best-first — what SpecInfer-style verification requires — and the sparse
+     * distribution recorded in the tree. */
+    int sample_children;
+    float temp;
+    uint64_t seed;
+} draft_opts;
+
+struct draft {
+    const char *kind;
+    sd_err (*propose)(draft *d, const tree_shape *s, tree *out);
+    sd_err (*advance)(draft *d, const int32_t *toks, int n);
+    sd_err (*rollback)(draft *d, int n_keep);
+    void (*free)(draft *d);
+    int32_t *hist; /* committed tokens followed so far */
+    int n_hist, max_ctx;
+};
+
+/* Create a drafter for `target` from a spec string (see above). */
+sd_err draft_open(draft **out, const char *spec, model *target, const draft_opts *o);
+void draft_free(draft *d); /* NULL is a no-op */
+
+static inline sd_err draft_propose(draft *d, const tree_shape *s, tree *out)
+{
+    return d->propose(d, s, out);
+}
+static inline sd_err draft_advance(draft *d, const int32_t *toks, int n)
+{
+    return d->advance(d, toks, n);
+}
+static inline sd_err draft_rollback(draft *d, int n_keep) { return d->rollback(d, n_keep); }
+
+/* Shared by the implementations: append to / cut the history, with range checks. */
+sd_err draft_hist_append(draft *d, const int32_t *toks, int n);
+sd_err draft_hist_cut(draft *d, int n_keep);
+
+/* Implementations (draft_model.c, draft_ngram.c). */
+sd_err draft_model_open(draft **out, model *dm, int own_model, int n_vocab, const draft_opts *o,
+                        const char *kind);
+sd_err draft_ngram_open(draft **out, int n, const draft_opts *o);
+
+#endif

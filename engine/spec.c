@@ -1,0 +1,143 @@
+#include "spec.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+static double now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static int is_eog(const spec_config *c, int32_t t)
+{
+    for (int i = 0; i < c->n_eog; i++)
+        if (c->eog[i] == t)
+            return 1;
+    return 0;
+}
+
+sd_err spec_generate(const spec_config *c, const int32_t *prompt, int n, spec_stats *st)
+{
+    memset(st, 0, sizeof *st);
+    st->n_prompt = n;
+    if (n <= 0)
+        return sd_fail(SD_EINVAL, "empty prompt");
+    if (c->n_predict <= 0)
+        return SD_OK;
+    int max_nodes = c->drafter ? c->max_nodes : 0;
+    int ctx = c->n_ctx ? c->n_ctx : n + c->n_predict + max_nodes + 1;
+    if (n + max_nodes + 1 > ctx)
+        return sd_fail(SD_ERANGE, "the prompt is %d tokens; the context is %d", n, ctx);
+    kv_cache *kv = NULL;
+    model_run *run = NULL;
+    verify_work *vw = NULL;
+    tree t = {0};
+    int32_t *commit = malloc(sizeof(int32_t) * (VERIFY_MAX_NODES + 1));
+    verify_result *res = malloc(sizeof *res);
+    sd_err e = commit && res ? SD_OK : SD_ENOMEM;
+    if (!e)
+        e = model_kv_init(c->target, &kv, ctx);
+    if (!e)
+        e = model_run_init(&run, c->target, 128);
+    if (!e)
+        e = verify_work_init(&vw, c->target, max_nodes > 0 ? max_nodes : 1);
+    if (!e)
+        e = tree_init(&t, max_nodes > 0 ? max_nodes : 1,
+                      (max_nodes + 1) * 64 + 64);
+    double t0 = now();
+    if (!e && n > 1) {
+        e = model_forward(c->target, run, kv, prompt, NULL, n - 1, NULL, 0, NULL);
+        if (!e)
+            e = kv_commit_all(kv);
+    }
+    if (!e && c->drafter)
+        e = draft_advance(c->drafter, prompt, n);
+    st->t_prefill = now() - t0;
+    int32_t last = prompt[n - 1];
+    int done = 0;
+    while (!e && !done) {
+        double t1 = now();
+        tree_clear(&t);
+        if (c->drafter) {
+            e = draft_propose(c->drafter, &c->shape, &t);
+            if (e)
+                break;
+        }
+        double t2 = now();
+        /* never let the tree run past the context */
+        while (t.n > 0 && kv->n_committed + t.n + 1 > ctx)
+            t.n--;
+        if (kv->n_committed + 1 > ctx) {
+            e = sd_fail(SD_ERANGE, "context of %d tokens is full", ctx);
+            break;
+        }
+        e = verify_tree(c->target, run, kv, vw, last, &t, c->vmode, &c->sp, res);
+        if (e)
+            break;
+        double t3 = now();
+        st->t_draft += t2 - t1;
+        st->t_verify += t3 - t2;
+        st->n_steps++;
+        st->proposed += t.n;
+        st->accepted += res->n_accept;
+        for (int d = 0, node = -1; d <= res->n_accept && d < TREE_MAX_DEPTH; d++) {
+            int kid;
+            if (tree_children(&t, node, &kid, 1) == 0)
+                break;
+            st->tried[d]++;
+            if (d == res->n_accept)
+                break;
+            st->took[d]++;
+            node = res->path[d];
+        }
+        int nc = 0;
+        for (int i = 0; i < res->n_accept; i++)
+            commit[nc++] = t.tok[res->path[i]];
+        commit[nc++] = res->next;
+        for (int i = 0; i < nc && !done; i++) {
+            if (is_eog(c, commit[i])) {
+                done = 1;
+                break;
+            }
+            st->n_gen++;
+            if ((c->on_token && c->on_token(c->ud, commit[i])) || st->n_gen >= c->n_predict)
+                done = 1;
+        }
+        if (!done && c->drafter)
+            e = draft_advance(c->drafter, commit, nc);
+        last = res->next;
+        if (!done && kv->n_committed + 1 >= ctx)
+            done = 1; /* the next token would not fit */
+    }
+    st->t_total = now() - t0;
+    free(commit);
+    free(res);
+    tree_free(&t);
+    verify_work_free(vw);
+    model_run_free(run);
+    kv_free(kv);
+    return e;
+}
+
+void spec_stats_print(const spec_stats *st, const char *label)
+{
+    double gen_t = st->t_total - st->t_prefill;
+    fprintf(stderr, "[%s] prompt %d tokens (%.1f tok/s prefill) | generated %d tokens in %d steps, "
+            "%.1f tok/s\n", label, st->n_prompt,
+            st->t_prefill > 0 ? (st->n_prompt - 1) / st->t_prefill : 0.0, st->n_gen, st->n_steps,
+            gen_t > 0 ? st->n_gen / gen_t : 0.0);
+    if (st->proposed == 0)
+        return;
+    fprintf(stderr, "[%s] mean accepted length %.2f (+1 target token per step) | %.1f%% of %ld "
+            "proposed nodes accepted | draft %.0f ms, verify %.0f ms\n", label,
+            (double)st->accepted / st->n_steps, 100.0 * st->accepted / st->proposed,
+            st->proposed, st->t_draft * 1e3, st->t_verify * 1e3);
+    fprintf(stderr, "[%s] acceptance by depth:", label);
+    for (int d = 0; d < TREE_MAX_DEPTH && st->tried[d]; d++)
+        fprintf(stderr, " %d:%.0f%%", d + 1, 100.0 * st->took[d] / st->tried[d]);
+    fprintf(stderr, "\n");
+}

@@ -1,0 +1,48 @@
+/* spec: speculative generation in one process — the loop every distributed mode runs in pieces.
+ * Each step the drafter proposes a tree continuing the committed sequence, the target verifies
+ * it in one forward (verify.h), and the accepted tokens plus the target's correction are
+ * committed and streamed. Without a drafter it is plain target-only decoding (mode "ar") through
+ * the same code. */
+#ifndef SD_SPEC_H
+#define SD_SPEC_H
+
+#include <stdint.h>
+
+#include "draft.h"
+#include "model.h"
+#include "sample.h"
+#include "tree.h"
+#include "verify.h"
+
+typedef struct {
+    model *target;
+    draft *drafter;      /* NULL: target-only */
+    tree_shape shape;
+    verify_mode vmode;
+    sample_params sp;
+    int n_predict;
+    int max_nodes;       /* tree size limit */
+    int n_ctx;           /* 0: prompt + n_predict + tree */
+    const int32_t *eog;  /* tokens that end generation (not emitted) */
+    int n_eog;
+    /* Called for every committed token in order; nonzero stops generation. */
+    int (*on_token)(void *ud, int32_t tok);
+    void *ud;
+} spec_config;
+
+typedef struct {
+    int n_prompt, n_gen, n_steps;
+    double t_prefill, t_draft, t_verify, t_total;
+    long proposed; /* tree nodes proposed */
+    long accepted; /* tree nodes accepted */
+    long tried[TREE_MAX_DEPTH], took[TREE_MAX_DEPTH]; /* per depth: walks that reached a node
+                                                         with children / that accepted one */
+} spec_stats;
+
+/* Generate from prompt[0..n). The drafter (if any) must be fresh or rolled back to empty. */
+sd_err spec_generate(const spec_config *c, const int32_t *prompt, int n, spec_stats *st);
+
+/* Decode tokens per second, mean accepted length, acceptance per depth, draft/verify time. */
+void spec_stats_print(const spec_stats *st, const char *label);
+
+#endif

@@ -1,0 +1,44 @@
+/* verify: lossless verification of a draft tree by the target model (DESIGN.md §3).
+ *
+ * One batched forward over [last committed token, tree nodes] through the KV cache's tree append;
+ * then a walk from the root:
+ *   greedy / sample (default): at a node, draw the target's token x for the next position exactly
+ *     as target-only decoding would (argmax, or the (seed, position) draw from the filtered
+ *     distribution); if a child carries x, accept it and descend, else x is the correction and
+ *     the walk stops. The committed tokens are exactly target-only's, for any tree.
+ *   specinfer: children drawn i.i.d. from the drafter's recorded q; child c is accepted with
+ *     probability min(1, p(c)/q(c)), after a rejection p becomes norm(max(0, p - q)); with all
+ *     children rejected the token is drawn from what remains of p. Distributed exactly as
+ *     target sampling when the children really are draws from q.
+ * The accepted path (with `last`) is committed to the KV cache. */
+#ifndef SD_VERIFY_H
+#define SD_VERIFY_H
+
+#include <stdint.h>
+
+#include "../common/sd_err.h"
+#include "model.h"
+#include "sample.h"
+#include "tree.h"
+
+#define VERIFY_MAX_NODES 1024
+
+typedef enum { VERIFY_SAMPLE = 0, VERIFY_SPECINFER = 1 } verify_mode;
+
+typedef struct {
+    int n_accept;                 /* tree nodes accepted */
+    int path[VERIFY_MAX_NODES];   /* their tree indices, root to leaf */
+    int32_t next;                 /* the target's token after the accepted path (not in kv) */
+} verify_result;
+
+typedef struct verify_work verify_work;
+
+sd_err verify_work_init(verify_work **out, const model *m, int max_nodes);
+void verify_work_free(verify_work *w);
+
+/* kv holds the committed sequence except its newest token `last`, with nothing pending. The tree
+ * is validated first (bad trees are SD_EINVAL/SD_ERANGE and change nothing). */
+sd_err verify_tree(model *m, model_run *r, kv_cache *kv, verify_work *w, int32_t last,
+                   const tree *t, verify_mode mode, const sample_params *sp, verify_result *res);
+
+#endif
