@@ -120,6 +120,9 @@ static int specinfer_step(verify_work *w, const tree *t, int node, const float *
         if (s <= 0) { /* p <= q everywhere: p == q on the support; fall back to p */
             for (int i = 0; i < n; i++)
                 w->pd[w->ids[i]] = w->probs[i];
+        } else { /* the next candidate is tested against the normalised residual */
+            for (int i = 0; i < n; i++)
+                w->pd[w->ids[i]] = (float)(w->pd[w->ids[i]] / s);
         }
     }
     if (acc < 0)
