@@ -229,7 +229,7 @@ static void cpu_matmul(void *vctx, float *out, const float *x, const void *w, sd
     j.T = T;
     j.N = N;
     j.K = K;
-    if (ensure_scratch(c, j.k->scratch_per_k * (size_t)K + 4096) != 0) {
+    if (ensure_scratch(c, j.k->scratch_per_k * (size_t)K + 16384) != 0) {
         fill_nan(out, (size_t)T * (size_t)N);
         return;
     }

@@ -117,11 +117,14 @@ INL __m512i load4x16(const uint8_t *p, size_t stride, int nv)
         v = _mm512_inserti32x4(v, _mm_loadu_si128((const __m128i *)(p + 2 * stride)), 2);
         return _mm512_inserti32x4(v, _mm_loadu_si128((const __m128i *)(p + 3 * stride)), 3);
     }
-    uint8_t tmp[64];
-    memset(tmp, 0, sizeof tmp);
-    for (int j = 0; j < nv; j++)
-        memcpy(tmp + 16 * j, p + j * stride, 16);
-    return _mm512_loadu_si512(tmp);
+    /* a short group (the row's last): missing blocks read as zeros, nothing read past the row */
+    __m128i q[4];
+    for (int j = 0; j < 4; j++)
+        q[j] = j < nv ? _mm_loadu_si128((const __m128i *)(p + j * stride)) : _mm_setzero_si128();
+    __m512i v = _mm512_castsi128_si512(q[0]);
+    v = _mm512_inserti32x4(v, q[1], 1);
+    v = _mm512_inserti32x4(v, q[2], 2);
+    return _mm512_inserti32x4(v, q[3], 3);
 }
 
 static const int32_t pat4[16] = {0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3};
@@ -285,8 +288,7 @@ static void decode_q6k(uint8_t *dec, const uint8_t *w, int K)
     {                                                                                              \
         const size_t gs = Q6 ? GS6 : GS;                                                           \
         __m512 acc[TT];                                                                            \
-        for (int t = 0; t < TT; t++)                                                               \
-            acc[t] = _mm512_setzero_ps();                                                          \
+        _Pragma("GCC unroll 16") for (int t = 0; t < TT; t++) acc[t] = _mm512_setzero_ps();        \
         for (int g = 0; g < L->G; g++) {                                                           \
             const uint8_t *o = dec + (size_t)g * gs;                                               \
             __m512i wa = _mm512_loadu_si512(o), wb = _mm512_loadu_si512(o + 64);                   \
@@ -296,7 +298,8 @@ static void decode_q6k(uint8_t *dec, const uint8_t *w, int K)
                 sa = _mm512_loadu_si512(o + 192);                                                  \
                 sbv = _mm512_loadu_si512(o + 256);                                                 \
             }                                                                                      \
-            for (int t = 0; t < TT; t++) {                                                         \
+            _Pragma("GCC unroll 16") for (int t = 0; t < TT; t++)                                  \
+            {                                                                                      \
                 const uint8_t *r = act + (size_t)t * as;                                           \
                 __m512i xa = _mm512_loadu_si512(r + (size_t)g * 128);                              \
                 __m512i xb = _mm512_loadu_si512(r + (size_t)g * 128 + 64);                         \
@@ -314,7 +317,8 @@ static void decode_q6k(uint8_t *dec, const uint8_t *w, int K)
             }                                                                                      \
         }                                                                                          \
         const float *mn = (const float *)(dec + (size_t)L->G * gs);                                \
-        for (int t = 0; t < TT; t++) {                                                             \
+        _Pragma("GCC unroll 16") for (int t = 0; t < TT; t++)                                      \
+        {                                                                                          \
             const float *ax = (const float *)(act + (size_t)t * as + ax_off);                      \
             __m512 m = _mm512_setzero_ps();                                                        \
             for (int i = 0; i < n_mn; i += 16)                                                     \
@@ -377,11 +381,365 @@ static void rows_q(float *out, int ldo, const uint8_t *act, size_t as, int T, co
     {                                                                                              \
         rows_q(out, ldo, act, as, T, w, ws, n0, n1, K, scratch, kind);                             \
     }
-ROWS_Q(rows_q_q4_0, W_Q4_0)
-ROWS_Q(rows_q_q4_1, W_Q4_1)
-ROWS_Q(rows_q_q8_0, W_Q8_0)
 ROWS_Q(rows_q_q4_k, W_Q4_K)
 ROWS_Q(rows_q_q6_k, W_Q6_K)
+
+/* ---- Q4_0 / Q4_1 / Q8_0: big groups of 16 blocks ----
+ *
+ * For the 32-block types most of K is cut into "big groups" of 16 blocks held as 8 vectors:
+ * vector j has, in int32 lane b, bytes 4j..4j+3 of block b (weights after the decode above;
+ * activations in the same order). Eight dpbusd into one accumulator leave lane b with block
+ * b's whole integer dot product, so the float work is one cvt, one mul (weight scale x
+ * activation scale, both per-lane = per-block) and one fma per 16 blocks:
+ *     acc = fma(cvt(s), d_w[b..b+15] * d_x[b..b+15], acc)
+ * The blocks left over (K/32 mod 16) use the 4-block groups above; then the constant terms
+ *     acc = fma(mn[i..i+15], ds[i..i+15], acc)   over all blocks, 16 at a time
+ * and out = the sum of acc's 16 lanes by a fixed transposed tree (reduce16) that sums 16
+ * outputs at once: rows are processed in blocks of 16, missing rows padded with zero vectors
+ * (lanes of different outputs never mix, so padding does not change any result).
+ * The integer sums are exact, so tiles may split them differently (the 4-row decode tile
+ * uses two chains): only the float operations, the same for every tile, fix the bits. */
+
+typedef struct {
+    int nb, nbig, nsmall, nbp;
+    size_t q, sq, sdxp, d, ds, stride;      /* activation record */
+    size_t dbig, dsmall, dsc, dmn, dstride; /* decoded weight row */
+} b5_layout;
+
+static b5_layout b5_layout_for(int K)
+{
+    b5_layout L;
+    L.nb = K / 32;
+    L.nbig = L.nb / 16;
+    L.nsmall = (L.nb - 16 * L.nbig + 3) / 4;
+    L.nbp = (L.nb + 15) & ~15;
+    L.q = 0;
+    L.sq = (size_t)L.nbig * 512;
+    L.sdxp = L.sq + (size_t)L.nsmall * 128;
+    L.d = L.sdxp + (size_t)L.nsmall * 64;
+    L.ds = L.d + (size_t)L.nbp * 4;
+    L.stride = L.ds + (size_t)L.nbp * 4;
+    L.dbig = 0;
+    L.dsmall = (size_t)L.nbig * 512;
+    L.dsc = L.dsmall + (size_t)L.nsmall * GS;
+    L.dmn = L.dsc + (size_t)L.nbig * 64;
+    L.dstride = L.dmn + (size_t)L.nbp * 4;
+    return L;
+}
+
+static size_t b5_stride(int K)
+{
+    return b5_layout_for(K).stride;
+}
+
+static void b5_prep(uint8_t *rec, const float *x, int K)
+{
+    b5_layout L = b5_layout_for(K);
+    memset(rec, 0, L.stride);
+    float *d = (float *)(rec + L.d), *ds = (float *)(rec + L.ds);
+    const __m512 absmask = _mm512_castsi512_ps(_mm512_set1_epi32(0x7fffffff));
+    const __m512i lim = _mm512_set1_epi32(127), nlim = _mm512_set1_epi32(-127);
+    uint8_t qb[32];
+    for (int b = 0; b < L.nb; b++) {
+        __m512 x0 = _mm512_loadu_ps(x + 32 * b), x1 = _mm512_loadu_ps(x + 32 * b + 16);
+        __m512 am = _mm512_max_ps(_mm512_and_ps(x0, absmask), _mm512_and_ps(x1, absmask));
+        float amax = _mm512_reduce_max_ps(am);
+        float db = amax / 127.0f;
+        float id = db != 0.0f ? 1.0f / db : 0.0f;
+        __m512 vid = _mm512_set1_ps(id);
+        __m512i q0 = _mm512_cvtps_epi32(_mm512_mul_ps(x0, vid));
+        __m512i q1 = _mm512_cvtps_epi32(_mm512_mul_ps(x1, vid));
+        q0 = _mm512_max_epi32(_mm512_min_epi32(q0, lim), nlim);
+        q1 = _mm512_max_epi32(_mm512_min_epi32(q1, lim), nlim);
+        int s = _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
+        _mm_storeu_si128((__m128i *)qb, _mm512_cvtepi32_epi8(q0));
+        _mm_storeu_si128((__m128i *)(qb + 16), _mm512_cvtepi32_epi8(q1));
+        if (b < 16 * L.nbig) {
+            uint8_t *g = rec + L.q + (size_t)(b / 16) * 512 + (size_t)(b % 16) * 4;
+            for (int j = 0; j < 8; j++)
+                memcpy(g + 64 * j, qb + 4 * j, 4);
+        } else {
+            int bs = b - 16 * L.nbig;
+            uint8_t *g = rec + L.sq + (size_t)(bs / 4) * 128 + (size_t)(bs % 4) * 16;
+            memcpy(g, qb, 16);
+            memcpy(g + 64, qb + 16, 16);
+            _mm_storeu_ps((float *)(rec + L.sdxp) + 4 * bs, _mm_set1_ps(db));
+        }
+        d[b] = db;
+        ds[b] = db * (float)s;
+    }
+}
+
+INL void dec_big_q4(uint8_t *o, const uint8_t *p, int bb)
+{
+    __m512i W[4];
+    for (int i = 0; i < 4; i++) {
+        __m512i v = _mm512_castsi128_si512(_mm_loadu_si128((const __m128i *)(p + i * bb)));
+        v = _mm512_inserti32x4(v, _mm_loadu_si128((const __m128i *)(p + (i + 4) * bb)), 1);
+        v = _mm512_inserti32x4(v, _mm_loadu_si128((const __m128i *)(p + (i + 8) * bb)), 2);
+        W[i] = _mm512_inserti32x4(v, _mm_loadu_si128((const __m128i *)(p + (i + 12) * bb)), 3);
+    }
+    __m512i t0 = _mm512_unpacklo_epi32(W[0], W[1]), t1 = _mm512_unpackhi_epi32(W[0], W[1]);
+    __m512i t2 = _mm512_unpacklo_epi32(W[2], W[3]), t3 = _mm512_unpackhi_epi32(W[2], W[3]);
+    __m512i V[4] = {_mm512_unpacklo_epi64(t0, t2), _mm512_unpackhi_epi64(t0, t2),
+                    _mm512_unpacklo_epi64(t1, t3), _mm512_unpackhi_epi64(t1, t3)};
+    const __m512i lo4 = _mm512_set1_epi8(0x0f);
+    for (int j = 0; j < 4; j++) {
+        _mm512_storeu_si512(o + 64 * j, _mm512_and_si512(V[j], lo4));
+        _mm512_storeu_si512(o + 64 * (4 + j), _mm512_and_si512(_mm512_srli_epi16(V[j], 4), lo4));
+    }
+}
+
+INL void dec_big_q8(uint8_t *o, const uint8_t *p)
+{
+    __m512i Z[8], a[4], b[4];
+    for (int i = 0; i < 8; i++)
+        Z[i] = _mm512_inserti64x4(
+            _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(p + 34 * i))),
+            _mm256_loadu_si256((const __m256i *)(p + 34 * (i + 8))), 1);
+    for (int k = 0; k < 4; k++) {
+        a[k] = _mm512_unpacklo_epi32(Z[2 * k], Z[2 * k + 1]);
+        b[k] = _mm512_unpackhi_epi32(Z[2 * k], Z[2 * k + 1]);
+    }
+    const __m512i ilo = _mm512_setr_epi64(0, 1, 8, 9, 4, 5, 12, 13);
+    const __m512i ihi = _mm512_setr_epi64(2, 3, 10, 11, 6, 7, 14, 15);
+    const __m512i x80 = _mm512_set1_epi8((char)0x80);
+    __m512i E[4][2];
+    for (int h = 0; h < 2; h++) {
+        E[0][h] = _mm512_unpacklo_epi64(a[2 * h], a[2 * h + 1]);
+        E[1][h] = _mm512_unpackhi_epi64(a[2 * h], a[2 * h + 1]);
+        E[2][h] = _mm512_unpacklo_epi64(b[2 * h], b[2 * h + 1]);
+        E[3][h] = _mm512_unpackhi_epi64(b[2 * h], b[2 * h + 1]);
+    }
+    for (int j = 0; j < 4; j++) {
+        _mm512_storeu_si512(
+            o + 64 * j, _mm512_xor_si512(_mm512_permutex2var_epi64(E[j][0], ilo, E[j][1]), x80));
+        _mm512_storeu_si512(
+            o + 64 * (4 + j),
+            _mm512_xor_si512(_mm512_permutex2var_epi64(E[j][0], ihi, E[j][1]), x80));
+    }
+}
+
+static void b5_decode(uint8_t *dec, const uint8_t *w, const b5_layout *L, wkind kind)
+{
+    int bb = kind == W_Q4_0 ? 18 : kind == W_Q4_1 ? 20 : 34;
+    float *dsc = (float *)(dec + L->dsc), *mn = (float *)(dec + L->dmn);
+    float dtail[16];
+    int b1 = 16 * L->nbig;
+    for (int b0 = 0; b0 < L->nbp; b0 += 16) {
+        __m512i h = gather_heads(w, b0, L->nb, bb);
+        __m512 d = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(h));
+        __m512 m;
+        if (kind == W_Q4_1)
+            m = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(h, 16)));
+        else
+            m = _mm512_mul_ps(d, _mm512_set1_ps(kind == W_Q4_0 ? -8.0f : -128.0f));
+        _mm512_storeu_ps(b0 < b1 ? dsc + b0 : dtail, d);
+        _mm512_storeu_ps(mn + b0, m);
+    }
+    for (int g = 0; g < L->nbig; g++) {
+        const uint8_t *p = w + (size_t)16 * g * bb;
+        if (kind == W_Q8_0)
+            dec_big_q8(dec + (size_t)g * 512, p + 2);
+        else
+            dec_big_q4(dec + (size_t)g * 512, p + (kind == W_Q4_1 ? 4 : 2), bb);
+    }
+    const __m512i pat = _mm512_loadu_si512(pat4);
+    const __m512i lo4 = _mm512_set1_epi8(0x0f);
+    for (int sg = 0; sg < L->nsmall; sg++) {
+        int nv = L->nb - b1 - 4 * sg < 4 ? L->nb - b1 - 4 * sg : 4;
+        const uint8_t *wb = w + (size_t)(b1 + 4 * sg) * bb;
+        __m512i A, B;
+        if (kind == W_Q8_0) {
+            const __m512i x80 = _mm512_set1_epi8((char)0x80);
+            __mmask64 km = nv == 4 ? ~(__mmask64)0 : (__mmask64)((1ull << (16 * nv)) - 1);
+            A = _mm512_maskz_mov_epi8(km, _mm512_xor_si512(load4x16(wb + 2, 34, nv), x80));
+            B = _mm512_maskz_mov_epi8(km, _mm512_xor_si512(load4x16(wb + 18, 34, nv), x80));
+        } else {
+            __m512i v = load4x16(wb + (kind == W_Q4_0 ? 2 : 4), (size_t)bb, nv);
+            A = _mm512_and_si512(v, lo4);
+            B = _mm512_and_si512(_mm512_srli_epi16(v, 4), lo4);
+        }
+        uint8_t *o = dec + L->dsmall + (size_t)sg * GS;
+        _mm512_storeu_si512(o, A);
+        _mm512_storeu_si512(o + 64, B);
+        _mm512_storeu_ps(
+            (float *)(o + 128),
+            _mm512_permutexvar_ps(pat, _mm512_castps128_ps512(_mm_loadu_ps(dtail + 4 * sg))));
+    }
+}
+
+/* acc[r][t] for RR decoded rows (dec, dec + dst, ...) x TT activation records ap[t]. */
+#define BCORE(RR, TT)                                                                              \
+    static void bcore_##RR##_##TT(__m512 *res, const uint8_t *const *ap, const uint8_t *dec,       \
+                                  size_t dst, const b5_layout *L)                                  \
+    {                                                                                              \
+        __m512 acc[RR][TT];                                                                        \
+        _Pragma("GCC unroll 16") for (int r = 0; r < RR; r++)                                      \
+        {                                                                                          \
+            _Pragma("GCC unroll 16") for (int t = 0; t < TT; t++) acc[r][t] = _mm512_setzero_ps(); \
+        }                                                                                          \
+        for (int g = 0; g < L->nbig; g++) {                                                        \
+            _Pragma("GCC unroll 16") for (int r = 0; r < RR; r++)                                  \
+            {                                                                                      \
+                const uint8_t *o = dec + (size_t)r * dst + (size_t)g * 512;                        \
+                __m512i W[8];                                                                      \
+                _Pragma("GCC unroll 8") for (int j = 0; j < 8; j++) W[j] =                         \
+                    _mm512_loadu_si512(o + 64 * j);                                                \
+                __m512 wsc =                                                                       \
+                    _mm512_loadu_ps((const float *)(dec + (size_t)r * dst + L->dsc) + 16 * g);     \
+                _Pragma("GCC unroll 16") for (int t = 0; t < TT; t++)                              \
+                {                                                                                  \
+                    const uint8_t *xq = ap[t] + L->q + (size_t)g * 512;                            \
+                    __m512i s;                                                                     \
+                    if (TT == 1) {                                                                 \
+                        __m512i s0 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), W[0],             \
+                                                         _mm512_loadu_si512(xq));                  \
+                        __m512i s1 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), W[1],             \
+                                                         _mm512_loadu_si512(xq + 64));             \
+                        _Pragma("GCC unroll 8") for (int j = 2; j < 8; j += 2)                     \
+                        {                                                                          \
+                            s0 = _mm512_dpbusd_epi32(s0, W[j], _mm512_loadu_si512(xq + 64 * j));   \
+                            s1 = _mm512_dpbusd_epi32(s1, W[j + 1],                                 \
+                                                     _mm512_loadu_si512(xq + 64 * j + 64));        \
+                        }                                                                          \
+                        s = _mm512_add_epi32(s0, s1);                                              \
+                    } else {                                                                       \
+                        s = _mm512_dpbusd_epi32(_mm512_setzero_si512(), W[0],                      \
+                                                _mm512_loadu_si512(xq));                           \
+                        _Pragma("GCC unroll 8") for (int j = 1; j < 8; j++) s =                    \
+                            _mm512_dpbusd_epi32(s, W[j], _mm512_loadu_si512(xq + 64 * j));         \
+                    }                                                                              \
+                    __m512 xs = _mm512_loadu_ps((const float *)(ap[t] + L->d) + 16 * g);           \
+                    acc[r][t] =                                                                    \
+                        _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(wsc, xs), acc[r][t]); \
+                }                                                                                  \
+            }                                                                                      \
+        }                                                                                          \
+        for (int g = 0; g < L->nsmall; g++) {                                                      \
+            _Pragma("GCC unroll 16") for (int r = 0; r < RR; r++)                                  \
+            {                                                                                      \
+                const uint8_t *o = dec + (size_t)r * dst + L->dsmall + (size_t)g * GS;             \
+                __m512i wa = _mm512_loadu_si512(o), wb = _mm512_loadu_si512(o + 64);               \
+                __m512 ws = _mm512_loadu_ps((const float *)(o + 128));                             \
+                _Pragma("GCC unroll 16") for (int t = 0; t < TT; t++)                              \
+                {                                                                                  \
+                    const uint8_t *xq = ap[t] + L->sq + (size_t)g * 128;                           \
+                    __m512i s =                                                                    \
+                        _mm512_dpbusd_epi32(_mm512_setzero_si512(), wa, _mm512_loadu_si512(xq));   \
+                    s = _mm512_dpbusd_epi32(s, wb, _mm512_loadu_si512(xq + 64));                   \
+                    __m512 xs = _mm512_loadu_ps((const float *)(ap[t] + L->sdxp) + 16 * g);        \
+                    acc[r][t] =                                                                    \
+                        _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(ws, xs), acc[r][t]);  \
+                }                                                                                  \
+            }                                                                                      \
+        }                                                                                          \
+        for (int i = 0; i < L->nbp; i += 16) {                                                     \
+            _Pragma("GCC unroll 16") for (int r = 0; r < RR; r++)                                  \
+            {                                                                                      \
+                __m512 m = _mm512_loadu_ps((const float *)(dec + (size_t)r * dst + L->dmn) + i);   \
+                _Pragma("GCC unroll 16") for (int t = 0; t < TT; t++) acc[r][t] = _mm512_fmadd_ps( \
+                    m, _mm512_loadu_ps((const float *)(ap[t] + L->ds) + i), acc[r][t]);            \
+            }                                                                                      \
+        }                                                                                          \
+        _Pragma("GCC unroll 16") for (int r = 0; r < RR; r++)                                      \
+        {                                                                                          \
+            _Pragma("GCC unroll 16") for (int t = 0; t < TT; t++) res[r * TT + t] = acc[r][t];     \
+        }                                                                                          \
+    }
+
+BCORE(4, 1)
+BCORE(1, 1)
+BCORE(1, 2)
+BCORE(1, 3)
+BCORE(1, 4)
+BCORE(1, 5)
+BCORE(1, 6)
+BCORE(1, 7)
+BCORE(1, 8)
+
+typedef void (*bcore_fn)(__m512 *, const uint8_t *const *, const uint8_t *, size_t,
+                         const b5_layout *);
+static const bcore_fn bcores[9] = {NULL,      bcore_1_1, bcore_1_2, bcore_1_3, bcore_1_4,
+                                   bcore_1_5, bcore_1_6, bcore_1_7, bcore_1_8};
+
+/* Lane n of the result = the sum of the 16 lanes of v[n], by a fixed tree: halves, quarters,
+ * pairs, then the last pair, each step a lane-wise add of two shuffles. */
+INL __m512 reduce16(const __m512 *v)
+{
+    __m512 u[8], w[4];
+    for (int i = 0; i < 8; i++) {
+        __m512 a = v[2 * i], b = v[2 * i + 1];
+        u[i] = _mm512_add_ps(_mm512_shuffle_f32x4(a, b, _MM_SHUFFLE(1, 0, 1, 0)),
+                             _mm512_shuffle_f32x4(a, b, _MM_SHUFFLE(3, 2, 3, 2)));
+    }
+    for (int i = 0; i < 4; i++) {
+        __m512 a = u[2 * i], b = u[2 * i + 1];
+        w[i] = _mm512_add_ps(_mm512_shuffle_f32x4(a, b, _MM_SHUFFLE(2, 0, 2, 0)),
+                             _mm512_shuffle_f32x4(a, b, _MM_SHUFFLE(3, 1, 3, 1)));
+    }
+    __m512 s0 = _mm512_add_ps(_mm512_shuffle_ps(w[0], w[1], _MM_SHUFFLE(2, 0, 2, 0)),
+                              _mm512_shuffle_ps(w[0], w[1], _MM_SHUFFLE(3, 1, 3, 1)));
+    __m512 s1 = _mm512_add_ps(_mm512_shuffle_ps(w[2], w[3], _MM_SHUFFLE(2, 0, 2, 0)),
+                              _mm512_shuffle_ps(w[2], w[3], _MM_SHUFFLE(3, 1, 3, 1)));
+    __m512 r = _mm512_add_ps(_mm512_shuffle_ps(s0, s1, _MM_SHUFFLE(2, 0, 2, 0)),
+                             _mm512_shuffle_ps(s0, s1, _MM_SHUFFLE(3, 1, 3, 1)));
+    const __m512i idx = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+    return _mm512_permutexvar_ps(idx, r);
+}
+
+static void rows_b(float *out, int ldo, const uint8_t *act, size_t as, int T, const uint8_t *w,
+                   size_t ws, int n0, int n1, int K, void *scratch, wkind kind)
+{
+    b5_layout L = b5_layout_for(K);
+    uint8_t *dec = scratch;
+    __m512 *accb = (__m512 *)(dec + 16 * L.dstride); /* [8 tokens][16 rows] */
+    for (int nb0 = n0; nb0 < n1; nb0 += 16) {
+        int R = n1 - nb0 < 16 ? n1 - nb0 : 16;
+        for (int r = 0; r < R; r++)
+            b5_decode(dec + (size_t)r * L.dstride, w + (size_t)(nb0 + r) * ws, &L, kind);
+        for (int t = 0; t < 8; t++) /* rows missing from a short block sum to 0 */
+            for (int r = R; r < 16; r++)
+                accb[t * 16 + r] = _mm512_setzero_ps();
+        for (int t0 = 0; t0 < T; t0 += 8) {
+            int TT = T - t0 < 8 ? T - t0 : 8;
+            const uint8_t *ap[8];
+            for (int t = 0; t < TT; t++)
+                ap[t] = act + (size_t)(t0 + t) * as;
+            __m512 res[8];
+            if (TT == 1) {
+                int r = 0;
+                for (; r + 4 <= R; r += 4) {
+                    bcore_4_1(res, ap, dec + (size_t)r * L.dstride, L.dstride, &L);
+                    for (int i = 0; i < 4; i++)
+                        accb[r + i] = res[i];
+                }
+                for (; r < R; r++)
+                    bcore_1_1(&accb[r], ap, dec + (size_t)r * L.dstride, L.dstride, &L);
+            } else {
+                for (int r = 0; r < R; r++) {
+                    bcores[TT](res, ap, dec + (size_t)r * L.dstride, L.dstride, &L);
+                    for (int t = 0; t < TT; t++)
+                        accb[t * 16 + r] = res[t];
+                }
+            }
+            __mmask16 km = (__mmask16)((1u << R) - 1);
+            for (int t = 0; t < TT; t++)
+                _mm512_mask_storeu_ps(out + (size_t)(t0 + t) * ldo + nb0, km,
+                                      reduce16(accb + t * 16));
+        }
+    }
+}
+
+#define ROWS_B(name, kind)                                                                         \
+    static void name(float *out, int ldo, const uint8_t *act, size_t as, int T, const uint8_t *w,  \
+                     size_t ws, int n0, int n1, int K, void *scratch)                              \
+    {                                                                                              \
+        rows_b(out, ldo, act, as, T, w, ws, n0, n1, K, scratch, kind);                             \
+    }
+ROWS_B(rows_b_q4_0, W_Q4_0)
+ROWS_B(rows_b_q4_1, W_Q4_1)
+ROWS_B(rows_b_q8_0, W_Q8_0)
 
 /* ---- f32 activations ---- */
 
@@ -441,17 +799,17 @@ static void dequant_row(float *y, const uint8_t *w, sd_dtype t, int K)
                            int K)                                                                  \
     {                                                                                              \
         __m512 a0[TT], a1[TT];                                                                     \
-        for (int t = 0; t < TT; t++)                                                               \
-            a0[t] = a1[t] = _mm512_setzero_ps();                                                   \
+        _Pragma("GCC unroll 16") for (int t = 0; t < TT; t++) a0[t] = a1[t] = _mm512_setzero_ps(); \
         for (int i = 0; i < K; i += 32) {                                                          \
             __m512 w0 = _mm512_loadu_ps(wr + i), w1 = _mm512_loadu_ps(wr + i + 16);                \
-            for (int t = 0; t < TT; t++) {                                                         \
+            _Pragma("GCC unroll 16") for (int t = 0; t < TT; t++)                                  \
+            {                                                                                      \
                 a0[t] = _mm512_fmadd_ps(_mm512_loadu_ps(x + t * xs + i), w0, a0[t]);               \
                 a1[t] = _mm512_fmadd_ps(_mm512_loadu_ps(x + t * xs + i + 16), w1, a1[t]);          \
             }                                                                                      \
         }                                                                                          \
-        for (int t = 0; t < TT; t++)                                                               \
-            out[(size_t)t * ldo + n] = _mm512_reduce_add_ps(_mm512_add_ps(a0[t], a1[t]));          \
+        _Pragma("GCC unroll 16") for (int t = 0; t < TT; t++) out[(size_t)t * ldo + n] =           \
+            _mm512_reduce_add_ps(_mm512_add_ps(a0[t], a1[t]));                                     \
     }
 FCORE(1)
 FCORE(2)
@@ -502,13 +860,19 @@ void kcpu_mm_avx512(kcpu_mm_kernel tab[KCPU_DTYPE_SLOTS][2])
         kcpu_rows_fn f32, q8;
     } k[] = {
         {SD_DTYPE_F32, rows_f_f32, NULL},          {SD_DTYPE_F16, rows_f_f16, NULL},
-        {SD_DTYPE_BF16, rows_f_bf16, NULL},        {SD_DTYPE_Q8_0, rows_f_q8_0, rows_q_q8_0},
-        {SD_DTYPE_Q4_0, rows_f_q4_0, rows_q_q4_0}, {SD_DTYPE_Q4_1, rows_f_q4_1, rows_q_q4_1},
+        {SD_DTYPE_BF16, rows_f_bf16, NULL},        {SD_DTYPE_Q8_0, rows_f_q8_0, rows_b_q8_0},
+        {SD_DTYPE_Q4_0, rows_f_q4_0, rows_b_q4_0}, {SD_DTYPE_Q4_1, rows_f_q4_1, rows_b_q4_1},
         {SD_DTYPE_Q4_K, rows_f_q4_k, rows_q_q4_k}, {SD_DTYPE_Q6_K, rows_f_q6_k, rows_q_q6_k},
     };
     for (size_t i = 0; i < sizeof k / sizeof k[0]; i++) {
         kcpu_mm_kernel f = {k[i].f32, 0, NULL, NULL, 4, 4};
         tab[k[i].t][0] = f;
-        tab[k[i].t][1] = k[i].q8 ? (kcpu_mm_kernel){k[i].q8, 1, a5_prep, a5_stride, 4, 4} : f;
+        int big = k[i].t == SD_DTYPE_Q8_0 || k[i].t == SD_DTYPE_Q4_0 || k[i].t == SD_DTYPE_Q4_1;
+        if (!k[i].q8)
+            tab[k[i].t][1] = f;
+        else if (big) /* scratch: 16 decoded rows (~1.2 bytes per weight each) + accumulators */
+            tab[k[i].t][1] = (kcpu_mm_kernel){k[i].q8, 1, b5_prep, b5_stride, 24, 16};
+        else
+            tab[k[i].t][1] = (kcpu_mm_kernel){k[i].q8, 1, a5_prep, a5_stride, 4, 4};
     }
 }
