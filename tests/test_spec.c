@@ -10,21 +10,9 @@
 
 #include "../engine/spec.h"
 #include "adversary.h"
+#include "decode_ref.h"
 #include "testutil.h"
 #include "tiny_model.h"
-
-typedef struct {
-    int32_t *ids;
-    int n, cap;
-} tokbuf;
-
-static int collect(void *ud, int32_t t)
-{
-    tokbuf *b = ud;
-    if (b->n < b->cap)
-        b->ids[b->n++] = t;
-    return 0;
-}
 
 static char target_path[128], draft_path[128];
 static model *target;
@@ -54,36 +42,11 @@ static int teardown(void **state)
     return 0;
 }
 
-/* Plain decoding with model_forward + sample_token: independent of spec/verify/tree. */
-static void plain_decode(const int32_t *prompt, int n, const sample_params *sp, int n_gen,
-                         int32_t *out)
-{
-    int V = model_cfg(target)->n_vocab;
-    kv_cache *kv;
-    model_run *r;
-    sample_work *sw;
-    float *lg = malloc(sizeof(float) * (size_t)V);
-    assert_int_equal(model_kv_init(target, &kv, 256), SD_OK);
-    assert_int_equal(model_run_init(&r, target, 64), SD_OK);
-    assert_int_equal(sample_work_init(&sw, V), SD_OK);
-    assert_int_equal(model_forward(target, r, kv, prompt, NULL, n, NULL, 1, lg), SD_OK);
-    kv_commit_all(kv);
-    for (int i = 0; i < n_gen; i++) {
-        out[i] = sample_token(sw, lg, V, sp, (uint64_t)kv->n_committed);
-        assert_int_equal(model_forward(target, r, kv, &out[i], NULL, 1, NULL, 1, lg), SD_OK);
-        kv_commit_all(kv);
-    }
-    free(lg);
-    sample_work_free(sw);
-    model_run_free(r);
-    kv_free(kv);
-}
-
 static void run_spec(draft *d, const char *shape, verify_mode vm, const sample_params *sp,
-                     const int32_t *prompt, int n, int n_gen, tokbuf *out, spec_stats *st)
+                     const int32_t *prompt, int n, int n_gen, tok_sink *out, spec_stats *st)
 {
     spec_config c = {.target = target, .drafter = d, .vmode = vm, .sp = *sp, .n_predict = n_gen,
-                     .max_nodes = 64, .on_token = collect, .ud = out};
+                     .max_nodes = 64, .on_token = tok_sink_put, .ud = out};
     assert_int_equal(tree_shape_parse(&c.shape, shape, 64), SD_OK);
     out->n = 0;
     sd_err e = spec_generate(&c, prompt, n, st);
@@ -120,7 +83,7 @@ static void check_lossless(float temp, float top_p)
     int V = model_cfg(target)->n_vocab;
     const int N_GEN = 40;
     int32_t want[40], buf[64];
-    tokbuf out = {buf, 0, 64};
+    tok_sink out = {buf, 0, 64};
     for (int p = 0; p < 3; p++) {
         int32_t prompt[24];
         int n = 4 + (int)tu_below(&rng, 20);
@@ -128,7 +91,7 @@ static void check_lossless(float temp, float top_p)
         for (int i = 0; i < n; i++)
             prompt[i] = i >= 6 && p == 1 ? prompt[i - 6] : (int32_t)tu_below(&rng, (uint32_t)V);
         sample_params sp = {temp, 0, top_p, tu_next(&rng)};
-        plain_decode(prompt, n, &sp, N_GEN, want);
+        decode_ref(target, prompt, n, &sp, N_GEN, want);
         spec_stats st;
         run_spec(NULL, "chain:1", VERIFY_SAMPLE, &sp, prompt, n, N_GEN, &out, &st);
         assert_int_equal(out.n, N_GEN);
