@@ -696,8 +696,14 @@ static void rows_b(float *out, int ldo, const uint8_t *act, size_t as, int T, co
     __m512 *accb = (__m512 *)(dec + 16 * L.dstride); /* [8 tokens][16 rows] */
     for (int nb0 = n0; nb0 < n1; nb0 += 16) {
         int R = n1 - nb0 < 16 ? n1 - nb0 : 16;
-        for (int r = 0; r < R; r++)
+        for (int r = 0; r < R; r++) {
+            if (nb0 + 16 + r < n1) {
+                const char *pf = (const char *)(w + (size_t)(nb0 + 16 + r) * ws);
+                for (size_t off = 0; off < ws; off += 64)
+                    _mm_prefetch(pf + off, _MM_HINT_T0);
+            }
             b5_decode(dec + (size_t)r * L.dstride, w + (size_t)(nb0 + r) * ws, &L, kind);
+        }
         for (int t = 0; t < 8; t++) /* rows missing from a short block sum to 0 */
             for (int r = R; r < 16; r++)
                 accb[t * 16 + r] = _mm512_setzero_ps();
