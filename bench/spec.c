@@ -1,0 +1,186 @@
+/* bench/spec: speculative vs target-only decoding on a model, measured in the same run, for
+ * each drafter x tree shape x prompt kind x temperature. Prints a table of tokens/s, speedup and
+ * mean accepted length, checks every output is identical to target-only, and writes CSV.
+ *
+ *   bench_spec --model PATH [-n TOKENS] [--threads N] [--csv FILE] [--quick] */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../engine/spec.h"
+#include "../engine/tok.h"
+
+typedef struct {
+    const char *name, *text;
+} bench_prompt;
+
+static const bench_prompt prompts[] = {
+    {"chat", "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging "
+             "Face<|im_end|>\n<|im_start|>user\nWhat are the main causes of climate change? "
+             "Answer in a short paragraph.<|im_end|>\n<|im_start|>assistant\n"},
+    {"code", "<|im_start|>user\nWrite a Python class Stack with push, pop, peek and is_empty "
+             "methods, with docstrings.<|im_end|>\n<|im_start|>assistant\n```python\nclass "
+             "Stack:\n"},
+    {"summary",
+     "<|im_start|>user\nSummarize the following passage in two sentences.\n\nThe Great Barrier "
+     "Reef is the world's largest coral reef system, composed of over 2,900 individual reefs and "
+     "900 islands stretching for over 2,300 kilometres over an area of approximately 344,400 "
+     "square kilometres. The reef is located in the Coral Sea, off the coast of Queensland, "
+     "Australia. The Great Barrier Reef can be seen from outer space and is the world's biggest "
+     "single structure made by living organisms. This reef structure is composed of and built by "
+     "billions of tiny organisms, known as coral polyps. It supports a wide diversity of life and "
+     "was selected as a World Heritage Site in 1981.<|im_end|>\n<|im_start|>assistant\n"},
+};
+
+static const char *drafters[] = {"ngram:3", "ngram:2", "layerskip:0-27,29", "layerskip:0-14,25-29"};
+static const char *shapes[] = {"chain:2", "chain:4", "chain:8", "topk:2,2,1", "topk:4,2,1",
+                               "dynamic:16", "dynamic:32"};
+
+typedef struct {
+    int32_t *ids;
+    int n, cap;
+} sink;
+
+static int put(void *ud, int32_t t)
+{
+    sink *s = ud;
+    if (s->n < s->cap)
+        s->ids[s->n++] = t;
+    return 0;
+}
+
+static double gen_tps(const spec_stats *st)
+{
+    double t = st->t_total - st->t_prefill;
+    return t > 0 ? st->n_gen / t : 0;
+}
+
+int main(int argc, char **argv)
+{
+    const char *path = NULL, *csv = "bench/out/spec.csv";
+    int n_gen = 96, threads = 0, quick = 0;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--model") && i + 1 < argc)
+            path = argv[++i];
+        else if (!strcmp(argv[i], "-n") && i + 1 < argc)
+            n_gen = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--threads") && i + 1 < argc)
+            threads = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--csv") && i + 1 < argc)
+            csv = argv[++i];
+        else if (!strcmp(argv[i], "--quick"))
+            quick = 1;
+        else {
+            fprintf(stderr, "usage: bench_spec --model PATH [-n TOKENS] [--threads N] "
+                            "[--csv FILE] [--quick]\n");
+            return 2;
+        }
+    }
+    if (!path || n_gen < 8 || n_gen > 2048) {
+        fprintf(stderr, "bench_spec: --model is required; -n must be 8..2048\n");
+        return 2;
+    }
+    model_opts mo = {.n_threads = threads};
+    model *m;
+    tok *tk;
+    if (model_open(&m, path, &mo) || tok_load(&tk, model_gguf(m))) {
+        fprintf(stderr, "bench_spec: %s\n", sd_errmsg());
+        return 1;
+    }
+    FILE *f = fopen(csv, "w");
+    if (!f)
+        fprintf(stderr, "bench_spec: cannot write %s (create the folder?)\n", csv);
+    else
+        fprintf(f, "temp,prompt,drafter,tree,tok_s,target_tok_s,speedup,mean_accepted,"
+                   "accept_rate,steps,identical\n");
+    int32_t eog[2] = {tok_eos(tk), tok_eot(tk)};
+    int32_t *want = malloc(sizeof(int32_t) * (size_t)n_gen), *got = malloc(sizeof(int32_t) * (size_t)n_gen);
+    size_t nd = quick ? 2 : sizeof drafters / sizeof drafters[0];
+    size_t ns = quick ? 3 : sizeof shapes / sizeof shapes[0];
+    double best = 0;
+    char best_cfg[128] = "";
+    int mismatches = 0;
+    printf("%-5s %-8s %-22s %-11s %8s %8s %6s\n", "temp", "prompt", "drafter", "tree", "tok/s",
+           "speedup", "acc.len");
+    for (int ti = 0; ti < 2; ti++) {
+        sample_params sp = {ti ? 0.8f : 0.0f, 0, ti ? 0.95f : 1.0f, 1234};
+        double sum_speedup[16][16] = {{0}};
+        for (size_t p = 0; p < sizeof prompts / sizeof prompts[0]; p++) {
+            int32_t ids[1024];
+            size_t n;
+            if (tok_encode(tk, prompts[p].text, strlen(prompts[p].text), TOK_PARSE_SPECIAL, ids,
+                           1024, &n)) {
+                fprintf(stderr, "bench_spec: %s\n", sd_errmsg());
+                return 1;
+            }
+            spec_config c = {.target = m, .sp = sp, .n_predict = n_gen, .max_nodes = 64,
+                             .eog = eog, .n_eog = 0, .on_token = put};
+            tree_shape_parse(&c.shape, "chain:1", 64);
+            sink base = {want, 0, n_gen};
+            c.ud = &base;
+            spec_stats bst;
+            if (spec_generate(&c, ids, (int)n, &bst)) {
+                fprintf(stderr, "bench_spec: %s\n", sd_errmsg());
+                return 1;
+            }
+            double btps = gen_tps(&bst);
+            printf("%-5.1f %-8s %-22s %-11s %8.1f %8s %6s\n", sp.temp, prompts[p].name, "(target)",
+                   "-", btps, "1.00x", "-");
+            for (size_t d = 0; d < nd; d++)
+                for (size_t s = 0; s < ns; s++) {
+                    draft_opts o = {.max_ctx = 2048, .max_nodes = 64, .temp = sp.temp,
+                                    .seed = sp.seed};
+                    draft *dr;
+                    if (draft_open(&dr, drafters[d], m, &o) ||
+                        tree_shape_parse(&c.shape, shapes[s], 64)) {
+                        fprintf(stderr, "bench_spec: %s\n", sd_errmsg());
+                        return 1;
+                    }
+                    c.drafter = dr;
+                    sink out = {got, 0, n_gen};
+                    c.ud = &out;
+                    spec_stats st;
+                    if (spec_generate(&c, ids, (int)n, &st)) {
+                        fprintf(stderr, "bench_spec: %s\n", sd_errmsg());
+                        return 1;
+                    }
+                    c.drafter = NULL;
+                    draft_free(dr);
+                    int same = out.n == base.n && !memcmp(got, want, sizeof(int32_t) * (size_t)out.n);
+                    mismatches += !same;
+                    double tps = gen_tps(&st), sp_up = tps / btps;
+                    double acc = st.n_steps ? (double)st.accepted / st.n_steps : 0;
+                    sum_speedup[d][s] += sp_up;
+                    printf("%-5.1f %-8s %-22s %-11s %8.1f %7.2fx %6.2f%s\n", sp.temp,
+                           prompts[p].name, drafters[d], shapes[s], tps, sp_up, acc,
+                           same ? "" : "  OUTPUT DIFFERS");
+                    fflush(stdout);
+                    if (f)
+                        fprintf(f, "%.1f,%s,%s,%s,%.2f,%.2f,%.3f,%.3f,%.3f,%d,%d\n", sp.temp,
+                                prompts[p].name, drafters[d], shapes[s], tps, btps, sp_up, acc,
+                                st.proposed ? (double)st.accepted / st.proposed : 0.0, st.n_steps,
+                                same);
+                }
+        }
+        for (size_t d = 0; d < nd; d++)
+            for (size_t s = 0; s < ns; s++) {
+                double mean = sum_speedup[d][s] / (double)(sizeof prompts / sizeof prompts[0]);
+                if (ti == 0 && mean > best) {
+                    best = mean;
+                    snprintf(best_cfg, sizeof best_cfg, "--draft %s --tree %s", drafters[d],
+                             shapes[s]);
+                }
+            }
+    }
+    printf("\nbest at temperature 0 (mean speedup over the prompts): %s  %.2fx\n", best_cfg, best);
+    printf("outputs identical to target-only: %s\n", mismatches ? "NO" : "all");
+    if (f) {
+        fclose(f);
+        fprintf(stderr, "bench_spec: wrote %s\n", csv);
+    }
+    free(want);
+    free(got);
+    tok_free(tk);
+    model_free(m);
+    return mismatches ? 1 : 0;
+}
