@@ -119,14 +119,16 @@ INL __m512i load4x16(const uint8_t *p, size_t stride, int nv)
     }
     /* a short group (the row's last): missing blocks read as zeros, nothing read past the row */
     __m128i q[4];
-    for (int j = 0; j < 4; j++)
-        q[j] = j < nv ? _mm_loadu_si128((const __m128i *)(p + j * stride)) : _mm_setzero_si128();
+    _Pragma("GCC unroll 16") for (int j = 0; j < 4; j++) q[j] =
+        j < nv ? _mm_loadu_si128((const __m128i *)(p + j * stride)) : _mm_setzero_si128();
     __m512i v = _mm512_castsi128_si512(q[0]);
     v = _mm512_inserti32x4(v, q[1], 1);
     v = _mm512_inserti32x4(v, q[2], 2);
     return _mm512_inserti32x4(v, q[3], 3);
 }
 
+static const int16_t dm_words[32] = {0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30,
+                                     1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31};
 static const int32_t pat4[16] = {0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3};
 
 /* f16 scales of the 32-blocks (Q4_0/Q4_1/Q8_0) for blocks b0.. b0+15: gathers the 32-bit word
@@ -473,7 +475,8 @@ static void b5_prep(uint8_t *rec, const float *x, int K)
 INL void dec_big_q4(uint8_t *o, const uint8_t *p, int bb)
 {
     __m512i W[4];
-    for (int i = 0; i < 4; i++) {
+    _Pragma("GCC unroll 16") for (int i = 0; i < 4; i++)
+    {
         __m512i v = _mm512_castsi128_si512(_mm_loadu_si128((const __m128i *)(p + i * bb)));
         v = _mm512_inserti32x4(v, _mm_loadu_si128((const __m128i *)(p + (i + 4) * bb)), 1);
         v = _mm512_inserti32x4(v, _mm_loadu_si128((const __m128i *)(p + (i + 8) * bb)), 2);
@@ -484,7 +487,8 @@ INL void dec_big_q4(uint8_t *o, const uint8_t *p, int bb)
     __m512i V[4] = {_mm512_unpacklo_epi64(t0, t2), _mm512_unpackhi_epi64(t0, t2),
                     _mm512_unpacklo_epi64(t1, t3), _mm512_unpackhi_epi64(t1, t3)};
     const __m512i lo4 = _mm512_set1_epi8(0x0f);
-    for (int j = 0; j < 4; j++) {
+    _Pragma("GCC unroll 16") for (int j = 0; j < 4; j++)
+    {
         _mm512_storeu_si512(o + 64 * j, _mm512_and_si512(V[j], lo4));
         _mm512_storeu_si512(o + 64 * (4 + j), _mm512_and_si512(_mm512_srli_epi16(V[j], 4), lo4));
     }
@@ -493,11 +497,11 @@ INL void dec_big_q4(uint8_t *o, const uint8_t *p, int bb)
 INL void dec_big_q8(uint8_t *o, const uint8_t *p)
 {
     __m512i Z[8], a[4], b[4];
-    for (int i = 0; i < 8; i++)
-        Z[i] = _mm512_inserti64x4(
-            _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(p + 34 * i))),
-            _mm256_loadu_si256((const __m256i *)(p + 34 * (i + 8))), 1);
-    for (int k = 0; k < 4; k++) {
+    _Pragma("GCC unroll 16") for (int i = 0; i < 8; i++) Z[i] = _mm512_inserti64x4(
+        _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(p + 34 * i))),
+        _mm256_loadu_si256((const __m256i *)(p + 34 * (i + 8))), 1);
+    _Pragma("GCC unroll 16") for (int k = 0; k < 4; k++)
+    {
         a[k] = _mm512_unpacklo_epi32(Z[2 * k], Z[2 * k + 1]);
         b[k] = _mm512_unpackhi_epi32(Z[2 * k], Z[2 * k + 1]);
     }
@@ -505,13 +509,15 @@ INL void dec_big_q8(uint8_t *o, const uint8_t *p)
     const __m512i ihi = _mm512_setr_epi64(2, 3, 10, 11, 6, 7, 14, 15);
     const __m512i x80 = _mm512_set1_epi8((char)0x80);
     __m512i E[4][2];
-    for (int h = 0; h < 2; h++) {
+    _Pragma("GCC unroll 16") for (int h = 0; h < 2; h++)
+    {
         E[0][h] = _mm512_unpacklo_epi64(a[2 * h], a[2 * h + 1]);
         E[1][h] = _mm512_unpackhi_epi64(a[2 * h], a[2 * h + 1]);
         E[2][h] = _mm512_unpacklo_epi64(b[2 * h], b[2 * h + 1]);
         E[3][h] = _mm512_unpackhi_epi64(b[2 * h], b[2 * h + 1]);
     }
-    for (int j = 0; j < 4; j++) {
+    _Pragma("GCC unroll 16") for (int j = 0; j < 4; j++)
+    {
         _mm512_storeu_si512(
             o + 64 * j, _mm512_xor_si512(_mm512_permutex2var_epi64(E[j][0], ilo, E[j][1]), x80));
         _mm512_storeu_si512(
@@ -567,6 +573,73 @@ static void b5_decode(uint8_t *dec, const uint8_t *w, const b5_layout *L, wkind 
             (float *)(o + 128),
             _mm512_permutexvar_ps(pat, _mm512_castps128_ps512(_mm_loadu_ps(dtail + 4 * sg))));
     }
+}
+
+/* Q4_1 rows (the default model's layers) decode from contiguous loads: a 20-byte block is 5
+ * dwords (d|m, then 4 dwords of nibbles), so one dword permute per 128-byte window picks the
+ * same dword of every block in it. 16 blocks (320 bytes) are 3 windows: blocks 0-5 from bytes
+ * 0-127, 6-11 from 120-247, 12-15 from 240-319. No gather, no byte past the row is read. */
+static const int32_t q41_idx[5][16] = {{0, 5, 10, 15, 20, 25, 0, 5, 10, 15, 20, 25, 0, 5, 10, 15},
+                                       {1, 6, 11, 16, 21, 26, 1, 6, 11, 16, 21, 26, 1, 6, 11, 16},
+                                       {2, 7, 12, 17, 22, 27, 2, 7, 12, 17, 22, 27, 2, 7, 12, 17},
+                                       {3, 8, 13, 18, 23, 28, 3, 8, 13, 18, 23, 28, 3, 8, 13, 18},
+                                       {4, 9, 14, 19, 24, 29, 4, 9, 14, 19, 24, 29, 4, 9, 14, 19}};
+static const __mmask16 q41_win[3] = {0x003f, 0x0fc0, 0xf000};
+
+INL __m512i q41_pick(int c, __m512i r0, __m512i r1, __m512i r2, __m512i r3, __m512i r4, __m512i r5)
+{
+    __m512i idx = _mm512_loadu_si512(q41_idx[c]);
+    return _mm512_or_si512(
+        _mm512_or_si512(_mm512_maskz_permutex2var_epi32(q41_win[0], r0, idx, r1),
+                        _mm512_maskz_permutex2var_epi32(q41_win[1], r2, idx, r3)),
+        _mm512_maskz_permutex2var_epi32(q41_win[2], r4, idx, r5));
+}
+
+static void b5_decode_q41(uint8_t *dec, const uint8_t *w, const b5_layout *L)
+{
+    float *dsc = (float *)(dec + L->dsc), *mn = (float *)(dec + L->dmn);
+    const __m512i lo4 = _mm512_set1_epi8(0x0f);
+    const __m512i dm = _mm512_loadu_si512(dm_words);
+    for (int g = 0; g < L->nbig; g++) {
+        const uint8_t *p = w + (size_t)320 * g;
+        __m512i r0 = _mm512_loadu_si512(p), r1 = _mm512_loadu_si512(p + 64);
+        __m512i r2 = _mm512_loadu_si512(p + 120), r3 = _mm512_loadu_si512(p + 184);
+        __m512i r4 = _mm512_loadu_si512(p + 240), r5 = _mm512_maskz_loadu_epi32(0x000f, p + 304);
+        uint8_t *o = dec + (size_t)g * 512;
+        _Pragma("GCC unroll 4") for (int j = 0; j < 4; j++)
+        {
+            __m512i v = q41_pick(1 + j, r0, r1, r2, r3, r4, r5);
+            _mm512_storeu_si512(o + 64 * j, _mm512_and_si512(v, lo4));
+            _mm512_storeu_si512(o + 64 * (4 + j), _mm512_and_si512(_mm512_srli_epi16(v, 4), lo4));
+        }
+        __m512i h = _mm512_permutexvar_epi16(dm, q41_pick(0, r0, r1, r2, r3, r4, r5));
+        _mm512_storeu_ps(dsc + 16 * g, _mm512_cvtph_ps(_mm512_castsi512_si256(h)));
+        _mm512_storeu_ps(mn + 16 * g, _mm512_cvtph_ps(_mm512_extracti64x4_epi64(h, 1)));
+    }
+    /* the tail: groups of up to 4 blocks (80 bytes) */
+    const __m512i is = _mm512_setr_epi32(1, 2, 3, 4, 6, 7, 8, 9, 11, 12, 13, 14, 16, 17, 18, 19);
+    const __m512i id = _mm512_setr_epi32(0, 0, 0, 0, 5, 5, 5, 5, 10, 10, 10, 10, 15, 15, 15, 15);
+    int b1 = 16 * L->nbig;
+    for (int sg = 0; sg < L->nsmall; sg++) {
+        int nv = L->nb - b1 - 4 * sg < 4 ? L->nb - b1 - 4 * sg : 4;
+        const uint8_t *p = w + (size_t)(b1 + 4 * sg) * 20;
+        int nd = 5 * nv;
+        __m512i r0 = _mm512_maskz_loadu_epi32((__mmask16)(nd >= 16 ? 0xffff : (1u << nd) - 1), p);
+        __m512i r1 =
+            _mm512_maskz_loadu_epi32((__mmask16)(nd > 16 ? (1u << (nd - 16)) - 1 : 0), p + 64);
+        __mmask16 kv = (__mmask16)((1u << (4 * nv)) - 1);
+        __m512i v = _mm512_maskz_permutex2var_epi32(kv, r0, is, r1);
+        __m512i h = _mm512_maskz_permutex2var_epi32(kv, r0, id, r1);
+        uint8_t *o = dec + L->dsmall + (size_t)sg * GS;
+        _mm512_storeu_si512(o, _mm512_and_si512(v, lo4));
+        _mm512_storeu_si512(o + 64, _mm512_and_si512(_mm512_srli_epi16(v, 4), lo4));
+        _mm512_storeu_ps((float *)(o + 128), _mm512_cvtph_ps(_mm512_cvtepi32_epi16(h)));
+        __m512 mp = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(h, 16)));
+        _mm_storeu_ps(mn + b1 + 4 * sg,
+                      _mm512_castps512_ps128(_mm512_maskz_compress_ps(0x1111, mp)));
+    }
+    for (int b = L->nb; b < L->nbp; b++)
+        mn[b] = 0.0f;
 }
 
 /* acc[r][t] for RR decoded rows (dec, dec + dst, ...) x TT activation records ap[t]. */
@@ -668,12 +741,14 @@ static const bcore_fn bcores[9] = {NULL,      bcore_1_1, bcore_1_2, bcore_1_3, b
 INL __m512 reduce16(const __m512 *v)
 {
     __m512 u[8], w[4];
-    for (int i = 0; i < 8; i++) {
+    _Pragma("GCC unroll 16") for (int i = 0; i < 8; i++)
+    {
         __m512 a = v[2 * i], b = v[2 * i + 1];
         u[i] = _mm512_add_ps(_mm512_shuffle_f32x4(a, b, _MM_SHUFFLE(1, 0, 1, 0)),
                              _mm512_shuffle_f32x4(a, b, _MM_SHUFFLE(3, 2, 3, 2)));
     }
-    for (int i = 0; i < 4; i++) {
+    _Pragma("GCC unroll 16") for (int i = 0; i < 4; i++)
+    {
         __m512 a = u[2 * i], b = u[2 * i + 1];
         w[i] = _mm512_add_ps(_mm512_shuffle_f32x4(a, b, _MM_SHUFFLE(2, 0, 2, 0)),
                              _mm512_shuffle_f32x4(a, b, _MM_SHUFFLE(3, 1, 3, 1)));
@@ -702,7 +777,10 @@ static void rows_b(float *out, int ldo, const uint8_t *act, size_t as, int T, co
                 for (size_t off = 0; off < ws; off += 64)
                     _mm_prefetch(pf + off, _MM_HINT_T0);
             }
-            b5_decode(dec + (size_t)r * L.dstride, w + (size_t)(nb0 + r) * ws, &L, kind);
+            if (kind == W_Q4_1)
+                b5_decode_q41(dec + (size_t)r * L.dstride, w + (size_t)(nb0 + r) * ws, &L);
+            else
+                b5_decode(dec + (size_t)r * L.dstride, w + (size_t)(nb0 + r) * ws, &L, kind);
         }
         for (int t = 0; t < 8; t++) /* rows missing from a short block sum to 0 */
             for (int r = R; r < 16; r++)
