@@ -1,15 +1,20 @@
 /* cpu_pool: a persistent thread pool with a parallel-for.
  *
  * A forward pass issues ~200 matmuls per token, each a few microseconds of work, so dispatch
- * latency matters more than anything else here. A dispatch bumps a generation counter; workers
- * spin on it for a while (KCPU_SPIN pause loops, a few hundred microseconds: long enough to
- * cover the gap between the kernels of one token) and only then sleep on a condition variable.
- * The caller works on tasks too and spins until the workers report done. Tasks are claimed
- * through an atomic counter, so a worker that the OS descheduled (the machine is shared) does
- * not hold a fixed slice of the work hostage. */
+ * latency matters more than anything else here. A job is published by bumping the generation
+ * in `state` (generation << 32 | next task); workers spin on it for a while (KCPU_SPIN pause
+ * loops, long enough to cover the gap between the kernels of one token) and only then sleep on
+ * a condition variable. Everyone, the caller included, claims tasks with a compare-and-swap
+ * that also checks the generation, and the caller waits only for the tasks that were claimed:
+ * a worker that is asleep or descheduled (the machine may be shared) never holds a job up — the
+ * caller simply does more of the tasks itself.
+ *
+ * Job descriptions alternate between two slots: a worker that read generation g late can only
+ * claim a task of g while g is unfinished, and slot g & 1 is not rewritten before g finishes. */
 #include <pthread.h>
 #include <sched.h>
 #include <stdatomic.h>
+#include <stdint.h>
 #include <stdlib.h>
 
 #include "cpu_impl.h"
@@ -29,34 +34,48 @@ typedef struct {
     pthread_t th;
 } kcpu_worker;
 
+typedef struct {
+    kcpu_task_fn fn;
+    void *arg;
+    atomic_int n_tasks;
+} kcpu_job;
+
 struct kcpu_pool {
     int n; /* threads including the caller */
     kcpu_worker *w;
-
-    _Alignas(64) atomic_uint gen;
-    kcpu_task_fn fn;
-    void *arg;
-    int n_tasks;
+    kcpu_job job[2];
     atomic_int stop;
 
-    _Alignas(64) atomic_int next; /* next task to claim */
-    _Alignas(64) atomic_int done; /* workers finished with the current generation */
+    _Alignas(64) _Atomic uint64_t state; /* generation << 32 | next task to claim */
+    _Alignas(64) atomic_int done;        /* tasks of the current generation finished */
 
     pthread_mutex_t mu;
     pthread_cond_t cv;
     int sleepers; /* under mu */
 };
 
-static void pool_work(kcpu_pool *p, int tid)
+static uint32_t state_gen(uint64_t s)
 {
-    int n_tasks = p->n_tasks;
-    kcpu_task_fn fn = p->fn;
-    void *arg = p->arg;
+    return (uint32_t)(s >> 32);
+}
+
+/* Claim and run tasks of generation g until none is left (or g is over). */
+static void pool_work(kcpu_pool *p, uint32_t g, int tid)
+{
+    kcpu_job *jb = &p->job[g & 1];
+    uint64_t s = atomic_load_explicit(&p->state, memory_order_acquire);
     for (;;) {
-        int i = atomic_fetch_add_explicit(&p->next, 1, memory_order_relaxed);
-        if (i >= n_tasks)
-            break;
-        fn(arg, i, tid);
+        if (state_gen(s) != g)
+            return;
+        uint32_t i = (uint32_t)s;
+        if ((int)i >= atomic_load_explicit(&jb->n_tasks, memory_order_relaxed))
+            return;
+        if (!atomic_compare_exchange_weak_explicit(&p->state, &s, s + 1, memory_order_acq_rel,
+                                                   memory_order_acquire))
+            continue; /* s was reloaded */
+        jb->fn(jb->arg, (int)i, tid);
+        atomic_fetch_add_explicit(&p->done, 1, memory_order_release);
+        s = atomic_load_explicit(&p->state, memory_order_acquire);
     }
 }
 
@@ -64,17 +83,17 @@ static void *pool_main(void *vw)
 {
     kcpu_worker *w = vw;
     kcpu_pool *p = w->pool;
-    unsigned seen = 0;
+    uint32_t seen = 0;
     for (;;) {
-        unsigned g = atomic_load_explicit(&p->gen, memory_order_acquire);
+        uint32_t g = state_gen(atomic_load_explicit(&p->state, memory_order_acquire));
         for (int s = 0; g == seen && s < KCPU_SPIN; s++) {
             KCPU_PAUSE();
-            g = atomic_load_explicit(&p->gen, memory_order_acquire);
+            g = state_gen(atomic_load_explicit(&p->state, memory_order_acquire));
         }
         if (g == seen) {
             pthread_mutex_lock(&p->mu);
             p->sleepers++;
-            while ((g = atomic_load_explicit(&p->gen, memory_order_acquire)) == seen &&
+            while ((g = state_gen(atomic_load_explicit(&p->state, memory_order_acquire))) == seen &&
                    !atomic_load(&p->stop))
                 pthread_cond_wait(&p->cv, &p->mu);
             p->sleepers--;
@@ -83,8 +102,7 @@ static void *pool_main(void *vw)
         if (atomic_load(&p->stop))
             break;
         seen = g;
-        pool_work(p, w->tid);
-        atomic_fetch_add_explicit(&p->done, 1, memory_order_release);
+        pool_work(p, g, w->tid);
     }
     return NULL;
 }
@@ -98,10 +116,11 @@ int kcpu_pool_create(kcpu_pool **out, int n_threads)
     if (!p)
         return -1;
     p->n = n_threads;
-    atomic_init(&p->gen, 0);
+    atomic_init(&p->state, 0);
     atomic_init(&p->stop, 0);
-    atomic_init(&p->next, 0);
     atomic_init(&p->done, 0);
+    atomic_init(&p->job[0].n_tasks, 0);
+    atomic_init(&p->job[1].n_tasks, 0);
     pthread_mutex_init(&p->mu, NULL);
     pthread_cond_init(&p->cv, NULL);
     if (n_threads > 1) {
@@ -131,7 +150,8 @@ void kcpu_pool_free(kcpu_pool *p)
     if (p->w) {
         pthread_mutex_lock(&p->mu);
         atomic_store(&p->stop, 1);
-        atomic_fetch_add(&p->gen, 1);
+        uint64_t s = atomic_load(&p->state);
+        atomic_store(&p->state, (uint64_t)(state_gen(s) + 1) << 32);
         pthread_cond_broadcast(&p->cv);
         pthread_mutex_unlock(&p->mu);
         for (int i = 1; i < p->n; i++)
@@ -157,25 +177,25 @@ void kcpu_pool_run(kcpu_pool *p, kcpu_task_fn fn, void *arg, int n_tasks)
             fn(arg, i, 0);
         return;
     }
-    p->fn = fn;
-    p->arg = arg;
-    p->n_tasks = n_tasks;
-    atomic_store_explicit(&p->next, 0, memory_order_relaxed);
+    uint32_t g = state_gen(atomic_load_explicit(&p->state, memory_order_relaxed)) + 1;
+    kcpu_job *jb = &p->job[g & 1];
+    jb->fn = fn;
+    jb->arg = arg;
+    atomic_store_explicit(&jb->n_tasks, n_tasks, memory_order_relaxed);
     atomic_store_explicit(&p->done, 0, memory_order_relaxed);
-    atomic_fetch_add_explicit(&p->gen, 1, memory_order_release);
-    /* A worker checks gen under mu before waiting, so taking mu here cannot lose a wake-up. */
+    atomic_store_explicit(&p->state, (uint64_t)g << 32, memory_order_release);
+    /* A worker checks the generation under mu before waiting: no lost wake-up. */
     pthread_mutex_lock(&p->mu);
     if (p->sleepers)
         pthread_cond_broadcast(&p->cv);
     pthread_mutex_unlock(&p->mu);
 
-    pool_work(p, 0);
+    pool_work(p, g, 0);
 
-    int want = p->n - 1;
-    for (unsigned s = 0; atomic_load_explicit(&p->done, memory_order_acquire) != want; s++) {
+    for (unsigned s = 0; atomic_load_explicit(&p->done, memory_order_acquire) != n_tasks; s++) {
         if (s < KCPU_SPIN)
             KCPU_PAUSE();
         else
-            sched_yield(); /* a worker was descheduled: give it the core */
+            sched_yield(); /* a worker holding a task was descheduled: give it the core */
     }
 }
