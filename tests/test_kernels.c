@@ -389,8 +389,13 @@ static void test_attention(void **state)
     tu_rng_init(&r, tu_seed() ^ 0x44);
     static const struct {
         int H, Hkv, Dh;
-    } shapes[] = {{9, 3, 64}, {4, 4, 32}, {8, 1, 16}, {6, 2, 128}};
-    kern_backend *bs[3] = {mk(1, 0), mk(2, 0), mk(3, KERN_CPU_PORTABLE)};
+    } shapes[] = {{9, 3, 64}, {4, 4, 32}, {8, 1, 16}, {6, 2, 128}, {2, 1, 40}, {3, 3, 12}};
+    /* per ISA level: one thread and three threads */
+    kern_backend *bs[3][2];
+    for (int li = 0; li < n_levels; li++) {
+        bs[li][0] = mk(1, levels[li].flags);
+        bs[li][1] = mk(3, levels[li].flags);
+    }
     for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++)
         for (int c = 0; c < 8; c++) {
             int H = shapes[si].H, Hkv = shapes[si].Hkv, Dh = shapes[si].Dh;
@@ -414,7 +419,8 @@ static void test_attention(void **state)
             for (size_t i = 0; i < (size_t)T * H * Dh; i++)
                 q[i] *= qs;
             float scale = 1.0f / sqrtf((float)Dh);
-            kern_backend *b = bs[tu_below(&r, 3)];
+            int lv = (int)tu_below(&r, (uint32_t)n_levels);
+            kern_backend *b = bs[lv][tu_below(&r, 2)];
             b->attention(b->ctx, out, q, kc, vc, np, tr.anc, tr.anc_off, T, H, Hkv, Dh, scale);
             for (int t = 0; t < T; t++)
                 for (int h = 0; h < H; h++) {
@@ -454,14 +460,9 @@ static void test_attention(void **state)
             /* batch invariance: each node alone (T=1, its own ancestor list) */
             for (int t = 0; t < T; t++) {
                 int off[2] = {0, tr.anc_off[t + 1] - tr.anc_off[t]};
-                kern_backend *b1 = bs[tu_below(&r, 2)];
-                if (b != bs[2]) {
-                    b1->attention(b1->ctx, o1, q + (size_t)t * H * Dh, kc, vc, np,
-                                  tr.anc + tr.anc_off[t], off, 1, H, Hkv, Dh, scale);
-                } else {
-                    b->attention(b->ctx, o1, q + (size_t)t * H * Dh, kc, vc, np,
-                                 tr.anc + tr.anc_off[t], off, 1, H, Hkv, Dh, scale);
-                }
+                kern_backend *b1 = bs[lv][tu_below(&r, 2)];
+                b1->attention(b1->ctx, o1, q + (size_t)t * H * Dh, kc, vc, np,
+                              tr.anc + tr.anc_off[t], off, 1, H, Hkv, Dh, scale);
                 assert_memory_equal(o1, out + (size_t)t * H * Dh, sizeof(float) * H * Dh);
             }
             tree_free(&tr);
@@ -472,8 +473,10 @@ static void test_attention(void **state)
             free(o1);
             free(sc);
         }
-    for (int i = 0; i < 3; i++)
-        kern_free(bs[i]);
+    for (int li = 0; li < n_levels; li++) {
+        kern_free(bs[li][0]);
+        kern_free(bs[li][1]);
+    }
 }
 
 /* ---- rope, rmsnorm, elementwise ---- */

@@ -23,6 +23,7 @@ typedef struct {
     int level;
     unsigned flags;
     kcpu_mm_kernel mm[KCPU_DTYPE_SLOTS][2];
+    kcpu_attn_ops attn;
     uint8_t *act; /* prepared activations, grown on demand */
     size_t act_cap;
     uint8_t **scr; /* per-thread scratch */
@@ -371,6 +372,21 @@ static float dot_dh(const float *a, const float *b, int n)
     return ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));
 }
 
+static void dot4_dh(float *s, const float *q, const float *k0, const float *k1, const float *k2,
+                    const float *k3, int n)
+{
+    s[0] = dot_dh(q, k0, n);
+    s[1] = dot_dh(q, k1, n);
+    s[2] = dot_dh(q, k2, n);
+    s[3] = dot_dh(q, k3, n);
+}
+
+static void axpy_dh(float *o, float p, const float *v, int n)
+{
+    for (int i = 0; i < n; i++)
+        o[i] = o[i] + p * v[i];
+}
+
 /* One (t, h): scores in key order, max subtracted, exp, sum in key order; out accumulates
  * p_j * v_j in key order and is divided by the sum at the end. */
 static void attn_task(void *arg, int task, int tid)
@@ -384,10 +400,20 @@ static void attn_task(void *arg, int task, int tid)
     int a0 = j->anc_off[t], a1 = j->anc_off[t + 1];
     int nk = j->n_prefix + (a1 - a0);
     float *sc = (float *)j->c->scr[tid];
+    const kcpu_attn_ops *ops = &j->c->attn;
+    const float *kb = j->kc + (size_t)kvh * Dh;
     float mx = -INFINITY;
-    for (int i = 0; i < nk; i++) {
+    int i = 0;
+    /* the prefix slots are consecutive: four keys per call (each dot as if alone) */
+    for (; i + 4 <= j->n_prefix; i += 4)
+        ops->dot4(sc + i, q, kb + (size_t)i * row, kb + (size_t)(i + 1) * row,
+                  kb + (size_t)(i + 2) * row, kb + (size_t)(i + 3) * row, Dh);
+    for (; i < nk; i++) {
         int slot = i < j->n_prefix ? i : j->anc[a0 + i - j->n_prefix];
-        float s = dot_dh(q, j->kc + (size_t)slot * row + (size_t)kvh * Dh, Dh) * j->scale;
+        sc[i] = ops->dot(q, kb + (size_t)slot * row, Dh);
+    }
+    for (i = 0; i < nk; i++) {
+        float s = sc[i] * j->scale;
         sc[i] = s;
         mx = s > mx ? s : mx;
     }
@@ -401,10 +427,7 @@ static void attn_task(void *arg, int task, int tid)
         o[d] = 0.0f;
     for (int i = 0; i < nk; i++) {
         int slot = i < j->n_prefix ? i : j->anc[a0 + i - j->n_prefix];
-        const float *v = j->vc + (size_t)slot * row + (size_t)kvh * Dh;
-        float p = sc[i];
-        for (int d = 0; d < Dh; d++)
-            o[d] += p * v[d];
+        ops->axpy(o, sc[i], j->vc + (size_t)slot * row + (size_t)kvh * Dh, Dh);
     }
     float inv = nk > 0 ? 1.0f / sum : 0.0f;
     for (int d = 0; d < Dh; d++)
@@ -534,6 +557,11 @@ sd_err kern_cpu_create(kern_backend **out, int n_threads, unsigned flags)
         level = KCPU_LEVEL_AVX2;
     c->level = level;
     kcpu_mm_portable(c->mm);
+    c->attn = (kcpu_attn_ops){dot_dh, dot4_dh, axpy_dh};
+    if (level >= KCPU_LEVEL_AVX2)
+        kcpu_attn_avx2(&c->attn);
+    if (level >= KCPU_LEVEL_AVX512)
+        kcpu_attn_avx512(&c->attn);
     if (level >= KCPU_LEVEL_AVX2)
         kcpu_mm_avx2(c->mm);
     if (level >= KCPU_LEVEL_AVX512)

@@ -42,7 +42,8 @@ void kcpu_pool_run(kcpu_pool *p, kcpu_task_fn fn, void *arg, int n_tasks);
  * type. The quantization is the same bitwise on every ISA level (exact max, IEEE division and
  * multiplication, round-to-nearest-even), so levels differ only in float summation order. */
 typedef struct {
-    size_t q, d, ds, s16, ds16, stride; /* byte offsets in a row record, and its size (64-aligned) */
+    size_t q, d, ds, s16, ds16,
+        stride; /* byte offsets in a row record, and its size (64-aligned) */
 } kcpu_q8_layout;
 
 /* The portable record (also used by AVX2): q[K] in natural order, d[K/32], ds[K/32],
@@ -64,12 +65,12 @@ typedef void (*kcpu_rows_fn)(float *out, int ldo, const uint8_t *act, size_t act
 typedef void (*kcpu_prep_fn)(uint8_t *rec, const float *x, int K);
 
 typedef struct {
-    kcpu_rows_fn rows;    /* NULL: not provided at this level (fall back to a lower one) */
-    int quantized_act;    /* act is a record made by prep, not raw floats */
-    kcpu_prep_fn prep;    /* quantizes one activation row into a record (quantized_act only) */
+    kcpu_rows_fn rows; /* NULL: not provided at this level (fall back to a lower one) */
+    int quantized_act; /* act is a record made by prep, not raw floats */
+    kcpu_prep_fn prep; /* quantizes one activation row into a record (quantized_act only) */
     size_t (*prep_stride)(int K); /* bytes of one record, a multiple of 64 */
-    size_t scratch_per_k; /* bytes of scratch per element of K */
-    int row_tile;         /* preferred multiple for the rows given to one task */
+    size_t scratch_per_k;         /* bytes of scratch per element of K */
+    int row_tile;                 /* preferred multiple for the rows given to one task */
 } kcpu_mm_kernel;
 
 enum { KCPU_LEVEL_PORTABLE = 0, KCPU_LEVEL_AVX2 = 1, KCPU_LEVEL_AVX512 = 2, KCPU_LEVEL_N = 3 };
@@ -80,6 +81,19 @@ enum { KCPU_DTYPE_SLOTS = 31 }; /* indexed by sd_dtype value */
 void kcpu_mm_portable(kcpu_mm_kernel tab[KCPU_DTYPE_SLOTS][2]);
 void kcpu_mm_avx2(kcpu_mm_kernel tab[KCPU_DTYPE_SLOTS][2]);
 void kcpu_mm_avx512(kcpu_mm_kernel tab[KCPU_DTYPE_SLOTS][2]);
+
+/* Attention inner loops per level. dot: q.k over n floats with the level's fixed order;
+ * dot4: four such dots (k0..k3) at once, each bitwise equal to dot; axpy: o[i] = o[i] + p*v[i]
+ * (rounded product, then sum: bitwise the same on every level). */
+typedef struct {
+    float (*dot)(const float *q, const float *k, int n);
+    void (*dot4)(float *s, const float *q, const float *k0, const float *k1, const float *k2,
+                 const float *k3, int n);
+    void (*axpy)(float *o, float p, const float *v, int n);
+} kcpu_attn_ops;
+
+void kcpu_attn_avx2(kcpu_attn_ops *ops);
+void kcpu_attn_avx512(kcpu_attn_ops *ops);
 
 /* f16 -> f32 through a table (filled once by kcpu_f16_init; exact). */
 extern float kcpu_f16_tab[65536];

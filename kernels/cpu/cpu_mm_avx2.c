@@ -320,3 +320,47 @@ void kcpu_mm_avx2(kcpu_mm_kernel tab[KCPU_DTYPE_SLOTS][2])
         /* scratch: one decoded row, ~2 bytes per weight + scales */
         tab[k[i].t][1] = (kcpu_mm_kernel){k[i].f, 1, v2_prep, kcpu_q8_stride, 3, 4};
 }
+
+/* ---- attention inner loops ---- */
+
+/* 8-lane FMA accumulator over i (scalar-FMA-free tail folded in lane order), then hsum8. */
+static float a2_dot(const float *q, const float *k, int n)
+{
+    __m256 a = _mm256_setzero_ps();
+    int i = 0;
+    for (; i + 8 <= n; i += 8)
+        a = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), _mm256_loadu_ps(k + i), a);
+    if (i < n) {
+        __m256i m =
+            _mm256_cmpgt_epi32(_mm256_set1_epi32(n - i), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+        a = _mm256_fmadd_ps(_mm256_maskload_ps(q + i, m), _mm256_maskload_ps(k + i, m), a);
+    }
+    return hsum8(a);
+}
+
+static void a2_dot4(float *s, const float *q, const float *k0, const float *k1, const float *k2,
+                    const float *k3, int n)
+{
+    s[0] = a2_dot(q, k0, n);
+    s[1] = a2_dot(q, k1, n);
+    s[2] = a2_dot(q, k2, n);
+    s[3] = a2_dot(q, k3, n);
+}
+
+static void a2_axpy(float *o, float p, const float *v, int n)
+{
+    __m256 vp = _mm256_set1_ps(p);
+    int i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(o + i, _mm256_add_ps(_mm256_loadu_ps(o + i),
+                                              _mm256_mul_ps(vp, _mm256_loadu_ps(v + i))));
+    for (; i < n; i++)
+        o[i] = o[i] + p * v[i];
+}
+
+void kcpu_attn_avx2(kcpu_attn_ops *ops)
+{
+    ops->dot = a2_dot;
+    ops->dot4 = a2_dot4;
+    ops->axpy = a2_axpy;
+}

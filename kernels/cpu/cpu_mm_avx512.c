@@ -960,3 +960,63 @@ void kcpu_mm_avx512(kcpu_mm_kernel tab[KCPU_DTYPE_SLOTS][2])
             tab[k[i].t][1] = (kcpu_mm_kernel){k[i].q8, 1, a5_prep, a5_stride, 4, 4};
     }
 }
+
+/* ---- attention inner loops ---- */
+
+/* 16-lane FMA accumulator over i (masked tail), then the fixed reduce_add tree. */
+static float a5_dot(const float *q, const float *k, int n)
+{
+    __m512 a = _mm512_setzero_ps();
+    int i = 0;
+    for (; i + 16 <= n; i += 16)
+        a = _mm512_fmadd_ps(_mm512_loadu_ps(q + i), _mm512_loadu_ps(k + i), a);
+    if (i < n) {
+        __mmask16 m = (__mmask16)((1u << (n - i)) - 1);
+        a = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, q + i), _mm512_maskz_loadu_ps(m, k + i), a);
+    }
+    return _mm512_reduce_add_ps(a);
+}
+
+static void a5_dot4(float *s, const float *q, const float *k0, const float *k1, const float *k2,
+                    const float *k3, int n)
+{
+    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    int i = 0;
+    for (; i + 16 <= n; i += 16) {
+        __m512 x = _mm512_loadu_ps(q + i);
+        a0 = _mm512_fmadd_ps(x, _mm512_loadu_ps(k0 + i), a0);
+        a1 = _mm512_fmadd_ps(x, _mm512_loadu_ps(k1 + i), a1);
+        a2 = _mm512_fmadd_ps(x, _mm512_loadu_ps(k2 + i), a2);
+        a3 = _mm512_fmadd_ps(x, _mm512_loadu_ps(k3 + i), a3);
+    }
+    if (i < n) {
+        __mmask16 m = (__mmask16)((1u << (n - i)) - 1);
+        __m512 x = _mm512_maskz_loadu_ps(m, q + i);
+        a0 = _mm512_fmadd_ps(x, _mm512_maskz_loadu_ps(m, k0 + i), a0);
+        a1 = _mm512_fmadd_ps(x, _mm512_maskz_loadu_ps(m, k1 + i), a1);
+        a2 = _mm512_fmadd_ps(x, _mm512_maskz_loadu_ps(m, k2 + i), a2);
+        a3 = _mm512_fmadd_ps(x, _mm512_maskz_loadu_ps(m, k3 + i), a3);
+    }
+    s[0] = _mm512_reduce_add_ps(a0);
+    s[1] = _mm512_reduce_add_ps(a1);
+    s[2] = _mm512_reduce_add_ps(a2);
+    s[3] = _mm512_reduce_add_ps(a3);
+}
+
+static void a5_axpy(float *o, float p, const float *v, int n)
+{
+    __m512 vp = _mm512_set1_ps(p);
+    int i = 0;
+    for (; i + 16 <= n; i += 16)
+        _mm512_storeu_ps(o + i, _mm512_add_ps(_mm512_loadu_ps(o + i),
+                                              _mm512_mul_ps(vp, _mm512_loadu_ps(v + i))));
+    for (; i < n; i++)
+        o[i] = o[i] + p * v[i];
+}
+
+void kcpu_attn_avx512(kcpu_attn_ops *ops)
+{
+    ops->dot = a5_dot;
+    ops->dot4 = a5_dot4;
+    ops->axpy = a5_axpy;
+}

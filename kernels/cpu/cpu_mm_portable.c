@@ -46,7 +46,10 @@ kcpu_q8_layout kcpu_q8_layout_for(int K)
     return L;
 }
 
-size_t kcpu_q8_stride(int K) { return kcpu_q8_layout_for(K).stride; }
+size_t kcpu_q8_stride(int K)
+{
+    return kcpu_q8_layout_for(K).stride;
+}
 
 void kcpu_q8_prep(uint8_t *rec, const float *x, int K)
 {
