@@ -40,9 +40,22 @@ check "same seed, same text" $([ -n "$a" ] && [ "$a" = "$b" ] && echo 0 || echo 
 check "other seed, other text" $([ "$a" != "$c" ] && echo 0 || echo 1)
 err=$(run -p "Count: 1, 2, 3," -n 17 --ignore-eos 2>&1 >/dev/null)
 check "stats line with -n respected" \
-    $(echo "$err" | grep -q "generated: 17 tokens" && echo "$err" | grep -q "tok/s decode" && echo 0 || echo 1)
+    $(echo "$err" | grep -q "generated 17 tokens" && echo "$err" | grep -q "tok/s prefill" && echo 0 || echo 1)
 out=$(run --chat -p "What is 2+2?" -n 16 2>/dev/null); rc=$?
 check "chat mode runs" $([ $rc = 0 ] && [ -n "$out" ] && echo 0 || echo 1)
+
+# speculation: identical to target-only, and clear errors for bad speculation flags
+err=$(run -p "def add(a, b):\n    return a + b\n\ndef sub(a, b):" -n 32 --draft ngram:2 --tree chain:4 --compare 2>&1 >/dev/null); rc=$?
+check "--compare reports identical output" \
+    $([ $rc = 0 ] && echo "$err" | grep -q "output identical to target-only" && echo 0 || echo 1)
+err=$(run -p hi --draft bogus 2>&1); rc=$?
+check "bad --draft named" $([ $rc = 1 ] && echo "$err" | grep -q "bogus" && echo 0 || echo 1)
+err=$(run -p hi --draft ngram --tree topk:0 2>&1); rc=$?
+check "bad --tree explained" $([ $rc = 1 ] && echo "$err" | grep -q "topk" && echo 0 || echo 1)
+err=$(run -p hi --draft ngram --verify greedy --temp 0.5 2>&1); rc=$?
+check "greedy verify needs temp 0" $([ $rc = 1 ] && echo 0 || echo 1)
+err=$(run -p hi --draft model:/nonexistent.gguf 2>&1); rc=$?
+check "missing draft model named" $([ $rc = 1 ] && echo "$err" | grep -q "nonexistent.gguf" && echo 0 || echo 1)
 
 echo "$passes passed, $fails failed"
 [ $fails = 0 ]
