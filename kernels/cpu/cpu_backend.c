@@ -306,18 +306,6 @@ static void cpu_rmsnorm(void *vctx, float *out, const float *x, const float *w, 
 /* The angle pos * base^(-2i/n_rot) and its cos/sin are computed in double and rounded once,
  * so they depend on (pos, i) alone; the rotation itself is two float products and a sum,
  * each rounded (no FMA). */
-static void rope_head(float *xh, int p, int n_rot, float base, int neox)
-{
-    int half = n_rot / 2;
-    for (int i = 0; i < half; i++) {
-        double theta = (double)p * pow((double)base, -2.0 * i / (double)n_rot);
-        float cs = (float)cos(theta), sn = (float)sin(theta);
-        int i0 = neox ? i : 2 * i, i1 = neox ? i + half : 2 * i + 1;
-        float x0 = xh[i0], x1 = xh[i1];
-        xh[i0] = x0 * cs - x1 * sn;
-        xh[i1] = x0 * sn + x1 * cs;
-    }
-}
 
 typedef struct {
     float *x;
@@ -326,12 +314,31 @@ typedef struct {
     float base;
 } rope_job;
 
+/* cos/sin depend on (pos, i) only: computed once per position for all heads. */
 static void rope_task(void *arg, int task, int tid)
 {
     rope_job *j = arg;
-    int t = task;
-    for (int h = 0; h < j->H; h++)
-        rope_head(j->x + ((size_t)t * j->H + h) * j->Dh, j->pos[t], j->n_rot, j->base, j->neox);
+    int t = task, half = j->n_rot / 2;
+    float cs[512], sn[512];
+    for (int i0 = 0; i0 < half; i0 += 512) {
+        int n = half - i0 < 512 ? half - i0 : 512;
+        for (int i = 0; i < n; i++) {
+            double theta =
+                (double)j->pos[t] * pow((double)j->base, -2.0 * (i0 + i) / (double)j->n_rot);
+            cs[i] = (float)cos(theta);
+            sn[i] = (float)sin(theta);
+        }
+        for (int h = 0; h < j->H; h++) {
+            float *xh = j->x + ((size_t)t * j->H + h) * j->Dh;
+            for (int i = 0; i < n; i++) {
+                int k = i0 + i;
+                int a = j->neox ? k : 2 * k, b = j->neox ? k + half : 2 * k + 1;
+                float x0 = xh[a], x1 = xh[b];
+                xh[a] = x0 * cs[i] - x1 * sn[i];
+                xh[b] = x0 * sn[i] + x1 * cs[i];
+            }
+        }
+    }
 }
 
 static void cpu_rope(void *vctx, float *x, const int *pos, int T, int H, int Dh, int n_rot,
