@@ -252,7 +252,7 @@ static void cpu_matmul(void *vctx, float *out, const float *x, const void *w, sd
     /* Row chunks: ~4 per thread so a descheduled thread costs little, in multiples of the
      * kernel's row tile; each chunk's weight rows are read once and reused for all T. */
     int tile = j.k->row_tile > 0 ? j.k->row_tile : 1;
-    int want = c->nt * 4;
+    int want = c->nt == 1 ? 1 : c->nt * 4;
     int chunk = (N + want - 1) / want;
     chunk = (chunk + tile - 1) / tile * tile;
     if (chunk < tile)

@@ -54,7 +54,8 @@ size_t kcpu_q8_stride(int K);
 void kcpu_q8_prep(uint8_t *rec, const float *x, int K);
 
 /* ---- matmul kernels ----
- * rows(): out[t * ldo + n] for t in [0, T), n in [n0, n1). act is the prepared activation:
+ * rows(): out[t * ldo + n] for t in [0, T), n in [n0, n1); ldo is N, so weight rows
+ * [0, ldo) exist (a kernel may prefetch past n1). act is the prepared activation:
  * T records of act_stride bytes (or, for the f32 path, the raw x rows, act_stride = 4*K).
  * w points at weight row 0, w_stride bytes per row. scratch: at least scratch_bytes(K) bytes
  * private to the calling thread. */

@@ -642,6 +642,67 @@ static void b5_decode_q41(uint8_t *dec, const uint8_t *w, const b5_layout *L)
         mn[b] = 0.0f;
 }
 
+/* T = 1 on Q4_1 (every decode step of the default model): decode and dot product fused, the
+ * weights never leave registers. The float operations are exactly those of bcore (big groups,
+ * then small groups, then the constant terms), so the result is bitwise the one a batch gets. */
+static void row1_q41(__m512 *res, const uint8_t *w, const uint8_t *ap, const b5_layout *L,
+                     float *mn)
+{
+    const __m512i lo4 = _mm512_set1_epi8(0x0f);
+    const __m512i dm = _mm512_loadu_si512(dm_words);
+    __m512 acc = _mm512_setzero_ps();
+    for (int g = 0; g < L->nbig; g++) {
+        const uint8_t *p = w + (size_t)320 * g, *xq = ap + L->q + (size_t)g * 512;
+        __m512i r0 = _mm512_loadu_si512(p), r1 = _mm512_loadu_si512(p + 64);
+        __m512i r2 = _mm512_loadu_si512(p + 120), r3 = _mm512_loadu_si512(p + 184);
+        __m512i r4 = _mm512_loadu_si512(p + 240), r5 = _mm512_maskz_loadu_epi32(0x000f, p + 304);
+        __m512i s0 = _mm512_setzero_si512(), s1 = _mm512_setzero_si512();
+        _Pragma("GCC unroll 4") for (int j = 0; j < 4; j++)
+        {
+            __m512i v = q41_pick(1 + j, r0, r1, r2, r3, r4, r5);
+            s0 = _mm512_dpbusd_epi32(s0, _mm512_and_si512(v, lo4), _mm512_loadu_si512(xq + 64 * j));
+            s1 = _mm512_dpbusd_epi32(s1, _mm512_and_si512(_mm512_srli_epi16(v, 4), lo4),
+                                     _mm512_loadu_si512(xq + 64 * (4 + j)));
+        }
+        __m512i h = _mm512_permutexvar_epi16(dm, q41_pick(0, r0, r1, r2, r3, r4, r5));
+        __m512 d = _mm512_cvtph_ps(_mm512_castsi512_si256(h));
+        _mm512_storeu_ps(mn + 16 * g, _mm512_cvtph_ps(_mm512_extracti64x4_epi64(h, 1)));
+        __m512 xs = _mm512_loadu_ps((const float *)(ap + L->d) + 16 * g);
+        acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(s0, s1)), _mm512_mul_ps(d, xs),
+                              acc);
+    }
+    const __m512i is = _mm512_setr_epi32(1, 2, 3, 4, 6, 7, 8, 9, 11, 12, 13, 14, 16, 17, 18, 19);
+    const __m512i id = _mm512_setr_epi32(0, 0, 0, 0, 5, 5, 5, 5, 10, 10, 10, 10, 15, 15, 15, 15);
+    int b1 = 16 * L->nbig;
+    for (int sg = 0; sg < L->nsmall; sg++) {
+        int nv = L->nb - b1 - 4 * sg < 4 ? L->nb - b1 - 4 * sg : 4;
+        const uint8_t *p = w + (size_t)(b1 + 4 * sg) * 20, *xq = ap + L->sq + (size_t)sg * 128;
+        int nd = 5 * nv;
+        __m512i r0 = _mm512_maskz_loadu_epi32((__mmask16)(nd >= 16 ? 0xffff : (1u << nd) - 1), p);
+        __m512i r1 =
+            _mm512_maskz_loadu_epi32((__mmask16)(nd > 16 ? (1u << (nd - 16)) - 1 : 0), p + 64);
+        __mmask16 kv = (__mmask16)((1u << (4 * nv)) - 1);
+        __m512i v = _mm512_maskz_permutex2var_epi32(kv, r0, is, r1);
+        __m512i h = _mm512_maskz_permutex2var_epi32(kv, r0, id, r1);
+        __m512i s = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_and_si512(v, lo4),
+                                        _mm512_loadu_si512(xq));
+        s = _mm512_dpbusd_epi32(s, _mm512_and_si512(_mm512_srli_epi16(v, 4), lo4),
+                                _mm512_loadu_si512(xq + 64));
+        __m512 ws = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(h));
+        __m512 xs = _mm512_loadu_ps((const float *)(ap + L->sdxp) + 16 * sg);
+        acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(ws, xs), acc);
+        __m512 mp = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(h, 16)));
+        _mm_storeu_ps(mn + b1 + 4 * sg,
+                      _mm512_castps512_ps128(_mm512_maskz_compress_ps(0x1111, mp)));
+    }
+    for (int b = L->nb; b < L->nbp; b++)
+        mn[b] = 0.0f;
+    for (int i = 0; i < L->nbp; i += 16)
+        acc = _mm512_fmadd_ps(_mm512_loadu_ps(mn + i),
+                              _mm512_loadu_ps((const float *)(ap + L->ds) + i), acc);
+    *res = acc;
+}
+
 /* acc[r][t] for RR decoded rows (dec, dec + dst, ...) x TT activation records ap[t]. */
 #define BCORE(RR, TT)                                                                              \
     static void bcore_##RR##_##TT(__m512 *res, const uint8_t *const *ap, const uint8_t *dec,       \
@@ -771,8 +832,22 @@ static void rows_b(float *out, int ldo, const uint8_t *act, size_t as, int T, co
     __m512 *accb = (__m512 *)(dec + 16 * L.dstride); /* [8 tokens][16 rows] */
     for (int nb0 = n0; nb0 < n1; nb0 += 16) {
         int R = n1 - nb0 < 16 ? n1 - nb0 : 16;
+        if (T == 1 && kind == W_Q4_1) {
+            for (int r = 0; r < R; r++) {
+                if (nb0 + 16 + r < ldo) {
+                    const char *pf = (const char *)(w + (size_t)(nb0 + 16 + r) * ws);
+                    for (size_t off = 0; off < ws; off += 64)
+                        _mm_prefetch(pf + off, _MM_HINT_T0);
+                }
+                row1_q41(&accb[r], w + (size_t)(nb0 + r) * ws, act, &L, (float *)dec);
+            }
+            for (int r = R; r < 16; r++)
+                accb[r] = _mm512_setzero_ps();
+            _mm512_mask_storeu_ps(out + nb0, (__mmask16)((1u << R) - 1), reduce16(accb));
+            continue;
+        }
         for (int r = 0; r < R; r++) {
-            if (nb0 + 16 + r < n1) {
+            if (nb0 + 16 + r < ldo) { /* ldo == N: rows past the task's own exist too */
                 const char *pf = (const char *)(w + (size_t)(nb0 + 16 + r) * ws);
                 for (size_t off = 0; off < ws; off += 64)
                     _mm_prefetch(pf + off, _MM_HINT_T0);
