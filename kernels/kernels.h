@@ -58,7 +58,18 @@ struct kern_backend {
     void (*free)(kern_backend *b);
 };
 
-/* CPU backend flags. */
+/* CPU backend flags.
+ *
+ * Activation modes of matmul (both batch-invariant):
+ *   default: each activation row is quantized once per call to int8 in blocks of 32 (scale
+ *     max|x|/127, round to nearest even) and multiplied with the quantized weights in integer
+ *     arithmetic (exact), scales applied in f32. Error vs the f32 product: at most
+ *     sum_i |w_i| * d_block(i)/2 (d_block = max|x_block|/127, i.e. < 0.4% of the block's largest
+ *     activation per element); for Gaussian-like rows the rounding errors cancel and the
+ *     typical error is ~1e-3 of sum|x||w| (tests/test_kernels.c checks the bound exactly).
+ *     F32/F16/BF16 weights always use f32 activations.
+ *   KERN_CPU_F32_ACT: f32 activations against the dequantized weight values (the same floats
+ *     as dtype_dequant_row); error ~1e-7 of sum|x||w| (f32 summation only). */
 enum {
     KERN_CPU_PORTABLE = 1u << 0, /* plain C only, whatever the CPU has (the tested fallback) */
     KERN_CPU_F32_ACT = 1u << 1,  /* f32 activations in matmul (exact path); default quantizes

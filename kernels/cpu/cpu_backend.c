@@ -5,6 +5,7 @@
  * position's inputs with a fixed operation order (batch invariance, kernels.h); threads only
  * decide who computes which element. */
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -90,12 +91,10 @@ static cpu_feat cpu_detect(void)
     return f;
 }
 
-const char *kern_cpu_features(void)
+static char cpu_feat_buf[256];
+
+static void cpu_feat_fill(void)
 {
-    static char buf[256];
-    static int done;
-    if (done)
-        return buf;
     cpu_feat f = cpu_detect();
     struct {
         int on;
@@ -114,12 +113,17 @@ const char *kern_cpu_features(void)
              {f.fma, "fma"},
              {f.f16c, "f16c"}};
     size_t n = 0;
-    buf[0] = 0;
     for (size_t i = 0; i < sizeof l / sizeof l[0]; i++)
-        if (l[i].on)
-            n += (size_t)snprintf(buf + n, sizeof buf - n, "%s%s", n ? " " : "", l[i].name);
-    done = 1;
-    return buf;
+        if (l[i].on && n < sizeof cpu_feat_buf)
+            n += (size_t)snprintf(cpu_feat_buf + n, sizeof cpu_feat_buf - n, "%s%s", n ? " " : "",
+                                  l[i].name);
+}
+
+const char *kern_cpu_features(void)
+{
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    pthread_once(&once, cpu_feat_fill);
+    return cpu_feat_buf;
 }
 
 static int cpu_best_level(void)
