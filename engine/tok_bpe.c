@@ -14,13 +14,51 @@
  * `Split(..., "isolated")` behaviour), so "\p{N}" first isolates every digit as SmolLM2's
  * tokenizer.json (Digits(individual_digits) then ByteLevel) does. */
 
-#define RE_GPT2 "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+"
+/* The Hugging Face tokenizers (0.23) match with Oniguruma's and Rust's Unicode tables; PCRE2
+ * 10.42 knows Unicode 14. To tokenize the same, the classes are spelt out: letters and numbers
+ * assigned since (a union, so harmless under a newer PCRE2), the numbers only Rust counts, and
+ * whitespace without U+180E, which PCRE2 still counts as space and Unicode has not since 6.3.
+ * Comparing the pieces for every code point in several contexts against the Hugging Face
+ * pre-tokenizers (smollm, gpt2, llama3, qwen2) left no other difference. */
+#define XL                                                                                         \
+    "\\x{1C89}-\\x{1C8A}\\x{A7CB}-\\x{A7CD}\\x{A7DA}-\\x{A7DC}\\x{105C0}-\\x{105F3}"               \
+    "\\x{10D4A}-\\x{10D65}\\x{10D6F}-\\x{10D85}\\x{10EC2}-\\x{10EC4}\\x{1123F}-\\x{11240}"         \
+    "\\x{11380}-\\x{11389}\\x{1138B}\\x{1138E}\\x{11390}-\\x{113B5}\\x{113B7}\\x{113D1}"           \
+    "\\x{113D3}\\x{11BC0}-\\x{11BE0}\\x{11F02}\\x{11F04}-\\x{11F10}\\x{11F12}-\\x{11F33}"          \
+    "\\x{1342F}\\x{13441}-\\x{13446}\\x{13460}-\\x{143FA}\\x{16100}-\\x{1611D}"                    \
+    "\\x{16D40}-\\x{16D6C}\\x{18CFF}\\x{1B132}\\x{1B155}\\x{1DF25}-\\x{1DF2A}"                     \
+    "\\x{1E030}-\\x{1E06D}\\x{1E4D0}-\\x{1E4EB}\\x{1E5D0}-\\x{1E5ED}\\x{1E5F0}\\x{2B739}"          \
+    "\\x{2EBF0}-\\x{2EE5D}\\x{31350}-\\x{323AF}"
+#define XN                                                                                         \
+    "\\x{10D40}-\\x{10D49}\\x{116D0}-\\x{116E3}\\x{11BF0}-\\x{11BF9}\\x{11F50}-\\x{11F59}"         \
+    "\\x{16130}-\\x{16139}\\x{16D70}-\\x{16D79}\\x{1CCF0}-\\x{1CCF9}\\x{1D2C0}-\\x{1D2D3}"         \
+    "\\x{1E4F0}-\\x{1E4F9}\\x{1E5F1}-\\x{1E5FA}"
+/* numeric to Rust's char::is_numeric (the Digits pre-tokenizer) but not to Oniguruma's \p{N} */
+#define XN_RUST "\\x{11DE0}-\\x{11DE9}\\x{16FF4}-\\x{16FF6}"
+/* White_Space, as Oniguruma's \s: PCRE2's \s adds U+180E. */
+#define SPACES                                                                                     \
+    "\\t\\n\\x{0B}\\f\\r \\x{85}\\x{A0}\\x{1680}\\x{2000}-\\x{200A}\\x{2028}\\x{2029}\\x{202F}"    \
+    "\\x{205F}\\x{3000}"
+#define L "[\\p{L}" XL "]"
+#define N "[\\p{N}" XN "]"
+#define DIGIT "[\\p{N}" XN XN_RUST "]" /* Digits(individual_digits) */
+#define WS "[" SPACES "]"
+#define NWS "[^" SPACES "]"
+/* single classes only: a repeated group would need a backtracking frame per character */
+#define PUNCT "[^" SPACES "\\p{L}\\p{N}" XL XN "]" /* [^\s\p{L}\p{N}] */
+#define NOT_CRLF_L_N "[^\\r\\n\\p{L}\\p{N}" XL XN "]"
+
+/* 's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+ */
+#define RE_GPT2 "'s|'t|'re|'ve|'m|'ll|'d| ?" L "+| ?" N "+| ?" PUNCT "+|" WS "+(?!" NWS ")|" WS "+"
+/* (?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*
+ * |\s*[\r\n]+|\s+(?!\S)|\s+ */
 #define RE_LLAMA3                                                                                  \
-    "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}"                       \
-    "| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+"
+    "(?i:'s|'t|'re|'ve|'m|'ll|'d)|" NOT_CRLF_L_N "?" L "+|" N "{1,3}| ?" PUNCT "+[\\r\\n]*|" WS    \
+    "*[\\r\\n]+|" WS "+(?!" NWS ")|" WS "+"
+/* the same with single digits */
 #define RE_QWEN2                                                                                   \
-    "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}"                            \
-    "| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+"
+    "(?i:'s|'t|'re|'ve|'m|'ll|'d)|" NOT_CRLF_L_N "?" L "+|" N "| ?" PUNCT "+[\\r\\n]*|" WS         \
+    "*[\\r\\n]+|" WS "+(?!" NWS ")|" WS "+"
 
 static const struct {
     const char *names; /* space-separated values of tokenizer.ggml.pre */
@@ -30,7 +68,7 @@ static const struct {
     /* "default" (and no key) is plain GPT-2, as transformers builds it; llama.cpp's own
      * fallback adds digit-group splits that no Hugging Face tokenizer has. */
     {"default gpt2 gpt-2 mpt olmo jais phi-2", 0, {RE_GPT2}},
-    {"smollm starcoder refact command-r codeshell exaone minerva", 0, {"\\p{N}", RE_GPT2}},
+    {"smollm starcoder refact command-r codeshell exaone minerva", 0, {DIGIT, RE_GPT2}},
     {"llama3 llama-v3 llama-bpe falcon3 pixtral", 1, {RE_LLAMA3}},
     {"dbrx smaug-bpe", 0, {RE_LLAMA3}},
     {"qwen2 deepseek-r1-qwen stablelm2 megrez", 0, {RE_QWEN2}},
@@ -381,6 +419,8 @@ static sd_err split(const tok *t, tok_scratch *s, int level, const char *p, size
     size_t last = 0, off = 0;
     while (off < n) {
         int rc = pcre2_match(t->re[level], (PCRE2_SPTR)p, n, off, 0, s->md, NULL);
+        if (rc == PCRE2_ERROR_JIT_STACKLIMIT) /* the interpreter keeps its frames on the heap */
+            rc = pcre2_match(t->re[level], (PCRE2_SPTR)p, n, off, PCRE2_NO_JIT, s->md, NULL);
         if (rc == PCRE2_ERROR_NOMATCH)
             break;
         if (rc < 0) {

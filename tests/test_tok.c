@@ -416,6 +416,13 @@ static void t_pretokenize(void **state)
         {"llama3", " ...\n\nz", " ...\n\n|z|"},
         {"qwen2", "abc123 x", "abc|1|2|3| x|"},
         {"qwen2", "Hi!!\r\n", "Hi|!!\r\n|"},
+        /* U+180E is not whitespace (PCRE2's \s says it is) */
+        {"gpt2", "a\n\n\xe1\xa0\x8e", "a|\n|\n|\xe1\xa0\x8e|"},
+        {"gpt2", "x \xe1\xa0\x8e\xe1\xa0\x8e", "x| \xe1\xa0\x8e\xe1\xa0\x8e|"},
+        /* Unicode 16: a letter, a number, and a digit only Rust's is_numeric knows */
+        {"gpt2", "a\xe1\xb2\x89 1\xf0\x90\xb5\x80", "a\xe1\xb2\x89| 1\xf0\x90\xb5\x80|"},
+        {"gpt2", "1\xf0\x91\xb7\xa0!", "1|\xf0\x91\xb7\xa0!|"},
+        {"smollm", "1\xf0\x91\xb7\xa0!", "1|\xf0\x91\xb7\xa0|!|"},
     };
     vocab v = {0};
     small_bpe(&v);
@@ -439,6 +446,91 @@ static void t_pretokenize(void **state)
     expect_tokens(t, "123", 0, (const char *[]){"12", "3", NULL});
     tok_free(t);
     v_free(&v);
+}
+
+/* Every code point, in a template that puts it next to letters, digits, punctuation, spaces and
+ * newlines, splits as the Hugging Face pre-tokenizers split it (tests/reference/tokenizer/
+ * unicode.txt, runs of code points that split alike: both ends and random points inside). */
+typedef struct {
+    char sig[256];
+} sigbuf;
+
+static void sig_piece(void *ctx, const char *p, size_t n)
+{
+    sigbuf *s = ctx;
+    size_t l = strlen(s->sig);
+    snprintf(s->sig + l, sizeof s->sig - l, "%s%zu", l ? "." : "", n);
+}
+
+static void t_unicode_classes(void **state)
+{
+    size_t len;
+    char *ref = tu_read_file(tu_src_path("tests/reference/tokenizer/unicode.txt"), &len);
+    if (!ref)
+        fail_msg("cannot read %s", tu_src_path("tests/reference/tokenizer/unicode.txt"));
+    ref = realloc(ref, len + 1);
+    ref[len] = 0;
+    static char sigs[64][4][96];
+    int n_sigs = 0;
+    static const char *pres[] = {"smollm", "gpt2", "llama3", "qwen2"};
+    vocab v = {0};
+    small_bpe(&v);
+    tok *t[4];
+    for (int i = 0; i < 4; i++) {
+        opts o = gpt2_opts(pres[i]);
+        assert_int_equal(build(&v, &o, &t[i]), SD_OK);
+    }
+    tu_rng r;
+    tu_rng_init(&r, tu_seed() + 3);
+    long runs = 0, checked = 0;
+    uint32_t last_end = 0;
+    for (char *line = ref; *line;) {
+        char *nl = strchr(line, '\n');
+        if (nl)
+            *nl = 0;
+        if (strncmp(line, "sig ", 4) == 0) {
+            int k;
+            assert_true(n_sigs < 64);
+            assert_int_equal(sscanf(line, "sig %d %95s %95s %95s %95s", &k, sigs[n_sigs][0],
+                                    sigs[n_sigs][1], sigs[n_sigs][2], sigs[n_sigs][3]),
+                             5);
+            assert_int_equal(k, n_sigs);
+            n_sigs++;
+        } else if (strncmp(line, "run ", 4) == 0) {
+            unsigned a, b;
+            int k;
+            assert_int_equal(sscanf(line, "run %x %x %d", &a, &b, &k), 3);
+            assert_true(k >= 0 && k < n_sigs && a <= b && a == last_end + 1);
+            last_end = b;
+            runs++;
+            for (int probe = 0; probe < 6; probe++) {
+                uint32_t cp = probe == 0 ? a : probe == 1 ? b : a + tu_below(&r, b - a + 1);
+                if (cp >= 0xD800 && cp <= 0xDFFF)
+                    continue;
+                char c[5] = {0}, text[128];
+                tok_utf8_put(cp, c);
+                /* UNICODE_TEMPLATE of tokenizer_ref.py */
+                snprintf(text, sizeof text, "a%s1%s!%s %s\n%s%sx%s's%s\r\n%s  ", c, c, c, c, c, c,
+                         c, c, c);
+                for (int i = 0; i < 4; i++) {
+                    sigbuf s = {""};
+                    assert_int_equal(tok_pretokenize(t[i], text, strlen(text), sig_piece, &s),
+                                     SD_OK);
+                    if (strcmp(s.sig, sigs[k][i]) != 0)
+                        fail_msg("U+%04X, pre %s: pieces %s, Hugging Face %s", cp, pres[i], s.sig,
+                                 sigs[k][i]);
+                }
+                checked++;
+            }
+        }
+        line = nl ? nl + 1 : line + strlen(line);
+    }
+    fprintf(stderr, "[tok] %ld code points in %ld runs split as the reference\n", checked, runs);
+    assert_int_equal(last_end, 0x10FFFF);
+    for (int i = 0; i < 4; i++)
+        tok_free(t[i]);
+    v_free(&v);
+    free(ref);
 }
 
 /* ---- special tokens ---- */
@@ -959,15 +1051,11 @@ int main(void)
 {
     tu_seed();
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(t_bpe_merges),
-        cmocka_unit_test(t_bpe_vs_naive),
-        cmocka_unit_test(t_pretokenize),
-        cmocka_unit_test(t_special),
-        cmocka_unit_test(t_roundtrip_random),
-        cmocka_unit_test(t_ranges),
-        cmocka_unit_test(t_missing_bytes),
-        cmocka_unit_test(t_spm),
-        cmocka_unit_test(t_chat),
+        cmocka_unit_test(t_bpe_merges),   cmocka_unit_test(t_bpe_vs_naive),
+        cmocka_unit_test(t_pretokenize),  cmocka_unit_test(t_unicode_classes),
+        cmocka_unit_test(t_special),      cmocka_unit_test(t_roundtrip_random),
+        cmocka_unit_test(t_ranges),       cmocka_unit_test(t_missing_bytes),
+        cmocka_unit_test(t_spm),          cmocka_unit_test(t_chat),
         cmocka_unit_test(t_bad_metadata),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
