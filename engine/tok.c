@@ -75,28 +75,28 @@ static int byte_prints_as_itself(unsigned b)
     return (b >= 0x21 && b <= 0x7E) || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE && b <= 0xFF);
 }
 
+/* The 68 others, in byte order: 0x00-0x20, 0x7F-0xA0, 0xAD. */
 uint32_t tok_byte_to_cp(uint8_t b)
 {
     if (byte_prints_as_itself(b))
         return b;
-    uint32_t k = 0;
-    for (unsigned i = 0; i < b; i++)
-        k += !byte_prints_as_itself(i);
-    return 256 + k;
+    if (b <= 0x20)
+        return 256u + b;
+    if (b >= 0x7F && b <= 0xA0)
+        return 256u + 33u + (b - 0x7Fu);
+    return 256u + 67u; /* 0xAD */
 }
 
 int tok_cp_to_byte(uint32_t cp)
 {
     if (cp < 256)
         return byte_prints_as_itself(cp) ? (int)cp : -1;
-    if (cp >= 256 + 68)
-        return -1;
     uint32_t k = cp - 256;
-    for (unsigned i = 0; i < 256; i++) {
-        if (!byte_prints_as_itself(i) && k-- == 0)
-            return (int)i;
-    }
-    return -1;
+    if (k < 33)
+        return (int)k;
+    if (k < 67)
+        return (int)(0x7F + k - 33);
+    return k == 67 ? 0xAD : -1;
 }
 
 /* ---- string → id ---- */

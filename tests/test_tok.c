@@ -268,6 +268,22 @@ static void small_bpe(vocab *v)
 
 /* ---- BPE ---- */
 
+static void t_byte_alphabet(void **state)
+{
+    int mapped = 0;
+    for (int b = 0; b < 256; b++) {
+        char sp[4];
+        uint32_t cp;
+        byte_spelling(b, sp);
+        assert_int_equal(tok_utf8_next((const uint8_t *)sp, strlen(sp), &cp), (int)strlen(sp));
+        assert_int_equal(tok_byte_to_cp((uint8_t)b), cp);
+        assert_int_equal(tok_cp_to_byte(cp), b);
+    }
+    for (uint32_t cp = 0; cp < 1024; cp++)
+        mapped += tok_cp_to_byte(cp) >= 0;
+    assert_int_equal(mapped, 256);
+}
+
 static void t_bpe_merges(void **state)
 {
     vocab v = {0};
@@ -1051,11 +1067,17 @@ int main(void)
 {
     tu_seed();
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(t_bpe_merges),   cmocka_unit_test(t_bpe_vs_naive),
-        cmocka_unit_test(t_pretokenize),  cmocka_unit_test(t_unicode_classes),
-        cmocka_unit_test(t_special),      cmocka_unit_test(t_roundtrip_random),
-        cmocka_unit_test(t_ranges),       cmocka_unit_test(t_missing_bytes),
-        cmocka_unit_test(t_spm),          cmocka_unit_test(t_chat),
+        cmocka_unit_test(t_byte_alphabet),
+        cmocka_unit_test(t_bpe_merges),
+        cmocka_unit_test(t_bpe_vs_naive),
+        cmocka_unit_test(t_pretokenize),
+        cmocka_unit_test(t_unicode_classes),
+        cmocka_unit_test(t_special),
+        cmocka_unit_test(t_roundtrip_random),
+        cmocka_unit_test(t_ranges),
+        cmocka_unit_test(t_missing_bytes),
+        cmocka_unit_test(t_spm),
+        cmocka_unit_test(t_chat),
         cmocka_unit_test(t_bad_metadata),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -3,6 +3,7 @@
  * rendering against transformers' Jinja rendering, exact round trips of random byte strings, and
  * load/encode speed (printed, not asserted). */
 /* SD_TEST_LABELS: model */
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -405,13 +406,70 @@ static void t_speed(void **state)
     free(ref);
 }
 
+/* One tok, several threads encoding at once: every thread gets the single-threaded ids. */
+typedef struct {
+    const char *text;
+    size_t len, n_want;
+    const int32_t *want;
+    int ok;
+} mt_job;
+
+static void *mt_worker(void *arg)
+{
+    mt_job *j = arg;
+    int32_t *ids = malloc((j->len + 8) * sizeof *ids);
+    j->ok = ids != NULL;
+    for (int rep = 0; rep < 20 && j->ok; rep++) {
+        size_t n;
+        j->ok =
+            tok_encode(g_tok, j->text, j->len, TOK_PARSE_SPECIAL, ids, j->len + 8, &n) == SD_OK &&
+            n == j->n_want && memcmp(ids, j->want, n * sizeof *ids) == 0;
+    }
+    free(ids);
+    return NULL;
+}
+
+static void t_threads(void **state)
+{
+    char *ref = read_ref("ids.txt");
+    size_t len = 0;
+    char *text = malloc(1 << 18);
+    for (const char *p = ref; *p && len < (1 << 17); p = next_line(p)) {
+        if (strncmp(p, "case ", 5) != 0)
+            continue;
+        size_t l;
+        char *t = unhex(p + 7, &l);
+        memcpy(text + len, t, l);
+        len += l;
+        free(t);
+    }
+    int32_t *want = malloc((len + 8) * sizeof *want);
+    size_t n_want;
+    assert_int_equal(tok_encode(g_tok, text, len, TOK_PARSE_SPECIAL, want, len + 8, &n_want),
+                     SD_OK);
+    enum { NT = 4 };
+    pthread_t th[NT];
+    mt_job jobs[NT];
+    for (int i = 0; i < NT; i++) {
+        jobs[i] = (mt_job){text, len, n_want, want, 0};
+        assert_int_equal(pthread_create(&th[i], NULL, mt_worker, &jobs[i]), 0);
+    }
+    for (int i = 0; i < NT; i++) {
+        pthread_join(th[i], NULL);
+        assert_true(jobs[i].ok);
+    }
+    free(want);
+    free(text);
+    free(ref);
+}
+
 int main(void)
 {
     tu_seed();
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(t_metadata),       cmocka_unit_test(t_reference_ids),
         cmocka_unit_test(t_reference_chat), cmocka_unit_test(t_roundtrip_random),
-        cmocka_unit_test(t_speed),
+        cmocka_unit_test(t_speed),          cmocka_unit_test(t_threads),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
