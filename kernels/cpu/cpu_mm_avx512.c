@@ -703,6 +703,105 @@ static void row1_q41(__m512 *res, const uint8_t *w, const uint8_t *ap, const b5_
     *res = acc;
 }
 
+/* Q4_1 with 2 <= T <= 8 (small trees, short prefills): decode and dot
+ * products fused, the weights never leave registers and serve all TT tokens. The float
+ * operations per (t, n) are exactly those of bcore (big groups, then small groups, then the
+ * constant terms), so results are bitwise the ones any other tile produces. */
+#define ROWF(TT)                                                                                   \
+    static void rowf_q41_##TT(__m512 *res, const uint8_t *w, const uint8_t *const *ap,             \
+                              const b5_layout *L, float *mn)                                       \
+    {                                                                                              \
+        const __m512i lo4 = _mm512_set1_epi8(0x0f);                                                \
+        const __m512i dm = _mm512_loadu_si512(dm_words);                                           \
+        __m512 acc[TT];                                                                            \
+        _Pragma("GCC unroll 8") for (int t = 0; t < TT; t++) acc[t] = _mm512_setzero_ps();         \
+        for (int g = 0; g < L->nbig; g++) {                                                        \
+            const uint8_t *p = w + (size_t)320 * g;                                                \
+            __m512i r0 = _mm512_loadu_si512(p), r1 = _mm512_loadu_si512(p + 64);                   \
+            __m512i r2 = _mm512_loadu_si512(p + 120), r3 = _mm512_loadu_si512(p + 184);            \
+            __m512i r4 = _mm512_loadu_si512(p + 240),                                              \
+                    r5 = _mm512_maskz_loadu_epi32(0x000f, p + 304);                                \
+            __m512i W[8];                                                                          \
+            _Pragma("GCC unroll 4") for (int j = 0; j < 4; j++)                                    \
+            {                                                                                      \
+                __m512i v = q41_pick(1 + j, r0, r1, r2, r3, r4, r5);                               \
+                W[j] = _mm512_and_si512(v, lo4);                                                   \
+                W[4 + j] = _mm512_and_si512(_mm512_srli_epi16(v, 4), lo4);                         \
+            }                                                                                      \
+            __m512i h = _mm512_permutexvar_epi16(dm, q41_pick(0, r0, r1, r2, r3, r4, r5));         \
+            __m512 d = _mm512_cvtph_ps(_mm512_castsi512_si256(h));                                 \
+            _mm512_storeu_ps(mn + 16 * g, _mm512_cvtph_ps(_mm512_extracti64x4_epi64(h, 1)));       \
+            _Pragma("GCC unroll 8") for (int t = 0; t < TT; t++)                                   \
+            {                                                                                      \
+                const uint8_t *xq = ap[t] + L->q + (size_t)g * 512;                                \
+                __m512i s0 =                                                                       \
+                    _mm512_dpbusd_epi32(_mm512_setzero_si512(), W[0], _mm512_loadu_si512(xq));     \
+                __m512i s1 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), W[4],                     \
+                                                 _mm512_loadu_si512(xq + 256));                    \
+                _Pragma("GCC unroll 4") for (int j = 1; j < 4; j++)                                \
+                {                                                                                  \
+                    s0 = _mm512_dpbusd_epi32(s0, W[j], _mm512_loadu_si512(xq + 64 * j));           \
+                    s1 = _mm512_dpbusd_epi32(s1, W[4 + j], _mm512_loadu_si512(xq + 256 + 64 * j)); \
+                }                                                                                  \
+                __m512 xs = _mm512_loadu_ps((const float *)(ap[t] + L->d) + 16 * g);               \
+                acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(s0, s1)),             \
+                                         _mm512_mul_ps(d, xs), acc[t]);                            \
+            }                                                                                      \
+        }                                                                                          \
+        const __m512i is =                                                                         \
+            _mm512_setr_epi32(1, 2, 3, 4, 6, 7, 8, 9, 11, 12, 13, 14, 16, 17, 18, 19);             \
+        const __m512i id =                                                                         \
+            _mm512_setr_epi32(0, 0, 0, 0, 5, 5, 5, 5, 10, 10, 10, 10, 15, 15, 15, 15);             \
+        int b1 = 16 * L->nbig;                                                                     \
+        for (int sg = 0; sg < L->nsmall; sg++) {                                                   \
+            int nv = L->nb - b1 - 4 * sg < 4 ? L->nb - b1 - 4 * sg : 4;                            \
+            const uint8_t *p = w + (size_t)(b1 + 4 * sg) * 20;                                     \
+            int nd = 5 * nv;                                                                       \
+            __m512i r0 =                                                                           \
+                _mm512_maskz_loadu_epi32((__mmask16)(nd >= 16 ? 0xffff : (1u << nd) - 1), p);      \
+            __m512i r1 = _mm512_maskz_loadu_epi32(                                                 \
+                (__mmask16)(nd > 16 ? (1u << (nd - 16)) - 1 : 0), p + 64);                         \
+            __mmask16 kv = (__mmask16)((1u << (4 * nv)) - 1);                                      \
+            __m512i v = _mm512_maskz_permutex2var_epi32(kv, r0, is, r1);                           \
+            __m512i h = _mm512_maskz_permutex2var_epi32(kv, r0, id, r1);                           \
+            __m512i wa = _mm512_and_si512(v, lo4);                                                 \
+            __m512i wb = _mm512_and_si512(_mm512_srli_epi16(v, 4), lo4);                           \
+            __m512 ws = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(h));                                 \
+            _Pragma("GCC unroll 8") for (int t = 0; t < TT; t++)                                   \
+            {                                                                                      \
+                const uint8_t *xq = ap[t] + L->sq + (size_t)sg * 128;                              \
+                __m512i sv =                                                                       \
+                    _mm512_dpbusd_epi32(_mm512_setzero_si512(), wa, _mm512_loadu_si512(xq));       \
+                sv = _mm512_dpbusd_epi32(sv, wb, _mm512_loadu_si512(xq + 64));                     \
+                __m512 xs = _mm512_loadu_ps((const float *)(ap[t] + L->sdxp) + 16 * sg);           \
+                acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sv), _mm512_mul_ps(ws, xs), acc[t]);   \
+            }                                                                                      \
+            __m512 mp = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(h, 16)));          \
+            _mm_storeu_ps(mn + b1 + 4 * sg,                                                        \
+                          _mm512_castps512_ps128(_mm512_maskz_compress_ps(0x1111, mp)));           \
+        }                                                                                          \
+        for (int b = L->nb; b < L->nbp; b++)                                                       \
+            mn[b] = 0.0f;                                                                          \
+        for (int i = 0; i < L->nbp; i += 16) {                                                     \
+            __m512 m = _mm512_loadu_ps(mn + i);                                                    \
+            _Pragma("GCC unroll 8") for (int t = 0; t < TT; t++) acc[t] =                          \
+                _mm512_fmadd_ps(m, _mm512_loadu_ps((const float *)(ap[t] + L->ds) + i), acc[t]);   \
+        }                                                                                          \
+        _Pragma("GCC unroll 8") for (int t = 0; t < TT; t++) res[t] = acc[t];                      \
+    }
+ROWF(1)
+ROWF(2)
+ROWF(3)
+ROWF(4)
+ROWF(5)
+ROWF(6)
+ROWF(7)
+ROWF(8)
+typedef void (*rowf_fn)(__m512 *, const uint8_t *, const uint8_t *const *, const b5_layout *,
+                        float *);
+static const rowf_fn rowf_q41[9] = {NULL,       rowf_q41_1, rowf_q41_2, rowf_q41_3, rowf_q41_4,
+                                    rowf_q41_5, rowf_q41_6, rowf_q41_7, rowf_q41_8};
+
 /* acc[r][t] for RR decoded rows (dec, dec + dst, ...) x TT activation records ap[t]. */
 #define BCORE(RR, TT)                                                                              \
     static void bcore_##RR##_##TT(__m512 *res, const uint8_t *const *ap, const uint8_t *dec,       \
@@ -844,6 +943,29 @@ static void rows_b(float *out, int ldo, const uint8_t *act, size_t as, int T, co
             for (int r = R; r < 16; r++)
                 accb[r] = _mm512_setzero_ps();
             _mm512_mask_storeu_ps(out + nb0, (__mmask16)((1u << R) - 1), reduce16(accb));
+            continue;
+        }
+        if (T <= 8 && kind == W_Q4_1) {
+            const uint8_t *ap[8];
+            for (int t = 0; t < T; t++)
+                ap[t] = act + (size_t)t * as;
+            for (int r = 0; r < R; r++) {
+                if (nb0 + 16 + r < ldo) {
+                    const char *pf = (const char *)(w + (size_t)(nb0 + 16 + r) * ws);
+                    for (size_t off = 0; off < ws; off += 64)
+                        _mm_prefetch(pf + off, _MM_HINT_T0);
+                }
+                __m512 res[8];
+                rowf_q41[T](res, w + (size_t)(nb0 + r) * ws, ap, &L, (float *)dec);
+                for (int t = 0; t < T; t++)
+                    accb[t * 16 + r] = res[t];
+            }
+            __mmask16 km = (__mmask16)((1u << R) - 1);
+            for (int t = 0; t < T; t++) {
+                for (int r = R; r < 16; r++)
+                    accb[t * 16 + r] = _mm512_setzero_ps();
+                _mm512_mask_storeu_ps(out + (size_t)t * ldo + nb0, km, reduce16(accb + t * 16));
+            }
             continue;
         }
         for (int r = 0; r < R; r++) {
