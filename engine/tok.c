@@ -696,6 +696,8 @@ static sd_err encode_text(const tok *t, tok_scratch *s, const char *text, size_t
 sd_err tok_encode_into(const tok *t, tok_scratch *s, const char *text, size_t len,
                        int parse_special, int *first, tok_sink *sink)
 {
+    if (len > (size_t)INT32_MAX / 4) /* symbol positions are 32-bit */
+        return sd_fail(SD_ERANGE, "tokenizer: %zu bytes of text (at most %d)", len, INT32_MAX / 4);
     const uint8_t *u = (const uint8_t *)text;
     sd_err e;
     size_t seg = 0;
