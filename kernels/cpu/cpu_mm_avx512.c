@@ -945,26 +945,31 @@ static void rows_b(float *out, int ldo, const uint8_t *act, size_t as, int T, co
             _mm512_mask_storeu_ps(out + nb0, (__mmask16)((1u << R) - 1), reduce16(accb));
             continue;
         }
-        if (T <= 8 && kind == W_Q4_1) {
-            const uint8_t *ap[8];
-            for (int t = 0; t < T; t++)
-                ap[t] = act + (size_t)t * as;
-            for (int r = 0; r < R; r++) {
-                if (nb0 + 16 + r < ldo) {
-                    const char *pf = (const char *)(w + (size_t)(nb0 + 16 + r) * ws);
-                    for (size_t off = 0; off < ws; off += 64)
-                        _mm_prefetch(pf + off, _MM_HINT_T0);
+        if (kind == W_Q4_1) {
+            /* tiles of up to 8 tokens; the 16 rows stay in L1 between tiles */
+            for (int t0 = 0; t0 < T; t0 += 8) {
+                int TT = T - t0 < 8 ? T - t0 : 8;
+                const uint8_t *ap[8];
+                for (int t = 0; t < TT; t++)
+                    ap[t] = act + (size_t)(t0 + t) * as;
+                for (int r = 0; r < R; r++) {
+                    if (t0 == 0 && nb0 + 16 + r < ldo) {
+                        const char *pf = (const char *)(w + (size_t)(nb0 + 16 + r) * ws);
+                        for (size_t off = 0; off < ws; off += 64)
+                            _mm_prefetch(pf + off, _MM_HINT_T0);
+                    }
+                    __m512 res[8];
+                    rowf_q41[TT](res, w + (size_t)(nb0 + r) * ws, ap, &L, (float *)dec);
+                    for (int t = 0; t < TT; t++)
+                        accb[t * 16 + r] = res[t];
                 }
-                __m512 res[8];
-                rowf_q41[T](res, w + (size_t)(nb0 + r) * ws, ap, &L, (float *)dec);
-                for (int t = 0; t < T; t++)
-                    accb[t * 16 + r] = res[t];
-            }
-            __mmask16 km = (__mmask16)((1u << R) - 1);
-            for (int t = 0; t < T; t++) {
-                for (int r = R; r < 16; r++)
-                    accb[t * 16 + r] = _mm512_setzero_ps();
-                _mm512_mask_storeu_ps(out + (size_t)t * ldo + nb0, km, reduce16(accb + t * 16));
+                __mmask16 km = (__mmask16)((1u << R) - 1);
+                for (int t = 0; t < TT; t++) {
+                    for (int r = R; r < 16; r++)
+                        accb[t * 16 + r] = _mm512_setzero_ps();
+                    _mm512_mask_storeu_ps(out + (size_t)(t0 + t) * ldo + nb0, km,
+                                          reduce16(accb + t * 16));
+                }
             }
             continue;
         }
