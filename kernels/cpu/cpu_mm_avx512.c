@@ -472,7 +472,7 @@ static void b5_prep(uint8_t *rec, const float *x, int K)
     }
 }
 
-INL void dec_big_q4(uint8_t *o, const uint8_t *p, int bb)
+INL void dec_big_q4r(__m512i *Wo, const uint8_t *p, int bb)
 {
     __m512i W[4];
     _Pragma("GCC unroll 16") for (int i = 0; i < 4; i++)
@@ -489,12 +489,19 @@ INL void dec_big_q4(uint8_t *o, const uint8_t *p, int bb)
     const __m512i lo4 = _mm512_set1_epi8(0x0f);
     _Pragma("GCC unroll 16") for (int j = 0; j < 4; j++)
     {
-        _mm512_storeu_si512(o + 64 * j, _mm512_and_si512(V[j], lo4));
-        _mm512_storeu_si512(o + 64 * (4 + j), _mm512_and_si512(_mm512_srli_epi16(V[j], 4), lo4));
+        Wo[j] = _mm512_and_si512(V[j], lo4);
+        Wo[4 + j] = _mm512_and_si512(_mm512_srli_epi16(V[j], 4), lo4);
     }
 }
 
-INL void dec_big_q8(uint8_t *o, const uint8_t *p)
+INL void dec_big_q4(uint8_t *o, const uint8_t *p, int bb)
+{
+    __m512i W[8];
+    dec_big_q4r(W, p, bb);
+    _Pragma("GCC unroll 8") for (int j = 0; j < 8; j++) _mm512_storeu_si512(o + 64 * j, W[j]);
+}
+
+INL void dec_big_q8r(__m512i *Wo, const uint8_t *p)
 {
     __m512i Z[8], a[4], b[4];
     _Pragma("GCC unroll 16") for (int i = 0; i < 8; i++) Z[i] = _mm512_inserti64x4(
@@ -518,12 +525,16 @@ INL void dec_big_q8(uint8_t *o, const uint8_t *p)
     }
     _Pragma("GCC unroll 16") for (int j = 0; j < 4; j++)
     {
-        _mm512_storeu_si512(
-            o + 64 * j, _mm512_xor_si512(_mm512_permutex2var_epi64(E[j][0], ilo, E[j][1]), x80));
-        _mm512_storeu_si512(
-            o + 64 * (4 + j),
-            _mm512_xor_si512(_mm512_permutex2var_epi64(E[j][0], ihi, E[j][1]), x80));
+        Wo[j] = _mm512_xor_si512(_mm512_permutex2var_epi64(E[j][0], ilo, E[j][1]), x80);
+        Wo[4 + j] = _mm512_xor_si512(_mm512_permutex2var_epi64(E[j][0], ihi, E[j][1]), x80);
     }
+}
+
+INL void dec_big_q8(uint8_t *o, const uint8_t *p)
+{
+    __m512i W[8];
+    dec_big_q8r(W, p);
+    _Pragma("GCC unroll 8") for (int j = 0; j < 8; j++) _mm512_storeu_si512(o + 64 * j, W[j]);
 }
 
 static void b5_decode(uint8_t *dec, const uint8_t *w, const b5_layout *L, wkind kind)
@@ -802,6 +813,105 @@ typedef void (*rowf_fn)(__m512 *, const uint8_t *, const uint8_t *const *, const
 static const rowf_fn rowf_q41[9] = {NULL,       rowf_q41_1, rowf_q41_2, rowf_q41_3, rowf_q41_4,
                                     rowf_q41_5, rowf_q41_6, rowf_q41_7, rowf_q41_8};
 
+/* Q8_0 / Q4_0 fused (the output head at every T): as rowf_q41, weights decoded into
+ * registers once per tile of up to 8 tokens; the same float operations as bcore. */
+#define ROWG(TT, KIND, NAME)                                                                       \
+    static void NAME##_##TT(__m512 *res, const uint8_t *w, const uint8_t *const *ap,               \
+                            const b5_layout *L, float *mn)                                         \
+    {                                                                                              \
+        const int bb = KIND == W_Q8_0 ? 34 : 18;                                                   \
+        float *dl = mn + L->nbp;                                                                   \
+        for (int b0 = 0; b0 < L->nbp; b0 += 16) {                                                  \
+            __m512i h = gather_heads(w, b0, L->nb, bb);                                            \
+            __m512 d = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(h));                                  \
+            _mm512_storeu_ps(dl + b0, d);                                                          \
+            _mm512_storeu_ps(mn + b0,                                                              \
+                             _mm512_mul_ps(d, _mm512_set1_ps(KIND == W_Q4_0 ? -8.0f : -128.0f)));  \
+        }                                                                                          \
+        __m512 acc[TT];                                                                            \
+        _Pragma("GCC unroll 8") for (int t = 0; t < TT; t++) acc[t] = _mm512_setzero_ps();         \
+        for (int g = 0; g < L->nbig; g++) {                                                        \
+            const uint8_t *p = w + (size_t)16 * g * bb;                                            \
+            __m512i W[8];                                                                          \
+            if (KIND == W_Q8_0)                                                                    \
+                dec_big_q8r(W, p + 2);                                                             \
+            else                                                                                   \
+                dec_big_q4r(W, p + 2, bb);                                                         \
+            __m512 d = _mm512_loadu_ps(dl + 16 * g);                                               \
+            _Pragma("GCC unroll 8") for (int t = 0; t < TT; t++)                                   \
+            {                                                                                      \
+                const uint8_t *xq = ap[t] + L->q + (size_t)g * 512;                                \
+                __m512i s0 =                                                                       \
+                    _mm512_dpbusd_epi32(_mm512_setzero_si512(), W[0], _mm512_loadu_si512(xq));     \
+                __m512i s1 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), W[4],                     \
+                                                 _mm512_loadu_si512(xq + 256));                    \
+                _Pragma("GCC unroll 4") for (int j = 1; j < 4; j++)                                \
+                {                                                                                  \
+                    s0 = _mm512_dpbusd_epi32(s0, W[j], _mm512_loadu_si512(xq + 64 * j));           \
+                    s1 = _mm512_dpbusd_epi32(s1, W[4 + j], _mm512_loadu_si512(xq + 256 + 64 * j)); \
+                }                                                                                  \
+                __m512 xs = _mm512_loadu_ps((const float *)(ap[t] + L->d) + 16 * g);               \
+                acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(s0, s1)),             \
+                                         _mm512_mul_ps(d, xs), acc[t]);                            \
+            }                                                                                      \
+        }                                                                                          \
+        const __m512i pat = _mm512_loadu_si512(pat4);                                              \
+        const __m512i lo4 = _mm512_set1_epi8(0x0f);                                                \
+        int b1 = 16 * L->nbig;                                                                     \
+        for (int sg = 0; sg < L->nsmall; sg++) {                                                   \
+            int nv = L->nb - b1 - 4 * sg < 4 ? L->nb - b1 - 4 * sg : 4;                            \
+            const uint8_t *wb = w + (size_t)(b1 + 4 * sg) * bb;                                    \
+            __m512i A, B;                                                                          \
+            if (KIND == W_Q8_0) {                                                                  \
+                const __m512i x80 = _mm512_set1_epi8((char)0x80);                                  \
+                __mmask64 km = nv == 4 ? ~(__mmask64)0 : (__mmask64)((1ull << (16 * nv)) - 1);     \
+                A = _mm512_maskz_mov_epi8(km, _mm512_xor_si512(load4x16(wb + 2, 34, nv), x80));    \
+                B = _mm512_maskz_mov_epi8(km, _mm512_xor_si512(load4x16(wb + 18, 34, nv), x80));   \
+            } else {                                                                               \
+                __m512i v = load4x16(wb + 2, (size_t)bb, nv);                                      \
+                A = _mm512_and_si512(v, lo4);                                                      \
+                B = _mm512_and_si512(_mm512_srli_epi16(v, 4), lo4);                                \
+            }                                                                                      \
+            __m512 wsp = _mm512_permutexvar_ps(                                                    \
+                pat, _mm512_castps128_ps512(_mm_loadu_ps(dl + b1 + 4 * sg)));                      \
+            _Pragma("GCC unroll 8") for (int t = 0; t < TT; t++)                                   \
+            {                                                                                      \
+                const uint8_t *xq = ap[t] + L->sq + (size_t)sg * 128;                              \
+                __m512i sv =                                                                       \
+                    _mm512_dpbusd_epi32(_mm512_setzero_si512(), A, _mm512_loadu_si512(xq));        \
+                sv = _mm512_dpbusd_epi32(sv, B, _mm512_loadu_si512(xq + 64));                      \
+                __m512 xs = _mm512_loadu_ps((const float *)(ap[t] + L->sdxp) + 16 * sg);           \
+                acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sv), _mm512_mul_ps(wsp, xs), acc[t]);  \
+            }                                                                                      \
+        }                                                                                          \
+        for (int i = 0; i < L->nbp; i += 16) {                                                     \
+            __m512 m = _mm512_loadu_ps(mn + i);                                                    \
+            _Pragma("GCC unroll 8") for (int t = 0; t < TT; t++) acc[t] =                          \
+                _mm512_fmadd_ps(m, _mm512_loadu_ps((const float *)(ap[t] + L->ds) + i), acc[t]);   \
+        }                                                                                          \
+        _Pragma("GCC unroll 8") for (int t = 0; t < TT; t++) res[t] = acc[t];                      \
+    }
+ROWG(1, W_Q8_0, rowf_q80)
+ROWG(2, W_Q8_0, rowf_q80)
+ROWG(3, W_Q8_0, rowf_q80)
+ROWG(4, W_Q8_0, rowf_q80)
+ROWG(5, W_Q8_0, rowf_q80)
+ROWG(6, W_Q8_0, rowf_q80)
+ROWG(7, W_Q8_0, rowf_q80)
+ROWG(8, W_Q8_0, rowf_q80)
+static const rowf_fn rowf_q80[9] = {NULL,       rowf_q80_1, rowf_q80_2, rowf_q80_3, rowf_q80_4,
+                                    rowf_q80_5, rowf_q80_6, rowf_q80_7, rowf_q80_8};
+ROWG(1, W_Q4_0, rowf_q40)
+ROWG(2, W_Q4_0, rowf_q40)
+ROWG(3, W_Q4_0, rowf_q40)
+ROWG(4, W_Q4_0, rowf_q40)
+ROWG(5, W_Q4_0, rowf_q40)
+ROWG(6, W_Q4_0, rowf_q40)
+ROWG(7, W_Q4_0, rowf_q40)
+ROWG(8, W_Q4_0, rowf_q40)
+static const rowf_fn rowf_q40[9] = {NULL,       rowf_q40_1, rowf_q40_2, rowf_q40_3, rowf_q40_4,
+                                    rowf_q40_5, rowf_q40_6, rowf_q40_7, rowf_q40_8};
+
 /* acc[r][t] for RR decoded rows (dec, dec + dst, ...) x TT activation records ap[t]. */
 #define BCORE(RR, TT)                                                                              \
     static void bcore_##RR##_##TT(__m512 *res, const uint8_t *const *ap, const uint8_t *dec,       \
@@ -945,8 +1055,10 @@ static void rows_b(float *out, int ldo, const uint8_t *act, size_t as, int T, co
             _mm512_mask_storeu_ps(out + nb0, (__mmask16)((1u << R) - 1), reduce16(accb));
             continue;
         }
-        if (kind == W_Q4_1) {
-            /* tiles of up to 8 tokens; the 16 rows stay in L1 between tiles */
+        if (kind == W_Q4_1 || T <= 8) {
+            /* fused: tiles of up to 8 tokens, the 16 rows stay in L1 between tiles (Q8_0 and
+             * Q4_0 decode dearer, so for them more tokens go through the decoded-row path) */
+            const rowf_fn *rf = kind == W_Q4_1 ? rowf_q41 : kind == W_Q8_0 ? rowf_q80 : rowf_q40;
             for (int t0 = 0; t0 < T; t0 += 8) {
                 int TT = T - t0 < 8 ? T - t0 : 8;
                 const uint8_t *ap[8];
@@ -959,7 +1071,7 @@ static void rows_b(float *out, int ldo, const uint8_t *act, size_t as, int T, co
                             _mm_prefetch(pf + off, _MM_HINT_T0);
                     }
                     __m512 res[8];
-                    rowf_q41[TT](res, w + (size_t)(nb0 + r) * ws, ap, &L, (float *)dec);
+                    rf[TT](res, w + (size_t)(nb0 + r) * ws, ap, &L, (float *)dec);
                     for (int t = 0; t < TT; t++)
                         accb[t * 16 + r] = res[t];
                 }
