@@ -22,8 +22,11 @@
  * Every (t, n) gets exactly this sequence of operations whatever T, the tile of tokens it is
  * computed in, or the thread; tiles only share the decoded weight group between tokens.
  *
- * A weight row is first decoded into thread scratch (vectors A, B and the scale pattern per
- * group; mn per block), then swept with up to 8 tokens at a time (one accumulator each).
+ * Q4_K and Q6_K use these 4-block groups throughout: a weight row is decoded into thread
+ * scratch (vectors A, B and the scale pattern per group; mn per block), then swept with up to
+ * 8 tokens at a time (one accumulator each). Q4_0, Q4_1 and Q8_0 (the default model) use
+ * 16-block groups with one lane per block (see "big groups" below), 16-row blocks with a
+ * transposed horizontal reduction, and decode fused into the dot products for small T.
  *
  * The activation record (this level's own layout, made by a5_prep):
  *   q    G x 128 bytes  int8 activations in the group layout (zero padding)
@@ -606,53 +609,6 @@ INL __m512i q41_pick(int c, __m512i r0, __m512i r1, __m512i r2, __m512i r3, __m5
         _mm512_maskz_permutex2var_epi32(q41_win[2], r4, idx, r5));
 }
 
-static void b5_decode_q41(uint8_t *dec, const uint8_t *w, const b5_layout *L)
-{
-    float *dsc = (float *)(dec + L->dsc), *mn = (float *)(dec + L->dmn);
-    const __m512i lo4 = _mm512_set1_epi8(0x0f);
-    const __m512i dm = _mm512_loadu_si512(dm_words);
-    for (int g = 0; g < L->nbig; g++) {
-        const uint8_t *p = w + (size_t)320 * g;
-        __m512i r0 = _mm512_loadu_si512(p), r1 = _mm512_loadu_si512(p + 64);
-        __m512i r2 = _mm512_loadu_si512(p + 120), r3 = _mm512_loadu_si512(p + 184);
-        __m512i r4 = _mm512_loadu_si512(p + 240), r5 = _mm512_maskz_loadu_epi32(0x000f, p + 304);
-        uint8_t *o = dec + (size_t)g * 512;
-        _Pragma("GCC unroll 4") for (int j = 0; j < 4; j++)
-        {
-            __m512i v = q41_pick(1 + j, r0, r1, r2, r3, r4, r5);
-            _mm512_storeu_si512(o + 64 * j, _mm512_and_si512(v, lo4));
-            _mm512_storeu_si512(o + 64 * (4 + j), _mm512_and_si512(_mm512_srli_epi16(v, 4), lo4));
-        }
-        __m512i h = _mm512_permutexvar_epi16(dm, q41_pick(0, r0, r1, r2, r3, r4, r5));
-        _mm512_storeu_ps(dsc + 16 * g, _mm512_cvtph_ps(_mm512_castsi512_si256(h)));
-        _mm512_storeu_ps(mn + 16 * g, _mm512_cvtph_ps(_mm512_extracti64x4_epi64(h, 1)));
-    }
-    /* the tail: groups of up to 4 blocks (80 bytes) */
-    const __m512i is = _mm512_setr_epi32(1, 2, 3, 4, 6, 7, 8, 9, 11, 12, 13, 14, 16, 17, 18, 19);
-    const __m512i id = _mm512_setr_epi32(0, 0, 0, 0, 5, 5, 5, 5, 10, 10, 10, 10, 15, 15, 15, 15);
-    int b1 = 16 * L->nbig;
-    for (int sg = 0; sg < L->nsmall; sg++) {
-        int nv = L->nb - b1 - 4 * sg < 4 ? L->nb - b1 - 4 * sg : 4;
-        const uint8_t *p = w + (size_t)(b1 + 4 * sg) * 20;
-        int nd = 5 * nv;
-        __m512i r0 = _mm512_maskz_loadu_epi32((__mmask16)(nd >= 16 ? 0xffff : (1u << nd) - 1), p);
-        __m512i r1 =
-            _mm512_maskz_loadu_epi32((__mmask16)(nd > 16 ? (1u << (nd - 16)) - 1 : 0), p + 64);
-        __mmask16 kv = (__mmask16)((1u << (4 * nv)) - 1);
-        __m512i v = _mm512_maskz_permutex2var_epi32(kv, r0, is, r1);
-        __m512i h = _mm512_maskz_permutex2var_epi32(kv, r0, id, r1);
-        uint8_t *o = dec + L->dsmall + (size_t)sg * GS;
-        _mm512_storeu_si512(o, _mm512_and_si512(v, lo4));
-        _mm512_storeu_si512(o + 64, _mm512_and_si512(_mm512_srli_epi16(v, 4), lo4));
-        _mm512_storeu_ps((float *)(o + 128), _mm512_cvtph_ps(_mm512_cvtepi32_epi16(h)));
-        __m512 mp = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(h, 16)));
-        _mm_storeu_ps(mn + b1 + 4 * sg,
-                      _mm512_castps512_ps128(_mm512_maskz_compress_ps(0x1111, mp)));
-    }
-    for (int b = L->nb; b < L->nbp; b++)
-        mn[b] = 0.0f;
-}
-
 /* T = 1 on Q4_1 (every decode step of the default model): decode and dot product fused, the
  * weights never leave registers. The float operations are exactly those of bcore (big groups,
  * then small groups, then the constant terms), so the result is bitwise the one a batch gets. */
@@ -1091,10 +1047,7 @@ static void rows_b(float *out, int ldo, const uint8_t *act, size_t as, int T, co
                 for (size_t off = 0; off < ws; off += 64)
                     _mm_prefetch(pf + off, _MM_HINT_T0);
             }
-            if (kind == W_Q4_1)
-                b5_decode_q41(dec + (size_t)r * L.dstride, w + (size_t)(nb0 + r) * ws, &L);
-            else
-                b5_decode(dec + (size_t)r * L.dstride, w + (size_t)(nb0 + r) * ws, &L, kind);
+            b5_decode(dec + (size_t)r * L.dstride, w + (size_t)(nb0 + r) * ws, &L, kind);
         }
         for (int t = 0; t < 8; t++) /* rows missing from a short block sum to 0 */
             for (int r = R; r < 16; r++)
