@@ -253,10 +253,12 @@ static void cpu_matmul(void *vctx, float *out, const float *x, const void *w, sd
         j.act = (const uint8_t *)x;
         j.act_stride = (size_t)K * 4;
     }
-    /* Row chunks: ~4 per thread so a descheduled thread costs little, in multiples of the
-     * kernel's row tile; each chunk's weight rows are read once and reused for all T. */
+    /* Row chunks, in multiples of the kernel's row tile, claimed dynamically (a thread that is
+     * not running leaves its chunks to the others). T = 1 is a memory stream: one contiguous
+     * range per thread keeps each stream long and its prefetching ahead (measured faster);
+     * larger T is compute: ~4 chunks per thread balance the load. */
     int tile = j.k->row_tile > 0 ? j.k->row_tile : 1;
-    int want = c->nt == 1 ? 1 : c->nt * 4;
+    int want = T == 1 ? c->nt : c->nt * 4;
     int chunk = (N + want - 1) / want;
     chunk = (chunk + tile - 1) / tile * tile;
     if (chunk < tile)
