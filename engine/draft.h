@@ -22,6 +22,10 @@
 
 typedef struct draft draft;
 
+/* Support of the draft distribution a drafter records per node when it samples children (the
+ * top DRAFT_Q_TOP tokens, renormalised): size tree q buffers as (nodes + 1) * DRAFT_Q_TOP. */
+#define DRAFT_Q_TOP 64
+
 typedef struct {
     int max_ctx;  /* longest sequence followed (committed tokens) */
     int max_nodes; /* largest tree proposed */

@@ -15,7 +15,6 @@
 
 #define DYN_WIDTH 8  /* nodes added per round in dynamic trees */
 #define DYN_FANOUT 8 /* candidate children per expanded node */
-#define Q_TOP 64     /* support of the recorded draft distribution when sampling children */
 
 typedef struct {
     int parent;
@@ -36,7 +35,7 @@ typedef struct {
     int n_fwd;      /* tree nodes forwarded (pending in kv) by the last proposal */
     cand *pool;     /* candidate children */
     int n_pool, pool_cap;
-    int32_t *ids;   /* [Q_TOP] scratch */
+    int32_t *ids;   /* [DRAFT_Q_TOP] scratch */
     float *probs;
     int *out_idx;   /* [max_nodes] 0, 1, 2, ... */
     uint64_t draws; /* counter for child sampling */
@@ -67,9 +66,9 @@ static sd_err add_candidates(draft_model *x, tree *t, int node, const float *lg,
     float base = node < 0 ? 0.0f : t->logp[node];
     int n;
     if (x->o.sample_children) {
-        /* the recorded q is exactly what the children are drawn from: the top Q_TOP
+        /* the recorded q is exactly what the children are drawn from: the top DRAFT_Q_TOP
          * renormalised */
-        n = sample_top(x->sw, lg, x->V, x->o.temp, Q_TOP, x->ids, x->probs);
+        n = sample_top(x->sw, lg, x->V, x->o.temp, DRAFT_Q_TOP, x->ids, x->probs);
         float s = 0;
         for (int i = 0; i < n; i++)
             s += x->probs[i];
@@ -242,12 +241,12 @@ sd_err draft_model_open(draft **out, model *dm, int own_model, int n_vocab, cons
     x->base.rollback = dm_rollback;
     x->base.free = dm_free;
     x->base.max_ctx = o->max_ctx;
-    x->pool_cap = (o->max_nodes + 1) * DYN_FANOUT + Q_TOP;
+    x->pool_cap = (o->max_nodes + 1) * DYN_FANOUT + DRAFT_Q_TOP;
     x->base.hist = malloc(sizeof(int32_t) * (size_t)o->max_ctx);
     x->logits = malloc(sizeof(float) * (size_t)(o->max_nodes + 1) * (size_t)n_vocab);
     x->pool = malloc(sizeof(cand) * (size_t)x->pool_cap);
-    x->ids = malloc(sizeof(int32_t) * (size_t)(Q_TOP > DYN_FANOUT ? Q_TOP : DYN_FANOUT) * 2);
-    x->probs = malloc(sizeof(float) * (size_t)(Q_TOP > DYN_FANOUT ? Q_TOP : DYN_FANOUT) * 2);
+    x->ids = malloc(sizeof(int32_t) * (size_t)(DRAFT_Q_TOP > DYN_FANOUT ? DRAFT_Q_TOP : DYN_FANOUT) * 2);
+    x->probs = malloc(sizeof(float) * (size_t)(DRAFT_Q_TOP > DYN_FANOUT ? DRAFT_Q_TOP : DYN_FANOUT) * 2);
     x->out_idx = malloc(sizeof(int) * (size_t)o->max_nodes);
     sd_err e = SD_OK;
     if (!x->base.hist || !x->logits || !x->pool || !x->ids || !x->probs || !x->out_idx)

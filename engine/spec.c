@@ -46,8 +46,7 @@ sd_err spec_generate(const spec_config *c, const int32_t *prompt, int n, spec_st
     if (!e)
         e = verify_work_init(&vw, c->target, max_nodes > 0 ? max_nodes : 1);
     if (!e)
-        e = tree_init(&t, max_nodes > 0 ? max_nodes : 1,
-                      (max_nodes + 1) * 64 + 64);
+        e = tree_init(&t, max_nodes > 0 ? max_nodes : 1, (max_nodes + 1) * DRAFT_Q_TOP);
     double t0 = now();
     if (!e && n > 1) {
         e = model_forward(c->target, run, kv, prompt, NULL, n - 1, NULL, 0, NULL);

@@ -174,7 +174,7 @@ static void test_broken_rule_is_caught(void **state)
     assert_int_equal(model_kv_init(target, &kv, 32), SD_OK);
     assert_int_equal(sample_work_init(&sw, V), SD_OK);
     tree t;
-    assert_int_equal(tree_init(&t, 16, 16 * 64), SD_OK);
+    assert_int_equal(tree_init(&t, 16, 17 * DRAFT_Q_TOP), SD_OK);
     uint64_t seed = tu_seed() ^ 0x77;
     float lg[17 * V];
     int out[17], par[17];
