@@ -18,9 +18,10 @@ static const bench_prompt prompts[] = {
     {"chat", "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging "
              "Face<|im_end|>\n<|im_start|>user\nWhat are the main causes of climate change? "
              "Answer in a short paragraph.<|im_end|>\n<|im_start|>assistant\n"},
-    {"code", "<|im_start|>user\nWrite a Python class Stack with push, pop, peek and is_empty "
-             "methods, with docstrings.<|im_end|>\n<|im_start|>assistant\n```python\nclass "
-             "Stack:\n"},
+    /* code completion in an editor: a class whose methods follow a pattern */
+    {"code", "class Vector:\n    \"\"\"A 2-D vector.\"\"\"\n\n    def __init__(self, x, y):\n"
+             "        self.x = x\n        self.y = y\n\n    def __add__(self, other):\n        "
+             "return Vector(self.x + other.x, self.y + other.y)\n\n    def __sub__(self, other):\n"},
     {"summary",
      "<|im_start|>user\nSummarize the following passage in two sentences.\n\nThe Great Barrier "
      "Reef is the world's largest coral reef system, composed of over 2,900 individual reefs and "
