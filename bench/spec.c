@@ -19,9 +19,10 @@ static const bench_prompt prompts[] = {
              "Face<|im_end|>\n<|im_start|>user\nWhat are the main causes of climate change? "
              "Answer in a short paragraph.<|im_end|>\n<|im_start|>assistant\n"},
     /* code completion in an editor: a class whose methods follow a pattern */
-    {"code", "class Vector:\n    \"\"\"A 2-D vector.\"\"\"\n\n    def __init__(self, x, y):\n"
-             "        self.x = x\n        self.y = y\n\n    def __add__(self, other):\n        "
-             "return Vector(self.x + other.x, self.y + other.y)\n\n    def __sub__(self, other):\n"},
+    {"code",
+     "class Vector:\n    \"\"\"A 2-D vector.\"\"\"\n\n    def __init__(self, x, y):\n"
+     "        self.x = x\n        self.y = y\n\n    def __add__(self, other):\n        "
+     "return Vector(self.x + other.x, self.y + other.y)\n\n    def __sub__(self, other):\n"},
     {"summary",
      "<|im_start|>user\nSummarize the following passage in two sentences.\n\nThe Great Barrier "
      "Reef is the world's largest coral reef system, composed of over 2,900 individual reefs and "
@@ -34,8 +35,8 @@ static const bench_prompt prompts[] = {
 };
 
 static const char *drafters[] = {"ngram:3", "ngram:2", "layerskip:0-27,29", "layerskip:0-14,25-29"};
-static const char *shapes[] = {"chain:2", "chain:4", "chain:8", "topk:2,2,1", "topk:4,2,1",
-                               "dynamic:16", "dynamic:32"};
+static const char *shapes[] = {"chain:2",    "chain:4",    "chain:8",   "topk:2,2,1",
+                               "topk:4,2,1", "dynamic:16", "dynamic:32"};
 
 typedef struct {
     int32_t *ids;
@@ -95,7 +96,8 @@ int main(int argc, char **argv)
         fprintf(f, "temp,prompt,drafter,tree,tok_s,target_tok_s,speedup,mean_accepted,"
                    "accept_rate,steps,identical\n");
     int32_t eog[2] = {tok_eos(tk), tok_eot(tk)};
-    int32_t *want = malloc(sizeof(int32_t) * (size_t)n_gen), *got = malloc(sizeof(int32_t) * (size_t)n_gen);
+    int32_t *want = malloc(sizeof(int32_t) * (size_t)n_gen),
+            *got = malloc(sizeof(int32_t) * (size_t)n_gen);
     size_t nd = quick ? 2 : sizeof drafters / sizeof drafters[0];
     size_t ns = quick ? 3 : sizeof shapes / sizeof shapes[0];
     double best = 0;
@@ -114,8 +116,13 @@ int main(int argc, char **argv)
                 fprintf(stderr, "bench_spec: %s\n", sd_errmsg());
                 return 1;
             }
-            spec_config c = {.target = m, .sp = sp, .n_predict = n_gen, .max_nodes = 64,
-                             .eog = eog, .n_eog = 0, .on_token = put};
+            spec_config c = {.target = m,
+                             .sp = sp,
+                             .n_predict = n_gen,
+                             .max_nodes = 64,
+                             .eog = eog,
+                             .n_eog = 0,
+                             .on_token = put};
             tree_shape_parse(&c.shape, "chain:1", 64);
             sink base = {want, 0, n_gen};
             c.ud = &base;
@@ -129,8 +136,8 @@ int main(int argc, char **argv)
                    "-", btps, "1.00x", "-");
             for (size_t d = 0; d < nd; d++)
                 for (size_t s = 0; s < ns; s++) {
-                    draft_opts o = {.max_ctx = 2048, .max_nodes = 64, .temp = sp.temp,
-                                    .seed = sp.seed};
+                    draft_opts o = {
+                        .max_ctx = 2048, .max_nodes = 64, .temp = sp.temp, .seed = sp.seed};
                     draft *dr;
                     if (draft_open(&dr, drafters[d], m, &o) ||
                         tree_shape_parse(&c.shape, shapes[s], 64)) {
@@ -147,7 +154,8 @@ int main(int argc, char **argv)
                     }
                     c.drafter = NULL;
                     draft_free(dr);
-                    int same = out.n == base.n && !memcmp(got, want, sizeof(int32_t) * (size_t)out.n);
+                    int same =
+                        out.n == base.n && !memcmp(got, want, sizeof(int32_t) * (size_t)out.n);
                     mismatches += !same;
                     double tps = gen_tps(&st), sp_up = tps / btps;
                     double acc = st.n_steps ? (double)st.accepted / st.n_steps : 0;

@@ -10,9 +10,15 @@ log_level log_threshold = LOG_LEVEL_WARN;
 static char log_role[32] = "specd";
 static const char *const log_names[] = {"ERROR", "WARN", "INFO", "DEBUG"};
 
-void log_set_role(const char *role) { snprintf(log_role, sizeof log_role, "%s", role); }
+void log_set_role(const char *role)
+{
+    snprintf(log_role, sizeof log_role, "%s", role);
+}
 
-void log_set_level(log_level lvl) { log_threshold = lvl; }
+void log_set_level(log_level lvl)
+{
+    log_threshold = lvl;
+}
 
 int log_level_parse(const char *s)
 {

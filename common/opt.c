@@ -21,8 +21,7 @@ static sd_err set_value(const opt_def *d, void *target, const char *text, const 
     case OPT_INT:
     case OPT_U64: {
         if (d->type == OPT_U64 && text[0] == '-')
-            return sd_fail(SD_EINVAL, "option %s: '%s' is not a non-negative integer", shown,
-                           text);
+            return sd_fail(SD_EINVAL, "option %s: '%s' is not a non-negative integer", shown, text);
         long long v = 0;
         unsigned long long u = 0;
         if (d->type == OPT_INT)

@@ -18,8 +18,8 @@ typedef enum {
 } opt_type;
 
 typedef struct {
-    const char *name;    /* long name without dashes: "temp" -> --temp */
-    char short_name;     /* 'n' -> -n, or 0 */
+    const char *name; /* long name without dashes: "temp" -> --temp */
+    char short_name;  /* 'n' -> -n, or 0 */
     opt_type type;
     size_t offset;       /* offsetof(target struct, field) */
     double min, max;     /* inclusive bounds for numbers (ignored when min > max) */

@@ -36,6 +36,12 @@ sd_err sd_fail(sd_err e, const char *fmt, ...)
     return e;
 }
 
-const char *sd_errmsg(void) { return sd_err_buf; }
+const char *sd_errmsg(void)
+{
+    return sd_err_buf;
+}
 
-void sd_errclear(void) { sd_err_buf[0] = 0; }
+void sd_errclear(void)
+{
+    sd_err_buf[0] = 0;
+}

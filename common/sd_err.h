@@ -5,16 +5,16 @@
 
 typedef enum {
     SD_OK = 0,
-    SD_EINVAL,      /* bad argument or bad input from outside */
-    SD_ENOMEM,      /* allocation failed */
-    SD_EIO,         /* file or device I/O */
-    SD_EPROTO,      /* malformed message or file format */
+    SD_EINVAL, /* bad argument or bad input from outside */
+    SD_ENOMEM, /* allocation failed */
+    SD_EIO,    /* file or device I/O */
+    SD_EPROTO, /* malformed message or file format */
     SD_ETIMEDOUT,
     SD_ECANCELED,
     SD_EUNSUPPORTED, /* valid but not supported (architecture, tensor type, ...) */
     SD_ECUDA,
-    SD_ERANGE,      /* a value outside its allowed range (token id, context length) */
-    SD_ENOTFOUND,   /* a named thing (key, tensor, file) does not exist */
+    SD_ERANGE,    /* a value outside its allowed range (token id, context length) */
+    SD_ENOTFOUND, /* a named thing (key, tensor, file) does not exist */
     SD_EAGAIN,
     SD_ERR_COUNT
 } sd_err;

@@ -8,8 +8,8 @@
 sd_err draft_hist_append(draft *d, const int32_t *toks, int n)
 {
     if (n < 0 || d->n_hist + n > d->max_ctx)
-        return sd_fail(SD_ERANGE, "drafter: %d + %d tokens exceed its context of %d", d->n_hist,
-                       n, d->max_ctx);
+        return sd_fail(SD_ERANGE, "drafter: %d + %d tokens exceed its context of %d", d->n_hist, n,
+                       d->max_ctx);
     memcpy(d->hist + d->n_hist, toks, sizeof(int32_t) * (size_t)n);
     d->n_hist += n;
     return SD_OK;
@@ -80,8 +80,10 @@ static sd_err check_vocab(const model *target, const model *dm, const char *path
         sd_err ea = gguf_get_arr_str(a, "tokenizer.ggml.tokens", (uint64_t)i, &sa, &la);
         sd_err eb = gguf_get_arr_str(b, "tokenizer.ggml.tokens", (uint64_t)i, &sb, &lb);
         if (ea != eb || (!ea && (la != lb || memcmp(sa, sb, la))))
-            return sd_fail(SD_EINVAL, "draft model %s: token %d differs from the target's "
-                           "vocabulary", path, i);
+            return sd_fail(SD_EINVAL,
+                           "draft model %s: token %d differs from the target's "
+                           "vocabulary",
+                           path, i);
     }
     return SD_OK;
 }

@@ -27,7 +27,7 @@ typedef struct draft draft;
 #define DRAFT_Q_TOP 64
 
 typedef struct {
-    int max_ctx;  /* longest sequence followed (committed tokens) */
+    int max_ctx;   /* longest sequence followed (committed tokens) */
     int max_nodes; /* largest tree proposed */
     /* Children drawn i.i.d. from the draft distribution (temperature temp, keyed by seed)
      * instead of taken best-first — what SpecInfer-style verification requires — and the sparse
@@ -59,7 +59,10 @@ static inline sd_err draft_advance(draft *d, const int32_t *toks, int n)
 {
     return d->advance(d, toks, n);
 }
-static inline sd_err draft_rollback(draft *d, int n_keep) { return d->rollback(d, n_keep); }
+static inline sd_err draft_rollback(draft *d, int n_keep)
+{
+    return d->rollback(d, n_keep);
+}
 
 /* Shared by the implementations: append to / cut the history, with range checks. */
 sd_err draft_hist_append(draft *d, const int32_t *toks, int n);

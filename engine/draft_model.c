@@ -31,11 +31,11 @@ typedef struct {
     kv_cache *kv;
     model_run *run;
     sample_work *sw;
-    float *logits;  /* [max_nodes + 1][V] */
-    int n_fwd;      /* tree nodes forwarded (pending in kv) by the last proposal */
-    cand *pool;     /* candidate children */
+    float *logits; /* [max_nodes + 1][V] */
+    int n_fwd;     /* tree nodes forwarded (pending in kv) by the last proposal */
+    cand *pool;    /* candidate children */
     int n_pool, pool_cap;
-    int32_t *ids;   /* [DRAFT_Q_TOP] scratch */
+    int32_t *ids; /* [DRAFT_Q_TOP] scratch */
     float *probs;
     int *out_idx;   /* [max_nodes] 0, 1, 2, ... */
     uint64_t draws; /* counter for child sampling */
@@ -167,8 +167,8 @@ static sd_err dm_propose(draft *d, const tree_shape *s, tree *t)
          * forwarded in order */
         for (int i = 0; i < added; i++)
             x->out_idx[i] = i;
-        e = model_forward(x->m, x->run, x->kv, t->tok + first, t->parent + first, added,
-                          x->out_idx, added, x->logits);
+        e = model_forward(x->m, x->run, x->kv, t->tok + first, t->parent + first, added, x->out_idx,
+                          added, x->logits);
         if (e)
             return e;
         x->n_fwd = t->n;
@@ -245,8 +245,10 @@ sd_err draft_model_open(draft **out, model *dm, int own_model, int n_vocab, cons
     x->base.hist = malloc(sizeof(int32_t) * (size_t)o->max_ctx);
     x->logits = malloc(sizeof(float) * (size_t)(o->max_nodes + 1) * (size_t)n_vocab);
     x->pool = malloc(sizeof(cand) * (size_t)x->pool_cap);
-    x->ids = malloc(sizeof(int32_t) * (size_t)(DRAFT_Q_TOP > DYN_FANOUT ? DRAFT_Q_TOP : DYN_FANOUT) * 2);
-    x->probs = malloc(sizeof(float) * (size_t)(DRAFT_Q_TOP > DYN_FANOUT ? DRAFT_Q_TOP : DYN_FANOUT) * 2);
+    x->ids =
+        malloc(sizeof(int32_t) * (size_t)(DRAFT_Q_TOP > DYN_FANOUT ? DRAFT_Q_TOP : DYN_FANOUT) * 2);
+    x->probs =
+        malloc(sizeof(float) * (size_t)(DRAFT_Q_TOP > DYN_FANOUT ? DRAFT_Q_TOP : DYN_FANOUT) * 2);
     x->out_idx = malloc(sizeof(int) * (size_t)o->max_nodes);
     sd_err e = SD_OK;
     if (!x->base.hist || !x->logits || !x->pool || !x->ids || !x->probs || !x->out_idx)

@@ -65,7 +65,10 @@ static int trie_insert(draft_ngram *x, int nt, const int32_t *c, int len, float 
     return nt;
 }
 
-static int shape_depth(const tree_shape *s) { return s->kind == TREE_DYNAMIC ? NG_DYN_DEPTH : s->depth; }
+static int shape_depth(const tree_shape *s)
+{
+    return s->kind == TREE_DYNAMIC ? NG_DYN_DEPTH : s->depth;
+}
 
 static sd_err ng_propose(draft *d, const tree_shape *s, tree *t)
 {
@@ -121,8 +124,8 @@ static sd_err ng_propose(draft *d, const tree_shape *s, tree *t)
         if (best < 0)
             break;
         const ng_node *c = &x->trie[best];
-        x->map[best] = tree_add(t, c->parent < 0 ? -1 : x->map[c->parent], c->tok,
-                                logf(c->w / total));
+        x->map[best] =
+            tree_add(t, c->parent < 0 ? -1 : x->map[c->parent], c->tok, logf(c->w / total));
     }
     return SD_OK;
 }
@@ -132,7 +135,10 @@ static sd_err ng_advance(draft *d, const int32_t *toks, int n)
     return draft_hist_append(d, toks, n);
 }
 
-static sd_err ng_rollback(draft *d, int n_keep) { return draft_hist_cut(d, n_keep); }
+static sd_err ng_rollback(draft *d, int n_keep)
+{
+    return draft_hist_cut(d, n_keep);
+}
 
 sd_err draft_ngram_open(draft **out, int n, const draft_opts *o)
 {
@@ -142,7 +148,7 @@ sd_err draft_ngram_open(draft **out, int n, const draft_opts *o)
                        o->max_nodes);
     if (o->sample_children)
         return sd_fail(SD_EUNSUPPORTED, "the n-gram drafter has no draft distribution to sample "
-                       "children from; use greedy or sample verification");
+                                        "children from; use greedy or sample verification");
     draft_ngram *x = calloc(1, sizeof *x);
     if (!x)
         return SD_ENOMEM;

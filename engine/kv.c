@@ -42,7 +42,10 @@ void kv_free(kv_cache *kv)
     free(kv);
 }
 
-void kv_clear_pending(kv_cache *kv) { kv->n_pending = 0; }
+void kv_clear_pending(kv_cache *kv)
+{
+    kv->n_pending = 0;
+}
 
 sd_err kv_truncate(kv_cache *kv, int n)
 {

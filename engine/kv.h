@@ -22,9 +22,9 @@ typedef struct {
     float *k, *v;            /* [n_layer][n_ctx][row] */
     int n_committed;
     int n_pending;
-    int *parent;   /* [n_ctx] pending node -> parent pending node or -1 */
-    int *depth;    /* [n_ctx] pending node depth (0 = child of the committed prefix) */
-    int32_t *tok;  /* [n_ctx] token at each slot (committed and pending) */
+    int *parent;  /* [n_ctx] pending node -> parent pending node or -1 */
+    int *depth;   /* [n_ctx] pending node depth (0 = child of the committed prefix) */
+    int32_t *tok; /* [n_ctx] token at each slot (committed and pending) */
 } kv_cache;
 
 sd_err kv_init(kv_cache **out, int n_layer, int row, int n_ctx);

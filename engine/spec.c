@@ -125,15 +125,17 @@ sd_err spec_generate(const spec_config *c, const int32_t *prompt, int n, spec_st
 void spec_stats_print(const spec_stats *st, const char *label)
 {
     double gen_t = st->t_total - st->t_prefill;
-    fprintf(stderr, "[%s] prompt %d tokens (%.1f tok/s prefill) | generated %d tokens in %d steps, "
-            "%.1f tok/s\n", label, st->n_prompt,
-            st->t_prefill > 0 ? (st->n_prompt - 1) / st->t_prefill : 0.0, st->n_gen, st->n_steps,
-            gen_t > 0 ? st->n_gen / gen_t : 0.0);
+    fprintf(stderr,
+            "[%s] prompt %d tokens (%.1f tok/s prefill) | generated %d tokens in %d steps, "
+            "%.1f tok/s\n",
+            label, st->n_prompt, st->t_prefill > 0 ? (st->n_prompt - 1) / st->t_prefill : 0.0,
+            st->n_gen, st->n_steps, gen_t > 0 ? st->n_gen / gen_t : 0.0);
     if (st->proposed == 0)
         return;
-    fprintf(stderr, "[%s] mean accepted length %.2f (+1 target token per step) | %.1f%% of %ld "
-            "proposed nodes accepted | draft %.0f ms, verify %.0f ms\n", label,
-            (double)st->accepted / st->n_steps, 100.0 * st->accepted / st->proposed,
+    fprintf(stderr,
+            "[%s] mean accepted length %.2f (+1 target token per step) | %.1f%% of %ld "
+            "proposed nodes accepted | draft %.0f ms, verify %.0f ms\n",
+            label, (double)st->accepted / st->n_steps, 100.0 * st->accepted / st->proposed,
             st->proposed, st->t_draft * 1e3, st->t_verify * 1e3);
     fprintf(stderr, "[%s] acceptance by depth:", label);
     for (int d = 0; d < TREE_MAX_DEPTH && st->tried[d]; d++)

@@ -16,14 +16,14 @@
 
 typedef struct {
     model *target;
-    draft *drafter;      /* NULL: target-only */
+    draft *drafter; /* NULL: target-only */
     tree_shape shape;
     verify_mode vmode;
     sample_params sp;
     int n_predict;
-    int max_nodes;       /* tree size limit */
-    int n_ctx;           /* 0: prompt + n_predict + tree */
-    const int32_t *eog;  /* tokens that end generation (not emitted) */
+    int max_nodes;      /* tree size limit */
+    int n_ctx;          /* 0: prompt + n_predict + tree */
+    const int32_t *eog; /* tokens that end generation (not emitted) */
     int n_eog;
     /* Called for every committed token in order; nonzero stops generation. */
     int (*on_token)(void *ud, int32_t tok);
@@ -33,8 +33,8 @@ typedef struct {
 typedef struct {
     int n_prompt, n_gen, n_steps;
     double t_prefill, t_draft, t_verify, t_total;
-    long proposed; /* tree nodes proposed */
-    long accepted; /* tree nodes accepted */
+    long proposed;                                    /* tree nodes proposed */
+    long accepted;                                    /* tree nodes accepted */
     long tried[TREE_MAX_DEPTH], took[TREE_MAX_DEPTH]; /* per depth: walks that reached a node
                                                          with children / that accepted one */
 } spec_stats;

@@ -26,8 +26,10 @@ sd_err tree_shape_parse(tree_shape *s, const char *spec, int max_nodes)
         while (*p) {
             long b = strtol(p, &end, 10);
             if (end == p || b < 1 || b > 64 || s->depth >= TREE_MAX_DEPTH)
-                return sd_fail(SD_EINVAL, "tree '%s': branching factors must be 1..64, at most "
-                               "%d levels", spec, TREE_MAX_DEPTH);
+                return sd_fail(SD_EINVAL,
+                               "tree '%s': branching factors must be 1..64, at most "
+                               "%d levels",
+                               spec, TREE_MAX_DEPTH);
             s->branch[s->depth++] = (int)b;
             level *= b;
             nodes += level;
@@ -157,8 +159,8 @@ sd_err tree_validate(const tree *t, int n_vocab, int max_nodes)
             return sd_fail(SD_EINVAL, "tree node %d: parent %d is not an earlier node or -1", i,
                            t->parent[i]);
         if (t->tok[i] < 0 || t->tok[i] >= n_vocab)
-            return sd_fail(SD_ERANGE, "tree node %d: token %d is outside the vocabulary (0..%d)",
-                           i, t->tok[i], n_vocab - 1);
+            return sd_fail(SD_ERANGE, "tree node %d: token %d is outside the vocabulary (0..%d)", i,
+                           t->tok[i], n_vocab - 1);
         int d = t->parent[i] < 0 ? 0 : t->depth[t->parent[i]] + 1;
         if (t->depth[i] != d)
             return sd_fail(SD_EINVAL, "tree node %d: depth %d, expected %d", i, t->depth[i], d);
@@ -171,9 +173,10 @@ sd_err tree_validate(const tree *t, int n_vocab, int max_nodes)
         for (int j = t->q_off[s]; j < t->q_off[s + 1]; j++)
             if (t->q_tok[j] < 0 || t->q_tok[j] >= n_vocab || !isfinite(t->q_p[j]) ||
                 t->q_p[j] < 0 || t->q_p[j] > 1)
-                return sd_fail(SD_ERANGE, "tree node %d: draft probability entry %d (token %d, "
-                               "p %g) out of range", s - 1, j - t->q_off[s], t->q_tok[j],
-                               t->q_p[j]);
+                return sd_fail(SD_ERANGE,
+                               "tree node %d: draft probability entry %d (token %d, "
+                               "p %g) out of range",
+                               s - 1, j - t->q_off[s], t->q_tok[j], t->q_p[j]);
     }
     return SD_OK;
 }

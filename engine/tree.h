@@ -14,15 +14,15 @@
 
 typedef struct {
     int n, cap;
-    int32_t *tok;  /* [cap] */
-    int *parent;   /* [cap] */
-    int *depth;    /* [cap] */
-    float *logp;   /* [cap] cumulative draft log-probability of the root-to-node path */
+    int32_t *tok; /* [cap] */
+    int *parent;  /* [cap] */
+    int *depth;   /* [cap] */
+    float *logp;  /* [cap] cumulative draft log-probability of the root-to-node path */
     /* Sparse draft distribution over the children of each node and of the root (index 0 is the
      * root, node i is i + 1): entries q_off[i] .. q_off[i+1]-1 of q_tok / q_p. Empty when the
      * drafter did not record one. */
     int q_cap, q_n;
-    int *q_off;    /* [cap + 2] */
+    int *q_off; /* [cap + 2] */
     int32_t *q_tok;
     float *q_p;
 } tree;
@@ -34,9 +34,9 @@ typedef enum { TREE_CHAIN = 1, TREE_TOPK = 2, TREE_DYNAMIC = 3 } tree_kind;
 
 typedef struct {
     tree_kind kind;
-    int depth;                      /* chain: K nodes; topk: number of levels */
-    int branch[TREE_MAX_DEPTH];     /* topk: children per node at each depth */
-    int budget;                     /* node budget (dynamic; for others the shape's size) */
+    int depth;                  /* chain: K nodes; topk: number of levels */
+    int branch[TREE_MAX_DEPTH]; /* topk: children per node at each depth */
+    int budget;                 /* node budget (dynamic; for others the shape's size) */
 } tree_shape;
 
 /* Parse "chain:K", "topk:B1,B2,..." or "dynamic:NODES" (bounds: 1 <= nodes <= max_nodes). */

@@ -5,12 +5,12 @@
 
 struct verify_work {
     int V, max_nodes;
-    float *logits;  /* [max_nodes + 1][V] */
-    int32_t *tok;   /* [max_nodes + 1] batch tokens */
-    int *parent;    /* [max_nodes + 1] batch parents */
-    int *out;       /* [max_nodes + 1] 0, 1, 2, ... */
-    int *kids;      /* [max_nodes] */
-    int *bpath;     /* [max_nodes + 1] */
+    float *logits; /* [max_nodes + 1][V] */
+    int32_t *tok;  /* [max_nodes + 1] batch tokens */
+    int *parent;   /* [max_nodes + 1] batch parents */
+    int *out;      /* [max_nodes + 1] 0, 1, 2, ... */
+    int *kids;     /* [max_nodes] */
+    int *bpath;    /* [max_nodes + 1] */
     sample_work *sw;
     int *ids;       /* [V] target distribution support (specinfer) */
     float *probs;   /* [V] */

@@ -26,9 +26,9 @@
 typedef enum { VERIFY_SAMPLE = 0, VERIFY_SPECINFER = 1 } verify_mode;
 
 typedef struct {
-    int n_accept;                 /* tree nodes accepted */
-    int path[VERIFY_MAX_NODES];   /* their tree indices, root to leaf */
-    int32_t next;                 /* the target's token after the accepted path (not in kv) */
+    int n_accept;               /* tree nodes accepted */
+    int path[VERIFY_MAX_NODES]; /* their tree indices, root to leaf */
+    int32_t next;               /* the target's token after the accepted path (not in kv) */
 } verify_result;
 
 typedef struct verify_work verify_work;

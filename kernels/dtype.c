@@ -9,9 +9,9 @@ typedef struct {
 } dtype_info;
 
 static const dtype_info dtype_table[] = {
-    {SD_DTYPE_F32, "F32", 1, 4},      {SD_DTYPE_F16, "F16", 1, 2},
-    {SD_DTYPE_BF16, "BF16", 1, 2},    {SD_DTYPE_Q8_0, "Q8_0", 32, 34},
-    {SD_DTYPE_Q4_0, "Q4_0", 32, 18},  {SD_DTYPE_Q4_1, "Q4_1", 32, 20},
+    {SD_DTYPE_F32, "F32", 1, 4},       {SD_DTYPE_F16, "F16", 1, 2},
+    {SD_DTYPE_BF16, "BF16", 1, 2},     {SD_DTYPE_Q8_0, "Q8_0", 32, 34},
+    {SD_DTYPE_Q4_0, "Q4_0", 32, 18},   {SD_DTYPE_Q4_1, "Q4_1", 32, 20},
     {SD_DTYPE_Q4_K, "Q4_K", 256, 144}, {SD_DTYPE_Q6_K, "Q6_K", 256, 210},
 };
 #define DTYPE_N (sizeof dtype_table / sizeof dtype_table[0])
@@ -24,7 +24,10 @@ static const dtype_info *dtype_find(uint32_t t)
     return NULL;
 }
 
-int dtype_supported(uint32_t t) { return dtype_find(t) != NULL; }
+int dtype_supported(uint32_t t)
+{
+    return dtype_find(t) != NULL;
+}
 
 const char *dtype_name(uint32_t t)
 {
@@ -50,7 +53,10 @@ size_t dtype_row_bytes(sd_dtype t, size_t n)
     return d ? n / d->elems * d->bytes : 0;
 }
 
-const char *dtype_supported_list(void) { return "F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q4_K, Q6_K"; }
+const char *dtype_supported_list(void)
+{
+    return "F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q4_K, Q6_K";
+}
 
 float dtype_f16_to_f32(uint16_t h)
 {
@@ -125,7 +131,10 @@ uint16_t dtype_f32_to_bf16(float f)
     return (uint16_t)(x >> 16);
 }
 
-static float rd_f16(const uint8_t *p) { return dtype_f16_to_f32((uint16_t)(p[0] | p[1] << 8)); }
+static float rd_f16(const uint8_t *p)
+{
+    return dtype_f16_to_f32((uint16_t)(p[0] | p[1] << 8));
+}
 
 static void q4k_scale_min(int j, const uint8_t *q, uint8_t *sc, uint8_t *m)
 {

@@ -108,8 +108,8 @@ static void check_prompt(model *m, const char *name, int exact)
     int out[8];
     for (uint32_t i = 0; i < ref.n_rows; i++)
         out[i] = (int)ref.pos[i];
-    assert_int_equal(model_forward(m, run, kv, ref.ids, NULL, (int)ref.n_ids, out, (int)ref.n_rows, lg),
-                     SD_OK);
+    assert_int_equal(
+        model_forward(m, run, kv, ref.ids, NULL, (int)ref.n_ids, out, (int)ref.n_rows, lg), SD_OK);
     assert_int_equal(kv_commit_all(kv), SD_OK);
     double worst = 0;
     for (uint32_t i = 0; i < ref.n_rows; i++) {
@@ -159,8 +159,14 @@ static void run_mode(unsigned flags)
     model_free(m);
 }
 
-static void test_f32_activations(void **state) { run_mode(KERN_CPU_F32_ACT); }
-static void test_quantized_activations(void **state) { run_mode(0); }
+static void test_f32_activations(void **state)
+{
+    run_mode(KERN_CPU_F32_ACT);
+}
+static void test_quantized_activations(void **state)
+{
+    run_mode(0);
+}
 
 int main(void)
 {

@@ -72,9 +72,9 @@ static void decode_each(fixture *f, const int32_t *toks, int n, float *logits)
     kv_cache *kv;
     assert_int_equal(model_kv_init(f->m, &kv, 256), SD_OK);
     for (int i = 0; i < n; i++) {
-        assert_int_equal(model_forward(f->m, f->r, kv, &toks[i], NULL, 1, NULL, 1,
-                                       logits + (size_t)i * f->V),
-                         SD_OK);
+        assert_int_equal(
+            model_forward(f->m, f->r, kv, &toks[i], NULL, 1, NULL, 1, logits + (size_t)i * f->V),
+            SD_OK);
         assert_int_equal(kv_commit_all(kv), SD_OK);
     }
     kv_free(kv);

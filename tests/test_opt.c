@@ -30,8 +30,8 @@ static void test_defaults_and_parse(void **state)
     assert_true(o.temp == 0.5f);
     assert_true(o.seed == 7);
     assert_null(o.path);
-    char *argv[] = {"-n", "42", "--temp=1.25", "--model", "x.gguf", "--chat", "--seed",
-                    "18446744073709551615"};
+    char *argv[] = {"-n",     "42",     "--temp=1.25", "--model",
+                    "x.gguf", "--chat", "--seed",      "18446744073709551615"};
     assert_int_equal(opt_parse(defs, 5, &o, 8, argv), SD_OK);
     assert_int_equal(o.n, 42);
     assert_true(o.temp == 1.25f);

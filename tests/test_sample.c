@@ -22,8 +22,8 @@ static void test_params(void **state)
     sample_params ok = {0.8f, 40, 0.95f, 1};
     assert_int_equal(sample_params_check(&ok), SD_OK);
     sample_params bad[] = {
-        {-1, 0, 1, 0}, {NAN, 0, 1, 0}, {INFINITY, 0, 1, 0}, {1, -3, 1, 0}, {1, 0, 0, 0},
-        {1, 0, 1.5f, 0},
+        {-1, 0, 1, 0}, {NAN, 0, 1, 0}, {INFINITY, 0, 1, 0},
+        {1, -3, 1, 0}, {1, 0, 0, 0},   {1, 0, 1.5f, 0},
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
         assert_int_equal(sample_params_check(&bad[i]), SD_EINVAL);
@@ -110,7 +110,8 @@ static void test_dist_matches_reference(void **state)
         float spread = 0.5f + 8.0f * tu_uniform(&r);
         for (int i = 0; i < V; i++)
             logits[i] = spread * tu_normal(&r);
-        sample_params p = {0.2f + 1.5f * tu_uniform(&r), (int)tu_below(&r, 3) ? 0 : 1 + (int)tu_below(&r, 100),
+        sample_params p = {0.2f + 1.5f * tu_uniform(&r),
+                           (int)tu_below(&r, 3) ? 0 : 1 + (int)tu_below(&r, 100),
                            tu_below(&r, 3) ? 0.05f + 0.94f * tu_uniform(&r) : 1.0f, 1};
         int n = sample_dist(w, logits, V, &p, ids, probs);
         int rn = ref_dist(logits, V, &p, rids, rprobs);
@@ -138,7 +139,8 @@ static void test_sampling_frequencies(void **state)
     float logits[12];
     for (int i = 0; i < V; i++)
         logits[i] = 1.5f * tu_normal(&r);
-    sample_params ps[] = {{1.0f, 0, 1.0f, seed}, {0.7f, 5, 1.0f, seed + 1}, {1.3f, 0, 0.8f, seed + 2}};
+    sample_params ps[] = {
+        {1.0f, 0, 1.0f, seed}, {0.7f, 5, 1.0f, seed + 1}, {1.3f, 0, 0.8f, seed + 2}};
     sample_work *w;
     assert_int_equal(sample_work_init(&w, V), SD_OK);
     for (size_t c = 0; c < sizeof ps / sizeof ps[0]; c++) {

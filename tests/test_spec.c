@@ -45,8 +45,14 @@ static int teardown(void **state)
 static void run_spec(draft *d, const char *shape, verify_mode vm, const sample_params *sp,
                      const int32_t *prompt, int n, int n_gen, tok_sink *out, spec_stats *st)
 {
-    spec_config c = {.target = target, .drafter = d, .vmode = vm, .sp = *sp, .n_predict = n_gen,
-                     .max_nodes = 64, .on_token = tok_sink_put, .ud = out};
+    spec_config c = {.target = target,
+                     .drafter = d,
+                     .vmode = vm,
+                     .sp = *sp,
+                     .n_predict = n_gen,
+                     .max_nodes = 64,
+                     .on_token = tok_sink_put,
+                     .ud = out};
     assert_int_equal(tree_shape_parse(&c.shape, shape, 64), SD_OK);
     out->n = 0;
     sd_err e = spec_generate(&c, prompt, n, st);
@@ -55,8 +61,8 @@ static void run_spec(draft *d, const char *shape, verify_mode vm, const sample_p
 }
 
 static const char *drafters[] = {"ngram", "ngram:1", "layerskip:0,2", "model", "adversary"};
-static const char *shapes[] = {"chain:1", "chain:5", "topk:3,2,1", "topk:4,4", "dynamic:12",
-                               "dynamic:40"};
+static const char *shapes[] = {"chain:1",  "chain:5",    "topk:3,2,1",
+                               "topk:4,4", "dynamic:12", "dynamic:40"};
 
 static draft *open_drafter(const char *name, const draft_opts *o, uint64_t seed)
 {
@@ -104,18 +110,27 @@ static void check_lossless(float temp, float top_p)
                 run_spec(d, shapes[si], VERIFY_SAMPLE, &sp, prompt, n, N_GEN, &out, &st);
                 if (out.n != N_GEN || memcmp(out.ids, want, sizeof(int32_t) * N_GEN))
                     fail_msg("temp %.1f prompt %d drafter %s tree %s: output differs from "
-                             "target-only", temp, p, drafters[di], shapes[si]);
+                             "target-only",
+                             temp, p, drafters[di], shapes[si]);
                 accepted += st.accepted;
                 draft_free(d);
             }
-        fprintf(stderr, "  temp %.1f prompt %d: all drafters x shapes identical (%ld draft "
-                "tokens accepted)\n", temp, p, accepted);
+        fprintf(stderr,
+                "  temp %.1f prompt %d: all drafters x shapes identical (%ld draft "
+                "tokens accepted)\n",
+                temp, p, accepted);
         assert_true(accepted > 0); /* the comparisons exercised accepted paths */
     }
 }
 
-static void test_lossless_greedy(void **state) { check_lossless(0.0f, 1.0f); }
-static void test_lossless_sampling(void **state) { check_lossless(0.8f, 0.95f); }
+static void test_lossless_greedy(void **state)
+{
+    check_lossless(0.0f, 1.0f);
+}
+static void test_lossless_sampling(void **state)
+{
+    check_lossless(0.8f, 0.95f);
+}
 
 /* Every node's logits equal those of decoding its root-to-node path alone; after a random
  * commit, continued decoding equals decoding the committed sequence token by token. */
@@ -155,8 +170,8 @@ static void test_tree_logits(void **state)
             model_forward(target, r, ref, prefix, NULL, np, NULL, 0, NULL);
             kv_commit_all(ref);
             for (int k = n - 1; k >= 0; k--) {
-                assert_int_equal(model_forward(target, r, ref, &tok[path[k]], NULL, 1, NULL, 1, one),
-                                 SD_OK);
+                assert_int_equal(
+                    model_forward(target, r, ref, &tok[path[k]], NULL, 1, NULL, 1, one), SD_OK);
                 kv_commit_all(ref);
             }
             assert_memory_equal(one, lg + (size_t)i * V, sizeof(float) * (size_t)V);
@@ -212,11 +227,11 @@ static void test_bad_trees(void **state)
         int32_t tok[3];
         sd_err want;
     } cases[] = {
-        {2, {-1, 1}, {1, 2}, SD_EINVAL},   /* a node its own parent */
-        {2, {-1, 5}, {1, 2}, SD_EINVAL},   /* a later node as parent */
-        {2, {-1, -2}, {1, 2}, SD_EINVAL},  /* below -1 */
-        {1, {-1}, {-1}, SD_ERANGE},        /* negative token */
-        {2, {-1, 0}, {1, 97}, SD_ERANGE},  /* token == vocabulary size */
+        {2, {-1, 1}, {1, 2}, SD_EINVAL},  /* a node its own parent */
+        {2, {-1, 5}, {1, 2}, SD_EINVAL},  /* a later node as parent */
+        {2, {-1, -2}, {1, 2}, SD_EINVAL}, /* below -1 */
+        {1, {-1}, {-1}, SD_ERANGE},       /* negative token */
+        {2, {-1, 0}, {1, 97}, SD_ERANGE}, /* token == vocabulary size */
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         tree_clear(&t);

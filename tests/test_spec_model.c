@@ -43,35 +43,42 @@ static void test_lossless_real_model(void **state)
         for (size_t p = 0; p < sizeof prompts / sizeof prompts[0]; p++) {
             int32_t ids[256], want[N_GEN], got[N_GEN + 8];
             size_t n;
-            assert_int_equal(tok_encode(tk, prompts[p], strlen(prompts[p]), TOK_PARSE_SPECIAL, ids,
-                                        256, &n),
-                             SD_OK);
+            assert_int_equal(
+                tok_encode(tk, prompts[p], strlen(prompts[p]), TOK_PARSE_SPECIAL, ids, 256, &n),
+                SD_OK);
             decode_ref(m, ids, (int)n, &sp, N_GEN, want);
             long acc = 0;
             for (size_t d = 0; d < sizeof drafters / sizeof drafters[0]; d++)
                 for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
-                    draft_opts o = {.max_ctx = 512, .max_nodes = 32, .temp = sp.temp,
-                                    .seed = seed};
+                    draft_opts o = {.max_ctx = 512, .max_nodes = 32, .temp = sp.temp, .seed = seed};
                     draft *dr;
                     sd_err e = strcmp(drafters[d], "adversary")
                                    ? draft_open(&dr, drafters[d], m, &o)
                                    : adversary_open(&dr, V, 512, seed + p, 30);
                     assert_int_equal(e, SD_OK);
                     tok_sink sink = {got, 0, N_GEN + 8};
-                    spec_config c = {.target = m, .drafter = dr, .vmode = VERIFY_SAMPLE, .sp = sp,
-                                     .n_predict = N_GEN, .max_nodes = 32,
-                                     .on_token = tok_sink_put, .ud = &sink};
+                    spec_config c = {.target = m,
+                                     .drafter = dr,
+                                     .vmode = VERIFY_SAMPLE,
+                                     .sp = sp,
+                                     .n_predict = N_GEN,
+                                     .max_nodes = 32,
+                                     .on_token = tok_sink_put,
+                                     .ud = &sink};
                     assert_int_equal(tree_shape_parse(&c.shape, shapes[s], 32), SD_OK);
                     spec_stats st;
                     assert_int_equal(spec_generate(&c, ids, (int)n, &st), SD_OK);
                     if (sink.n != N_GEN || memcmp(got, want, sizeof want))
                         fail_msg("temp %.1f prompt %zu drafter %s tree %s: differs from "
-                                 "target-only", sp.temp, p, drafters[d], shapes[s]);
+                                 "target-only",
+                                 sp.temp, p, drafters[d], shapes[s]);
                     acc += st.accepted;
                     draft_free(dr);
                 }
-            fprintf(stderr, "  temp %.1f prompt %zu: 4 drafters x 3 trees identical to "
-                    "target-only (%ld draft tokens accepted)\n", sp.temp, p, acc);
+            fprintf(stderr,
+                    "  temp %.1f prompt %zu: 4 drafters x 3 trees identical to "
+                    "target-only (%ld draft tokens accepted)\n",
+                    sp.temp, p, acc);
             assert_true(acc > 0);
         }
     }

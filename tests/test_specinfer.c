@@ -134,13 +134,22 @@ static void test_joint_matches_target(void **state)
     for (int i = 0; i < N_JOINT; i++) {
         sample_params sp = sp0;
         sp.seed = seed + (uint64_t)i * 7919;
-        draft_opts o = {.max_ctx = 32, .max_nodes = 16, .sample_children = 1, .temp = TEMP,
+        draft_opts o = {.max_ctx = 32,
+                        .max_nodes = 16,
+                        .sample_children = 1,
+                        .temp = TEMP,
                         .seed = sp.seed ^ 0x5555};
         draft *d;
         assert_int_equal(draft_open(&d, spec, target, &o), SD_OK);
         two x = {{0, 0}, 0};
-        spec_config c = {.target = target, .drafter = d, .vmode = VERIFY_SPECINFER, .sp = sp,
-                         .n_predict = 2, .max_nodes = 16, .on_token = keep2, .ud = &x};
+        spec_config c = {.target = target,
+                         .drafter = d,
+                         .vmode = VERIFY_SPECINFER,
+                         .sp = sp,
+                         .n_predict = 2,
+                         .max_nodes = 16,
+                         .on_token = keep2,
+                         .ud = &x};
         assert_int_equal(tree_shape_parse(&c.shape, "topk:3,2", 16), SD_OK);
         spec_stats st;
         assert_int_equal(spec_generate(&c, prompt, 3, &st), SD_OK);
@@ -180,7 +189,10 @@ static void test_broken_rule_is_caught(void **state)
     int out[17], par[17];
     int32_t tok[17];
     for (int i = 0; i < N_BROKEN; i++) {
-        draft_opts o = {.max_ctx = 32, .max_nodes = 16, .sample_children = 1, .temp = TEMP,
+        draft_opts o = {.max_ctx = 32,
+                        .max_nodes = 16,
+                        .sample_children = 1,
+                        .temp = TEMP,
                         .seed = seed + (uint64_t)i};
         draft *d;
         assert_int_equal(draft_open(&d, spec, target, &o), SD_OK);

@@ -218,8 +218,14 @@ int cmd_generate(int argc, char **argv)
                 o.verify);
         goto out;
     }
-    spec_config sc = {.target = m, .vmode = vm, .sp = sp, .n_predict = n_gen,
-                      .max_nodes = o.max_nodes, .n_ctx = ctx, .eog = eog, .on_token = print_token,
+    spec_config sc = {.target = m,
+                      .vmode = vm,
+                      .sp = sp,
+                      .n_predict = n_gen,
+                      .max_nodes = o.max_nodes,
+                      .n_ctx = ctx,
+                      .eog = eog,
+                      .on_token = print_token,
                       .ud = tk};
     if (o.ignore_eos)
         sc.n_eog = 0;
@@ -230,9 +236,11 @@ int cmd_generate(int argc, char **argv)
         goto out;
     }
     if (o.draft) {
-        draft_opts dop = {.max_ctx = ctx, .max_nodes = o.max_nodes,
+        draft_opts dop = {.max_ctx = ctx,
+                          .max_nodes = o.max_nodes,
                           .sample_children = vm == VERIFY_SPECINFER && o.temp > 0,
-                          .temp = o.temp, .seed = o.seed};
+                          .temp = o.temp,
+                          .seed = o.seed};
         if ((e = draft_open(&dr, o.draft, m, &dop))) {
             rc = fail("--draft", e);
             goto out;
@@ -260,13 +268,14 @@ int cmd_generate(int argc, char **argv)
             goto out;
         }
         spec_stats_print(&base, "target");
-        int same = spec_text.n == tb.n &&
-                   !memcmp(spec_text.ids, tb.ids, sizeof(int32_t) * (size_t)tb.n);
+        int same =
+            spec_text.n == tb.n && !memcmp(spec_text.ids, tb.ids, sizeof(int32_t) * (size_t)tb.n);
         double a = st.n_gen / (st.t_total - st.t_prefill),
                b = base.n_gen / (base.t_total - base.t_prefill);
-        fprintf(stderr, "[compare] output %s target-only (%d vs %d tokens); speedup %.2fx "
-                "(%.1f vs %.1f tok/s)\n", same ? "identical to" : "DIFFERS from", spec_text.n,
-                tb.n, a / b, a, b);
+        fprintf(stderr,
+                "[compare] output %s target-only (%d vs %d tokens); speedup %.2fx "
+                "(%.1f vs %.1f tok/s)\n",
+                same ? "identical to" : "DIFFERS from", spec_text.n, tb.n, a / b, a, b);
         free(spec_text.ids);
         free(tb.ids);
         if (!same)

@@ -17,8 +17,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     const char *path = getenv("SPECD_MODEL");
     gguf *g;
     if (!path || gguf_open(&g, path) || tok_load(&tk, g)) {
-        fprintf(stderr, "fuzz_tok: set SPECD_MODEL to a GGUF with a tokenizer (%s)\n",
-                sd_errmsg());
+        fprintf(stderr, "fuzz_tok: set SPECD_MODEL to a GGUF with a tokenizer (%s)\n", sd_errmsg());
         exit(1);
     }
     gguf_close(g); /* the tokenizer keeps its own copy */

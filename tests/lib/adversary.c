@@ -31,8 +31,14 @@ static sd_err adv_propose(draft *d, const tree_shape *s, tree *t)
     return SD_OK;
 }
 
-static sd_err adv_advance(draft *d, const int32_t *toks, int n) { return draft_hist_append(d, toks, n); }
-static sd_err adv_rollback(draft *d, int n_keep) { return draft_hist_cut(d, n_keep); }
+static sd_err adv_advance(draft *d, const int32_t *toks, int n)
+{
+    return draft_hist_append(d, toks, n);
+}
+static sd_err adv_rollback(draft *d, int n_keep)
+{
+    return draft_hist_cut(d, n_keep);
+}
 
 static void adv_free(draft *d)
 {

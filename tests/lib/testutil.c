@@ -24,7 +24,10 @@ uint64_t tu_seed(void)
     return seed;
 }
 
-void tu_rng_init(tu_rng *r, uint64_t seed) { r->s = seed * 0x9E3779B97F4A7C15ull + 1; }
+void tu_rng_init(tu_rng *r, uint64_t seed)
+{
+    r->s = seed * 0x9E3779B97F4A7C15ull + 1;
+}
 
 uint64_t tu_next(tu_rng *r)
 {
@@ -35,9 +38,15 @@ uint64_t tu_next(tu_rng *r)
     return z ^ (z >> 31);
 }
 
-uint32_t tu_below(tu_rng *r, uint32_t n) { return n ? (uint32_t)(tu_next(r) % n) : 0; }
+uint32_t tu_below(tu_rng *r, uint32_t n)
+{
+    return n ? (uint32_t)(tu_next(r) % n) : 0;
+}
 
-float tu_uniform(tu_rng *r) { return (float)(tu_next(r) >> 40) / (float)(1u << 24); }
+float tu_uniform(tu_rng *r)
+{
+    return (float)(tu_next(r) >> 40) / (float)(1u << 24);
+}
 
 float tu_normal(tu_rng *r)
 {
@@ -52,7 +61,8 @@ const char *tu_model_path(void)
     const char *p = getenv("SPECD_MODEL");
     FILE *f = p ? fopen(p, "rb") : NULL;
     if (!f) {
-        fprintf(stderr, "default model not found at '%s' (run scripts/setup.sh or set SPECD_MODEL)\n",
+        fprintf(stderr,
+                "default model not found at '%s' (run scripts/setup.sh or set SPECD_MODEL)\n",
                 p ? p : "(unset)");
         fail();
     }

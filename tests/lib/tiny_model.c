@@ -9,8 +9,8 @@
 
 tiny_model_opts tiny_model_defaults(void)
 {
-    return (tiny_model_opts){"llama", 2, 64, 4, 2, 96, 97, 256, SD_DTYPE_Q8_0, SD_DTYPE_Q8_0, 0,
-                             10000.0f, 1};
+    return (tiny_model_opts){"llama",       2, 64,       4, 2, 96, 97, 256, SD_DTYPE_Q8_0,
+                             SD_DTYPE_Q8_0, 0, 10000.0f, 1};
 }
 
 static uint64_t rnd(uint64_t *s)
@@ -21,7 +21,10 @@ static uint64_t rnd(uint64_t *s)
     return z ^ (z >> 31);
 }
 
-static float unif(uint64_t *s) { return (float)(rnd(s) >> 40) / 16777216.0f; }
+static float unif(uint64_t *s)
+{
+    return (float)(rnd(s) >> 40) / 16777216.0f;
+}
 
 static void put_f16(uint8_t *p, float f)
 {

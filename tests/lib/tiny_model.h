@@ -9,9 +9,9 @@
 typedef struct {
     const char *arch; /* "llama" (default) or "qwen2" (QKV bias, neox rope) */
     int n_layer, n_embd, n_head, n_head_kv, n_ff, n_vocab, n_ctx;
-    sd_dtype wtype;   /* type of the layer matrices */
-    sd_dtype etype;   /* type of token_embd (and output) */
-    int untied;       /* write a separate output.weight */
+    sd_dtype wtype; /* type of the layer matrices */
+    sd_dtype etype; /* type of token_embd (and output) */
+    int untied;     /* write a separate output.weight */
     float rope_base;
     uint64_t seed;
 } tiny_model_opts;
