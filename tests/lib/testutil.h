@@ -3,11 +3,13 @@
 #ifndef SD_TESTUTIL_H
 #define SD_TESTUTIL_H
 
-#include <cmocka.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+
+/* cmocka needs the headers above first */
+#include <cmocka.h>
 
 /* Seed from $SD_SEED or the clock; printed once so a failure can be replayed. */
 uint64_t tu_seed(void);
