@@ -49,6 +49,7 @@ fuzz: setup
 bench: setup build
 	mkdir -p bench/out
 	$(BUILD)/bench_engine --model $(MODEL)
+	$(BUILD)/bench_spec --model $(MODEL)
 
 format:
 	clang-format -i $$(git ls-files '*.c' '*.h' '*.cu')
