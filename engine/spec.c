@@ -70,10 +70,6 @@ sd_err spec_generate(const spec_config *c, const int32_t *prompt, int n, spec_st
         /* never let the tree run past the context */
         while (t.n > 0 && kv->n_committed + t.n + 1 > ctx)
             t.n--;
-        if (kv->n_committed + 1 > ctx) {
-            e = sd_fail(SD_ERANGE, "context of %d tokens is full", ctx);
-            break;
-        }
         e = verify_tree(c->target, run, kv, vw, last, &t, c->vmode, &c->sp, res);
         if (e)
             break;
@@ -110,7 +106,7 @@ sd_err spec_generate(const spec_config *c, const int32_t *prompt, int n, spec_st
             e = draft_advance(c->drafter, commit, nc);
         last = res->next;
         if (!done && kv->n_committed + 1 >= ctx)
-            done = 1; /* the next token would not fit */
+            done = 1; /* `last` takes the final slot: a token after it would not fit */
     }
     st->t_total = now() - t0;
     free(commit);
