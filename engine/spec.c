@@ -30,7 +30,7 @@ sd_err spec_generate(const spec_config *c, const int32_t *prompt, int n, spec_st
         return SD_OK;
     int max_nodes = c->drafter ? c->max_nodes : 0;
     int ctx = c->n_ctx ? c->n_ctx : n + c->n_predict + max_nodes + 1;
-    if (n + max_nodes + 1 > ctx)
+    if (n >= ctx)
         return sd_fail(SD_ERANGE, "the prompt is %d tokens; the context is %d", n, ctx);
     kv_cache *kv = NULL;
     model_run *run = NULL;
