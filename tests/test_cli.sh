@@ -48,6 +48,9 @@ check "chat mode runs" $([ $rc = 0 ] && [ -n "$out" ] && echo 0 || echo 1)
 err=$(run -p "def add(a, b):\n    return a + b\n\ndef sub(a, b):" -n 32 --draft ngram:2 --tree chain:4 --compare 2>&1 >/dev/null); rc=$?
 check "--compare reports identical output" \
     $([ $rc = 0 ] && echo "$err" | grep -q "output identical to target-only" && echo 0 || echo 1)
+err=$(run -p "one two three one two three" -n 100 --ctx 24 --draft ngram:2 --tree dynamic:32 --compare 2>&1 >/dev/null); rc=$?
+check "speculation fills a small context exactly like target-only" \
+    $([ $rc = 0 ] && echo "$err" | grep -q "output identical to target-only" && echo 0 || echo 1)
 err=$(run -p hi --draft bogus 2>&1); rc=$?
 check "bad --draft named" $([ $rc = 1 ] && echo "$err" | grep -q "bogus" && echo 0 || echo 1)
 err=$(run -p hi --draft ngram --tree topk:0 2>&1); rc=$?
