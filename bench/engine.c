@@ -2,14 +2,17 @@
  * bound measured in the same run, and the cost of one forward over T = 1..64 tree nodes relative
  * to T = 1 (what makes wide verification pay). Prints a table and writes CSV.
  *
- *   bench_engine --model PATH [--threads N] [--reps R] [--csv FILE] [--f32-act] [--portable] */
+ *   bench_engine --model PATH [--threads N] [--reps R] [--csv FILE] [--f32-act] [--portable]
+ *   (bench_engine --help lists them) */
 #include <pthread.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
 
+#include "../common/opt.h"
 #include "../engine/model.h"
 #include "../engine/sample.h"
 
@@ -91,37 +94,40 @@ static void die(const char *what, sd_err e)
     exit(1);
 }
 
+typedef struct {
+    const char *model, *csv;
+    int threads, reps, f32_act, portable;
+} bench_opts;
+
+#define F(x) offsetof(bench_opts, x)
+static const opt_def bench_defs[] = {
+    {"model", 'm', OPT_STR, F(model), OPT_NOBOUNDS, NULL, "PATH", "GGUF model (required)"},
+    {"threads", 't', OPT_INT, F(threads), 0, 1024, "0", "N", "compute threads; 0 = all cores"},
+    {"reps", 0, OPT_INT, F(reps), 3, 100000, "20", "R", "repetitions per measurement"},
+    {"csv", 0, OPT_STR, F(csv), OPT_NOBOUNDS, "bench/out/engine.csv", "FILE", "CSV output"},
+    {"f32-act", 0, OPT_FLAG, F(f32_act), OPT_NOBOUNDS, NULL, NULL, "f32 activations"},
+    {"portable", 0, OPT_FLAG, F(portable), OPT_NOBOUNDS, NULL, NULL, "plain-C kernels only"},
+};
+#undef F
+
 int main(int argc, char **argv)
 {
-    const char *path = NULL, *csv = "bench/out/engine.csv";
-    int threads = 0, reps = 20;
-    unsigned flags = 0;
-    for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--model") && i + 1 < argc)
-            path = argv[++i];
-        else if (!strcmp(argv[i], "--threads") && i + 1 < argc)
-            threads = atoi(argv[++i]);
-        else if (!strcmp(argv[i], "--reps") && i + 1 < argc)
-            reps = atoi(argv[++i]);
-        else if (!strcmp(argv[i], "--csv") && i + 1 < argc)
-            csv = argv[++i];
-        else if (!strcmp(argv[i], "--f32-act"))
-            flags |= KERN_CPU_F32_ACT;
-        else if (!strcmp(argv[i], "--portable"))
-            flags |= KERN_CPU_PORTABLE;
-        else {
-            fprintf(stderr, "usage: bench_engine --model PATH [--threads N] [--reps R] "
-                            "[--csv FILE] [--f32-act] [--portable]\n");
-            return 2;
-        }
+    bench_opts bo = {0};
+    opt_defaults(bench_defs, 6, &bo);
+    sd_err e = opt_parse(bench_defs, 6, &bo, argc - 1, argv + 1);
+    if (e || !bo.model) {
+        if (e != SD_ECANCELED)
+            fprintf(stderr, "bench_engine: %s\n", e ? sd_errmsg() : "--model is required");
+        printf("usage: bench_engine --model PATH [options]\n");
+        opt_usage(stdout, bench_defs, 6);
+        return e == SD_ECANCELED ? 0 : 2;
     }
-    if (!path || reps < 3) {
-        fprintf(stderr, "bench_engine: --model is required (and --reps >= 3)\n");
-        return 2;
-    }
+    const char *path = bo.model, *csv = bo.csv;
+    int threads = bo.threads, reps = bo.reps;
+    unsigned flags = (bo.f32_act ? KERN_CPU_F32_ACT : 0u) | (bo.portable ? KERN_CPU_PORTABLE : 0u);
     model_opts mo = {.n_threads = threads, .kern_flags = flags};
     model *m;
-    sd_err e = model_open(&m, path, &mo);
+    e = model_open(&m, path, &mo);
     if (e)
         die("loading model", e);
     const model_config *c = model_cfg(m);

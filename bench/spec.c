@@ -2,11 +2,13 @@
  * each drafter x tree shape x prompt kind x temperature. Prints a table of tokens/s, speedup and
  * mean accepted length, checks every output is identical to target-only, and writes CSV.
  *
- *   bench_spec --model PATH [-n TOKENS] [--threads N] [--csv FILE] [--quick] */
+ *   bench_spec --model PATH [-n TOKENS] [--threads N] [--csv FILE] [--quick]   (--help) */
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "../common/opt.h"
 #include "../engine/spec.h"
 #include "../engine/tok.h"
 
@@ -57,31 +59,35 @@ static double gen_tps(const spec_stats *st)
     return t > 0 ? st->n_gen / t : 0;
 }
 
+typedef struct {
+    const char *model, *csv;
+    int n_gen, threads, quick;
+} bench_opts;
+
+#define F(x) offsetof(bench_opts, x)
+static const opt_def bench_defs[] = {
+    {"model", 'm', OPT_STR, F(model), OPT_NOBOUNDS, NULL, "PATH", "GGUF model (required)"},
+    {"n-predict", 'n', OPT_INT, F(n_gen), 8, 2048, "96", "N", "tokens generated per run"},
+    {"threads", 't', OPT_INT, F(threads), 0, 1024, "0", "N", "compute threads; 0 = all cores"},
+    {"csv", 0, OPT_STR, F(csv), OPT_NOBOUNDS, "bench/out/spec.csv", "FILE", "CSV output"},
+    {"quick", 0, OPT_FLAG, F(quick), OPT_NOBOUNDS, NULL, NULL, "2 drafters x 3 trees only"},
+};
+#undef F
+
 int main(int argc, char **argv)
 {
-    const char *path = NULL, *csv = "bench/out/spec.csv";
-    int n_gen = 96, threads = 0, quick = 0;
-    for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--model") && i + 1 < argc)
-            path = argv[++i];
-        else if (!strcmp(argv[i], "-n") && i + 1 < argc)
-            n_gen = atoi(argv[++i]);
-        else if (!strcmp(argv[i], "--threads") && i + 1 < argc)
-            threads = atoi(argv[++i]);
-        else if (!strcmp(argv[i], "--csv") && i + 1 < argc)
-            csv = argv[++i];
-        else if (!strcmp(argv[i], "--quick"))
-            quick = 1;
-        else {
-            fprintf(stderr, "usage: bench_spec --model PATH [-n TOKENS] [--threads N] "
-                            "[--csv FILE] [--quick]\n");
-            return 2;
-        }
+    bench_opts bo = {0};
+    opt_defaults(bench_defs, 5, &bo);
+    sd_err e = opt_parse(bench_defs, 5, &bo, argc - 1, argv + 1);
+    if (e || !bo.model) {
+        if (e != SD_ECANCELED)
+            fprintf(stderr, "bench_spec: %s\n", e ? sd_errmsg() : "--model is required");
+        printf("usage: bench_spec --model PATH [options]\n");
+        opt_usage(stdout, bench_defs, 5);
+        return e == SD_ECANCELED ? 0 : 2;
     }
-    if (!path || n_gen < 8 || n_gen > 2048) {
-        fprintf(stderr, "bench_spec: --model is required; -n must be 8..2048\n");
-        return 2;
-    }
+    const char *path = bo.model, *csv = bo.csv;
+    int n_gen = bo.n_gen, threads = bo.threads, quick = bo.quick;
     model_opts mo = {.n_threads = threads};
     model *m;
     tok *tk;
