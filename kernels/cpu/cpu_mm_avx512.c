@@ -406,7 +406,7 @@ ROWS_Q(rows_q_q6_k, W_Q6_K)
  * uses two chains): only the float operations, the same for every tile, fix the bits. */
 
 typedef struct {
-    int nb, nbig, nsmall, nbp;
+    int nb, nbig, nsmall, nbp, pair;
     size_t q, sq, sdxp, d, ds, stride;      /* activation record */
     size_t dbig, dsmall, dsc, dmn, dstride; /* decoded weight row */
 } b5_layout;
@@ -417,6 +417,7 @@ static b5_layout b5_layout_for(int K)
     L.nb = K / 32;
     L.nbig = L.nb / 16;
     L.nsmall = (L.nb - 16 * L.nbig + 3) / 4;
+    L.pair = L.nsmall > 0 && L.nb - 16 * L.nbig - 4 * (L.nsmall - 1) <= 2;
     L.nbp = (L.nb + 15) & ~15;
     L.q = 0;
     L.sq = (size_t)L.nbig * 512;
@@ -435,6 +436,31 @@ static b5_layout b5_layout_for(int K)
 static size_t b5_stride(int K)
 {
     return b5_layout_for(K).stride;
+}
+
+/* A last small group of at most two blocks (K = 576: 16 + 2 blocks) is a "pair": its A and B
+ * halves share one vector (A's blocks in bytes 0..31, B's in 32..63; the activation record
+ * holds it the same way), so it costs one dpbusd instead of two. Its lanes 8..15 take the
+ * scales of lanes 0..7. Every kernel of this level treats it so: the per-(t, n) order stays
+ * one. */
+INL int b5_pair(const b5_layout *L, int sg)
+{
+    return L->pair && sg == L->nsmall - 1;
+}
+
+INL __m512i small_dot(__m512i A, __m512i B, const uint8_t *xq, int pair)
+{
+    if (pair)
+        return _mm512_dpbusd_epi32(_mm512_setzero_si512(),
+                                   _mm512_inserti64x4(A, _mm512_castsi512_si256(B), 1),
+                                   _mm512_loadu_si512(xq));
+    __m512i s = _mm512_dpbusd_epi32(_mm512_setzero_si512(), A, _mm512_loadu_si512(xq));
+    return _mm512_dpbusd_epi32(s, B, _mm512_loadu_si512(xq + 64));
+}
+
+INL __m512 small_scale(__m512 ws, int pair)
+{
+    return pair ? _mm512_shuffle_f32x4(ws, ws, _MM_SHUFFLE(1, 0, 1, 0)) : ws;
 }
 
 static void b5_prep(uint8_t *rec, const float *x, int K)
@@ -466,9 +492,13 @@ static void b5_prep(uint8_t *rec, const float *x, int K)
         } else {
             int bs = b - 16 * L.nbig;
             uint8_t *g = rec + L.sq + (size_t)(bs / 4) * 128 + (size_t)(bs % 4) * 16;
+            float *xs = (float *)(rec + L.sdxp) + 4 * bs;
+            int pair = L.pair && bs / 4 == L.nsmall - 1;
             memcpy(g, qb, 16);
-            memcpy(g + 64, qb + 16, 16);
-            _mm_storeu_ps((float *)(rec + L.sdxp) + 4 * bs, _mm_set1_ps(db));
+            memcpy(g + (pair ? 32 : 64), qb + 16, 16);
+            _mm_storeu_ps(xs, _mm_set1_ps(db));
+            if (pair)
+                _mm_storeu_ps(xs + 8, _mm_set1_ps(db));
         }
         d[b] = db;
         ds[b] = db * (float)s;
@@ -651,11 +681,10 @@ static void row1_q41(__m512 *res, const uint8_t *w, const uint8_t *ap, const b5_
         __mmask16 kv = (__mmask16)((1u << (4 * nv)) - 1);
         __m512i v = _mm512_maskz_permutex2var_epi32(kv, r0, is, r1);
         __m512i h = _mm512_maskz_permutex2var_epi32(kv, r0, id, r1);
-        __m512i s = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_and_si512(v, lo4),
-                                        _mm512_loadu_si512(xq));
-        s = _mm512_dpbusd_epi32(s, _mm512_and_si512(_mm512_srli_epi16(v, 4), lo4),
-                                _mm512_loadu_si512(xq + 64));
-        __m512 ws = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(h));
+        int pair = b5_pair(L, sg);
+        __m512i s = small_dot(_mm512_and_si512(v, lo4),
+                              _mm512_and_si512(_mm512_srli_epi16(v, 4), lo4), xq, pair);
+        __m512 ws = small_scale(_mm512_cvtph_ps(_mm512_cvtepi32_epi16(h)), pair);
         __m512 xs = _mm512_loadu_ps((const float *)(ap + L->sdxp) + 16 * sg);
         acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(ws, xs), acc);
         __m512 mp = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(h, 16)));
@@ -733,13 +762,12 @@ static void row1_q41(__m512 *res, const uint8_t *w, const uint8_t *ap, const b5_
             __m512i h = _mm512_maskz_permutex2var_epi32(kv, r0, id, r1);                           \
             __m512i wa = _mm512_and_si512(v, lo4);                                                 \
             __m512i wb = _mm512_and_si512(_mm512_srli_epi16(v, 4), lo4);                           \
-            __m512 ws = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(h));                                 \
+            int pair = b5_pair(L, sg);                                                             \
+            __m512 ws = small_scale(_mm512_cvtph_ps(_mm512_cvtepi32_epi16(h)), pair);              \
             _Pragma("GCC unroll 8") for (int t = 0; t < TT; t++)                                   \
             {                                                                                      \
                 const uint8_t *xq = ap[t] + L->sq + (size_t)sg * 128;                              \
-                __m512i sv =                                                                       \
-                    _mm512_dpbusd_epi32(_mm512_setzero_si512(), wa, _mm512_loadu_si512(xq));       \
-                sv = _mm512_dpbusd_epi32(sv, wb, _mm512_loadu_si512(xq + 64));                     \
+                __m512i sv = small_dot(wa, wb, xq, pair);                                          \
                 __m512 xs = _mm512_loadu_ps((const float *)(ap[t] + L->sdxp) + 16 * sg);           \
                 acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sv), _mm512_mul_ps(ws, xs), acc[t]);   \
             }                                                                                      \
@@ -828,14 +856,15 @@ static const rowf_fn rowf_q41[9] = {NULL,       rowf_q41_1, rowf_q41_2, rowf_q41
                 A = _mm512_and_si512(v, lo4);                                                      \
                 B = _mm512_and_si512(_mm512_srli_epi16(v, 4), lo4);                                \
             }                                                                                      \
-            __m512 wsp = _mm512_permutexvar_ps(                                                    \
-                pat, _mm512_castps128_ps512(_mm_loadu_ps(dl + b1 + 4 * sg)));                      \
+            int pair = b5_pair(L, sg);                                                             \
+            __m512 wsp =                                                                           \
+                small_scale(_mm512_permutexvar_ps(                                                 \
+                                pat, _mm512_castps128_ps512(_mm_loadu_ps(dl + b1 + 4 * sg))),      \
+                            pair);                                                                 \
             _Pragma("GCC unroll 8") for (int t = 0; t < TT; t++)                                   \
             {                                                                                      \
                 const uint8_t *xq = ap[t] + L->sq + (size_t)sg * 128;                              \
-                __m512i sv =                                                                       \
-                    _mm512_dpbusd_epi32(_mm512_setzero_si512(), A, _mm512_loadu_si512(xq));        \
-                sv = _mm512_dpbusd_epi32(sv, B, _mm512_loadu_si512(xq + 64));                      \
+                __m512i sv = small_dot(A, B, xq, pair);                                            \
                 __m512 xs = _mm512_loadu_ps((const float *)(ap[t] + L->sdxp) + 16 * sg);           \
                 acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sv), _mm512_mul_ps(wsp, xs), acc[t]);  \
             }                                                                                      \
@@ -920,13 +949,12 @@ static const rowf_fn rowf_q40[9] = {NULL,       rowf_q40_1, rowf_q40_2, rowf_q40
             {                                                                                      \
                 const uint8_t *o = dec + (size_t)r * dst + L->dsmall + (size_t)g * GS;             \
                 __m512i wa = _mm512_loadu_si512(o), wb = _mm512_loadu_si512(o + 64);               \
-                __m512 ws = _mm512_loadu_ps((const float *)(o + 128));                             \
+                int pair = b5_pair(L, g);                                                          \
+                __m512 ws = small_scale(_mm512_loadu_ps((const float *)(o + 128)), pair);          \
                 _Pragma("GCC unroll 16") for (int t = 0; t < TT; t++)                              \
                 {                                                                                  \
                     const uint8_t *xq = ap[t] + L->sq + (size_t)g * 128;                           \
-                    __m512i s =                                                                    \
-                        _mm512_dpbusd_epi32(_mm512_setzero_si512(), wa, _mm512_loadu_si512(xq));   \
-                    s = _mm512_dpbusd_epi32(s, wb, _mm512_loadu_si512(xq + 64));                   \
+                    __m512i s = small_dot(wa, wb, xq, pair);                                       \
                     __m512 xs = _mm512_loadu_ps((const float *)(ap[t] + L->sdxp) + 16 * g);        \
                     acc[r][t] =                                                                    \
                         _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(ws, xs), acc[r][t]);  \
