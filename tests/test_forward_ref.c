@@ -12,7 +12,7 @@
  * Measured on these prompts: 1.6-3.9% (llama.cpp's Q8 activation path behaves the same way);
  * the f32 path stays at ~1e-6. A flip needs a logit pair closer than about twice the error, so
  * only near-ties (reference margin < 0.5) may flip: 8 of 192 teacher-forced tokens do.
- * SD_TEST_LABELS: model slow */
+ * SD_TEST_LABELS: model */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
