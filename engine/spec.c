@@ -121,11 +121,11 @@ sd_err spec_generate(const spec_config *c, const int32_t *prompt, int n, spec_st
 void spec_stats_print(const spec_stats *st, const char *label)
 {
     double gen_t = st->t_total - st->t_prefill;
-    fprintf(stderr,
-            "[%s] prompt %d tokens (%.1f tok/s prefill) | generated %d tokens in %d steps, "
-            "%.1f tok/s\n",
-            label, st->n_prompt, st->t_prefill > 0 ? (st->n_prompt - 1) / st->t_prefill : 0.0,
-            st->n_gen, st->n_steps, gen_t > 0 ? st->n_gen / gen_t : 0.0);
+    fprintf(stderr, "[%s] prompt %d tokens", label, st->n_prompt);
+    if (st->n_prompt > 1 && st->t_prefill > 0)
+        fprintf(stderr, " (%.1f tok/s prefill)", (st->n_prompt - 1) / st->t_prefill);
+    fprintf(stderr, " | generated %d tokens in %d steps, %.1f tok/s\n", st->n_gen, st->n_steps,
+            gen_t > 0 ? st->n_gen / gen_t : 0.0);
     if (st->proposed == 0)
         return;
     fprintf(stderr,
