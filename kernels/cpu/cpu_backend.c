@@ -25,6 +25,7 @@ typedef struct {
     unsigned flags;
     kcpu_mm_kernel mm[KCPU_DTYPE_SLOTS][2];
     kcpu_attn_ops attn;
+    kcpu_ew_ops ew;
     uint8_t *act; /* prepared activations, grown on demand */
     size_t act_cap;
     uint8_t **scr; /* per-thread scratch */
@@ -286,6 +287,7 @@ static void rmsnorm_row(float *o, const float *x, const float *w, int D, float e
 }
 
 typedef struct {
+    cpu_ctx *c;
     float *out;
     const float *x, *w;
     int D, per, T;
@@ -296,14 +298,14 @@ static void rms_task(void *arg, int task, int tid)
 {
     rms_job *j = arg;
     for (int t = task * j->per; t < j->T && t < (task + 1) * j->per; t++)
-        rmsnorm_row(j->out + (size_t)t * j->D, j->x + (size_t)t * j->D, j->w, j->D, j->eps);
+        j->c->ew.rms_row(j->out + (size_t)t * j->D, j->x + (size_t)t * j->D, j->w, j->D, j->eps);
 }
 
 static void cpu_rmsnorm(void *vctx, float *out, const float *x, const float *w, int T, int D,
                         float eps)
 {
     cpu_ctx *c = vctx;
-    rms_job j = {out, x, w, D, 8, T, eps};
+    rms_job j = {c, out, x, w, D, 8, T, eps};
     kcpu_pool_run(c->pool, rms_task, &j, (T + 7) / 8);
 }
 
@@ -394,14 +396,40 @@ static void dot4_dh(float *s, const float *q, const float *k0, const float *k1, 
     s[3] = dot_dh(q, k3, n);
 }
 
-static void axpy_dh(float *o, float p, const float *v, int n)
+/* scale, max, expf, then the sum in key order */
+static float softmax_ref(float *s, int n, float scale)
 {
-    for (int i = 0; i < n; i++)
-        o[i] = o[i] + p * v[i];
+    float mx = -INFINITY;
+    for (int i = 0; i < n; i++) {
+        float v = s[i] * scale;
+        s[i] = v;
+        mx = v > mx ? v : mx;
+    }
+    float sum = 0.0f;
+    for (int i = 0; i < n; i++) {
+        float e = expf(s[i] - mx);
+        s[i] = e;
+        sum += e;
+    }
+    return sum;
 }
 
-/* One (t, h): scores in key order, max subtracted, exp, sum in key order; out accumulates
- * p_j * v_j in key order and is divided by the sum at the end. */
+static void wsum_ref(float *o, const float *p, const float *v, size_t row, int np, const int *anc,
+                     int n, int Dh, float inv)
+{
+    for (int d = 0; d < Dh; d++)
+        o[d] = 0.0f;
+    for (int i = 0; i < n; i++) {
+        const float *vi = v + (size_t)(i < np ? i : anc[i - np]) * row;
+        for (int d = 0; d < Dh; d++)
+            o[d] = o[d] + p[i] * vi[d];
+    }
+    for (int d = 0; d < Dh; d++)
+        o[d] *= inv;
+}
+
+/* One (t, h): scores in key order, scaled, max subtracted, exp, summed (softmax); out is the
+ * p-weighted sum of the values in key order, divided by the sum at the end (wsum). */
 static void attn_task(void *arg, int task, int tid)
 {
     attn_job *j = arg;
@@ -415,7 +443,6 @@ static void attn_task(void *arg, int task, int tid)
     float *sc = (float *)j->c->scr[tid];
     const kcpu_attn_ops *ops = &j->c->attn;
     const float *kb = j->kc + (size_t)kvh * Dh;
-    float mx = -INFINITY;
     int i = 0;
     /* the prefix slots are consecutive: four keys per call (each dot as if alone) */
     for (; i + 4 <= j->n_prefix; i += 4)
@@ -425,26 +452,9 @@ static void attn_task(void *arg, int task, int tid)
         int slot = i < j->n_prefix ? i : j->anc[a0 + i - j->n_prefix];
         sc[i] = ops->dot(q, kb + (size_t)slot * row, Dh);
     }
-    for (i = 0; i < nk; i++) {
-        float s = sc[i] * j->scale;
-        sc[i] = s;
-        mx = s > mx ? s : mx;
-    }
-    float sum = 0.0f;
-    for (int i = 0; i < nk; i++) {
-        float e = expf(sc[i] - mx);
-        sc[i] = e;
-        sum += e;
-    }
-    for (int d = 0; d < Dh; d++)
-        o[d] = 0.0f;
-    for (int i = 0; i < nk; i++) {
-        int slot = i < j->n_prefix ? i : j->anc[a0 + i - j->n_prefix];
-        ops->axpy(o, sc[i], j->vc + (size_t)slot * row + (size_t)kvh * Dh, Dh);
-    }
+    float sum = ops->softmax(sc, nk, j->scale);
     float inv = nk > 0 ? 1.0f / sum : 0.0f;
-    for (int d = 0; d < Dh; d++)
-        o[d] *= inv;
+    ops->wsum(o, sc, j->vc + (size_t)kvh * Dh, row, j->n_prefix, j->anc + a0, nk, Dh, inv);
 }
 
 static void cpu_attention(void *vctx, float *out, const float *q, const float *kc, const float *vc,
@@ -469,7 +479,26 @@ static void cpu_attention(void *vctx, float *out, const float *q, const float *k
 
 /* ---- elementwise ---- */
 
+static void silu_mul_ref(float *g, const float *u, int n)
+{
+    for (int i = 0; i < n; i++)
+        g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+}
+
+static void add_ref(float *x, const float *y, int n)
+{
+    for (int i = 0; i < n; i++)
+        x[i] += y[i];
+}
+
+static void exp_ref(float *y, const float *x, int n)
+{
+    for (int i = 0; i < n; i++)
+        y[i] = expf(x[i]);
+}
+
 typedef struct {
+    cpu_ctx *c;
     float *a;
     const float *b;
     int n, per, op;
@@ -481,23 +510,18 @@ static void ew_task(void *arg, int task, int tid)
     int i0 = task * j->per, i1 = i0 + j->per;
     if (i1 > j->n)
         i1 = j->n;
-    float *a = j->a;
-    const float *b = j->b;
-    if (j->op == 0) {
-        for (int i = i0; i < i1; i++) {
-            float g = a[i];
-            a[i] = g / (1.0f + expf(-g)) * b[i];
-        }
-    } else {
-        for (int i = i0; i < i1; i++)
-            a[i] += b[i];
-    }
+    if (j->op == 0)
+        j->c->ew.silu_mul(j->a + i0, j->b + i0, i1 - i0);
+    else
+        j->c->ew.add(j->a + i0, j->b + i0, i1 - i0);
 }
 
+/* Chunks of `per` elements (a multiple of 16): a split only where the work outweighs a
+ * dispatch. Results do not depend on the split (kcpu_ew_ops). */
 static void ew_run(cpu_ctx *c, float *a, const float *b, int n, int op)
 {
-    int per = op == 0 ? 4096 : 32768;
-    ew_job j = {a, b, n, per, op};
+    int per = op == 0 ? (c->level == KCPU_LEVEL_PORTABLE ? 4096 : 8192) : 32768;
+    ew_job j = {c, a, b, n, per, op};
     kcpu_pool_run(c->pool, ew_task, &j, (n + per - 1) / per);
 }
 
@@ -513,11 +537,26 @@ static void cpu_add(void *vctx, float *x, const float *y, int n)
 
 static void cpu_add_bias(void *vctx, float *out, const float *bias, int T, int N)
 {
-    for (int t = 0; t < T; t++) {
-        float *o = out + (size_t)t * N;
-        for (int n = 0; n < N; n++)
-            o[n] += bias[n];
+    cpu_ctx *c = vctx;
+    for (int t = 0; t < T; t++)
+        c->ew.add(out + (size_t)t * N, bias, N);
+}
+
+int kcpu_ops_for_level(int level, kcpu_attn_ops *a, kcpu_ew_ops *e)
+{
+    if (level < KCPU_LEVEL_PORTABLE || level >= KCPU_LEVEL_N || level > cpu_best_level())
+        return -1;
+    *a = (kcpu_attn_ops){dot_dh, dot4_dh, softmax_ref, wsum_ref};
+    *e = (kcpu_ew_ops){silu_mul_ref, add_ref, rmsnorm_row, exp_ref};
+    if (level >= KCPU_LEVEL_AVX2) {
+        kcpu_attn_avx2(a);
+        kcpu_ops_avx2(a, e);
     }
+    if (level >= KCPU_LEVEL_AVX512) {
+        kcpu_attn_avx512(a);
+        kcpu_ops_avx512(a, e);
+    }
+    return 0;
 }
 
 /* ---- create / free ---- */
@@ -570,11 +609,7 @@ sd_err kern_cpu_create(kern_backend **out, int n_threads, unsigned flags)
         level = KCPU_LEVEL_AVX2;
     c->level = level;
     kcpu_mm_portable(c->mm);
-    c->attn = (kcpu_attn_ops){dot_dh, dot4_dh, axpy_dh};
-    if (level >= KCPU_LEVEL_AVX2)
-        kcpu_attn_avx2(&c->attn);
-    if (level >= KCPU_LEVEL_AVX512)
-        kcpu_attn_avx512(&c->attn);
+    kcpu_ops_for_level(level, &c->attn, &c->ew);
     if (level >= KCPU_LEVEL_AVX2)
         kcpu_mm_avx2(c->mm);
     if (level >= KCPU_LEVEL_AVX512)

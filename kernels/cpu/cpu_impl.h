@@ -84,17 +84,56 @@ void kcpu_mm_avx2(kcpu_mm_kernel tab[KCPU_DTYPE_SLOTS][2]);
 void kcpu_mm_avx512(kcpu_mm_kernel tab[KCPU_DTYPE_SLOTS][2]);
 
 /* Attention inner loops per level. dot: q.k over n floats with the level's fixed order;
- * dot4: four such dots (k0..k3) at once, each bitwise equal to dot; axpy: o[i] = o[i] + p*v[i]
- * (rounded product, then sum: bitwise the same on every level). */
+ * dot4: four such dots (k0..k3) at once, each bitwise equal to dot;
+ * softmax: s[i] = exp(s[i]*scale - m) for i < n, m the largest s[i]*scale; returns the sum of
+ *   the new s[i] (an order fixed by n alone);
+ * wsum: o[d] = (sum over keys i in order of p[i] * v_i[d]) * inv for d < Dh, each step
+ *   o + p*v with the product rounded first (bitwise the same on every level), where
+ *   v_i = v + slot(i) * row and slot(i) = i < np ? i : anc[i - np]. */
 typedef struct {
     float (*dot)(const float *q, const float *k, int n);
     void (*dot4)(float *s, const float *q, const float *k0, const float *k1, const float *k2,
                  const float *k3, int n);
-    void (*axpy)(float *o, float p, const float *v, int n);
+    float (*softmax)(float *s, int n, float scale);
+    void (*wsum)(float *o, const float *p, const float *v, size_t row, int np, const int *anc,
+                 int n, int Dh, float inv);
 } kcpu_attn_ops;
+
+/* Elementwise ops per level. Each output element is computed by one fixed formula whatever its
+ * index, n, or which thread or vector lane computes it (SIMD tails are masked vector ops).
+ * silu_mul: g[i] = g[i] / (1 + exp(-g[i])) * u[i]; add: x[i] += y[i];
+ * rms_row: o = x / sqrt(mean(x^2) + eps) * w over one row (the sum order fixed by D alone);
+ * exp: y[i] = exp(x[i]) (the level's exp, exposed for tests). */
+typedef struct {
+    void (*silu_mul)(float *g, const float *u, int n);
+    void (*add)(float *x, const float *y, int n);
+    void (*rms_row)(float *o, const float *x, const float *w, int D, float eps);
+    void (*exp)(float *y, const float *x, int n);
+} kcpu_ew_ops;
 
 void kcpu_attn_avx2(kcpu_attn_ops *ops);
 void kcpu_attn_avx512(kcpu_attn_ops *ops);
+/* softmax, wsum and the elementwise ops of the SIMD levels (cpu_ops_*.c) */
+void kcpu_ops_avx2(kcpu_attn_ops *a, kcpu_ew_ops *e);
+void kcpu_ops_avx512(kcpu_attn_ops *a, kcpu_ew_ops *e);
+/* The tables of a level (a lower level's entries where it has none). Returns 0, or -1 when the
+ * CPU lacks the level's instructions. */
+int kcpu_ops_for_level(int level, kcpu_attn_ops *a, kcpu_ew_ops *e);
+
+/* The SIMD exp (cpu_ops_*.c): x clamped to [LO, HI] (NaN kept), n = round(x * LOG2E),
+ * r = x - n*LN2_HI - n*LN2_LO (LN2_HI has 9 significant bits, so n*LN2_HI is exact),
+ * exp(r) = 1 + (r + r^2 * (C0 + r*(C1 + r*(C2 + r*(C3 + r*C4))))) (C fitted for relative error
+ * on |r| <= ln2/2, 3e-9), times 2^n. */
+#define KCPU_EXP_HI 88.8f
+#define KCPU_EXP_LO -105.0f
+#define KCPU_EXP_LOG2E 1.44269504088896341f
+#define KCPU_EXP_LN2_HI 0.693359375f
+#define KCPU_EXP_LN2_LO -2.12194440e-4f
+#define KCPU_EXP_C0 0.49999994f
+#define KCPU_EXP_C1 0.16666521f
+#define KCPU_EXP_C2 0.04166839f
+#define KCPU_EXP_C3 0.00836871f
+#define KCPU_EXP_C4 0.0013814613f
 
 /* f16 -> f32 through a table (filled once by kcpu_f16_init; exact). */
 extern float kcpu_f16_tab[65536];

@@ -347,20 +347,8 @@ static void a2_dot4(float *s, const float *q, const float *k0, const float *k1, 
     s[3] = a2_dot(q, k3, n);
 }
 
-static void a2_axpy(float *o, float p, const float *v, int n)
-{
-    __m256 vp = _mm256_set1_ps(p);
-    int i = 0;
-    for (; i + 8 <= n; i += 8)
-        _mm256_storeu_ps(o + i, _mm256_add_ps(_mm256_loadu_ps(o + i),
-                                              _mm256_mul_ps(vp, _mm256_loadu_ps(v + i))));
-    for (; i < n; i++)
-        o[i] = o[i] + p * v[i];
-}
-
 void kcpu_attn_avx2(kcpu_attn_ops *ops)
 {
     ops->dot = a2_dot;
     ops->dot4 = a2_dot4;
-    ops->axpy = a2_axpy;
 }

@@ -1298,20 +1298,8 @@ static void a5_dot4(float *s, const float *q, const float *k0, const float *k1, 
     s[3] = _mm512_reduce_add_ps(a3);
 }
 
-static void a5_axpy(float *o, float p, const float *v, int n)
-{
-    __m512 vp = _mm512_set1_ps(p);
-    int i = 0;
-    for (; i + 16 <= n; i += 16)
-        _mm512_storeu_ps(o + i, _mm512_add_ps(_mm512_loadu_ps(o + i),
-                                              _mm512_mul_ps(vp, _mm512_loadu_ps(v + i))));
-    for (; i < n; i++)
-        o[i] = o[i] + p * v[i];
-}
-
 void kcpu_attn_avx512(kcpu_attn_ops *ops)
 {
     ops->dot = a5_dot;
     ops->dot4 = a5_dot4;
-    ops->axpy = a5_axpy;
 }
