@@ -2,7 +2,8 @@
  * dtype_dequant_row, on fresh random inputs (seed printed; replay with SD_SEED=...), for every
  * weight type x ISA level (portable, AVX2, AVX-512 where the CPU has them) x activation mode;
  * plus bitwise batch invariance (a row alone vs the same row inside batches of other random
- * rows, thread counts 1/2/3) for matmul, attention, rope and rmsnorm.
+ * rows, thread counts 1/2/3) for matmul, attention, rope and rmsnorm, and per element (any
+ * offset and length) for exp and silu_mul.
  *
  * Tolerances:
  *   f32 activations: |out - ref| <= 1e-5 * sum|x||w| (float accumulation error; the weights are
@@ -18,6 +19,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "kernels/cpu/cpu_impl.h"
 #include "kernels/kernels.h"
 #include "testutil.h"
 
@@ -528,6 +530,20 @@ static void test_rope(void **state)
         memcpy(z, x + (size_t)t * H * Dh, sizeof(float) * H * Dh);
         bs[0]->rope(bs[0]->ctx, z, pos + t, 1, H, Dh, n_rot, base, neox);
         assert_memory_equal(z, y + (size_t)t * H * Dh, sizeof(float) * H * Dh);
+        /* the backend keeps the last positions' cos/sin: the same positions again (a hit),
+         * then one position changed in place (a miss), each against a position alone */
+        float *y2 = malloc(sizeof(float) * T * H * Dh);
+        assert_non_null(y2);
+        memcpy(y2, x, sizeof(float) * T * H * Dh);
+        b->rope(b->ctx, y2, pos, T, H, Dh, n_rot, base, neox);
+        assert_memory_equal(y2, y, sizeof(float) * T * H * Dh);
+        pos[t] += 1 + (int)tu_below(&r, 100);
+        memcpy(y2, x, sizeof(float) * T * H * Dh);
+        b->rope(b->ctx, y2, pos, T, H, Dh, n_rot, base, neox);
+        memcpy(z, x + (size_t)t * H * Dh, sizeof(float) * H * Dh);
+        bs[0]->rope(bs[0]->ctx, z, pos + t, 1, H, Dh, n_rot, base, neox);
+        assert_memory_equal(z, y2 + (size_t)t * H * Dh, sizeof(float) * H * Dh);
+        free(y2);
         free(z);
         free(x);
         free(y);
@@ -542,45 +558,137 @@ static void test_rmsnorm(void **state)
     (void)state;
     tu_rng r;
     tu_rng_init(&r, tu_seed() ^ 0x66);
-    kern_backend *bs[2] = {mk(1, 0), mk(3, 0)};
-    for (int c = 0; c < 20; c++) {
-        int T = 1 + (int)tu_below(&r, 70), D = 1 + (int)tu_below(&r, 1200);
-        if (c < 3)
-            D = 576;
-        float eps = c & 1 ? 1e-5f : 1e-6f;
-        float *x = malloc(sizeof(float) * T * D), *y = malloc(sizeof(float) * T * D);
-        float *w = malloc(sizeof(float) * D), *z = malloc(sizeof(float) * D);
-        assert_true(x && y && w && z);
-        rand_x(&r, x, (size_t)T * D);
-        rand_x(&r, w, (size_t)D);
-        kern_backend *b = bs[tu_below(&r, 2)];
-        b->rmsnorm(b->ctx, y, x, w, T, D, eps);
-        for (int t = 0; t < T; t++) {
-            const float *xr = x + (size_t)t * D;
-            double ss = 0;
-            for (int i = 0; i < D; i++)
-                ss += (double)xr[i] * xr[i];
-            double rs = 1.0 / sqrt(ss / D + eps);
-            for (int i = 0; i < D; i++) {
-                double ref = xr[i] * rs * w[i];
-                if (!(fabs(y[(size_t)t * D + i] - ref) <= 1e-5 * fabs(ref) + 1e-30)) {
-                    fprintf(stderr, "rmsnorm D=%d t=%d i=%d: %.9g vs %.9g\n", D, t, i,
-                            y[(size_t)t * D + i], ref);
+    for (int li = 0; li < n_levels; li++) {
+        kern_backend *bs[2] = {mk(1, levels[li].flags), mk(3, levels[li].flags)};
+        for (int c = 0; c < 20; c++) {
+            int T = 1 + (int)tu_below(&r, 70), D = 1 + (int)tu_below(&r, 1200);
+            if (c < 3)
+                D = 576;
+            float eps = c & 1 ? 1e-5f : 1e-6f;
+            float *x = malloc(sizeof(float) * T * D), *y = malloc(sizeof(float) * T * D);
+            float *w = malloc(sizeof(float) * D), *z = malloc(sizeof(float) * D);
+            assert_true(x && y && w && z);
+            rand_x(&r, x, (size_t)T * D);
+            rand_x(&r, w, (size_t)D);
+            kern_backend *b = bs[tu_below(&r, 2)];
+            b->rmsnorm(b->ctx, y, x, w, T, D, eps);
+            for (int t = 0; t < T; t++) {
+                const float *xr = x + (size_t)t * D;
+                double ss = 0;
+                for (int i = 0; i < D; i++)
+                    ss += (double)xr[i] * xr[i];
+                double rs = 1.0 / sqrt(ss / D + eps);
+                for (int i = 0; i < D; i++) {
+                    double ref = xr[i] * rs * w[i];
+                    if (!(fabs(y[(size_t)t * D + i] - ref) <= 1e-5 * fabs(ref) + 1e-30)) {
+                        fprintf(stderr, "rmsnorm %s D=%d t=%d i=%d: %.9g vs %.9g\n",
+                                levels[li].name, D, t, i, y[(size_t)t * D + i], ref);
+                        fail();
+                    }
+                }
+            }
+            /* batch invariance: one row alone, in place */
+            int t = (int)tu_below(&r, (uint32_t)T);
+            memcpy(z, x + (size_t)t * D, sizeof(float) * D);
+            bs[0]->rmsnorm(bs[0]->ctx, z, z, w, 1, D, eps);
+            assert_memory_equal(z, y + (size_t)t * D, sizeof(float) * D);
+            free(x);
+            free(y);
+            free(w);
+            free(z);
+        }
+        kern_free(bs[0]);
+        kern_free(bs[1]);
+    }
+}
+
+/* Units in the last place of the float nearest r (denormal spacing below FLT_MIN). */
+static double ulp_f32(double r)
+{
+    r = fabs(r);
+    if (r < 0x1p-126)
+        return 0x1p-149;
+    int e;
+    frexp(r, &e);
+    return ldexp(1.0, e - 24);
+}
+
+/* The level's exp (SIMD: polynomial; portable: expf) against exp in double: within 2 ulp on
+ * random and swept inputs over the whole float range, inf/0/NaN where expf gives them, and
+ * each element bitwise the same at any offset and length (vector lane or masked tail). */
+static void test_exp(void **state)
+{
+    (void)state;
+    tu_rng r;
+    tu_rng_init(&r, tu_seed() ^ 0x88);
+    enum { N = 20000 };
+    float *x = malloc(sizeof(float) * N), *y = malloc(sizeof(float) * N),
+          *z = malloc(sizeof(float) * N);
+    assert_true(x && y && z);
+    static const float special[] = {0.0f,    -0.0f,   1.0f,     -1.0f,     88.72f,  88.7228f,
+                                    88.73f,  89.0f,   100.0f,   1e30f,     -87.3f,  -87.4f,
+                                    -100.0f, -103.9f, -104.0f,  -105.0f,   -120.0f, -1e30f,
+                                    1e-30f,  -1e-30f, 0.34657f, -0.34657f, 0.5f,    -0.5f};
+    int ns = (int)(sizeof special / sizeof special[0]);
+    for (int li = 0; li < n_levels; li++) {
+        int lv = strcmp(levels[li].name, "cpu-portable") == 0 ? KCPU_LEVEL_PORTABLE
+                 : strcmp(levels[li].name, "cpu-avx2") == 0   ? KCPU_LEVEL_AVX2
+                                                              : KCPU_LEVEL_AVX512;
+        kcpu_attn_ops ao;
+        kcpu_ew_ops eo;
+        assert_int_equal(kcpu_ops_for_level(lv, &ao, &eo), 0);
+        for (int c = 0; c < 4; c++) {
+            for (int i = 0; i < N; i++) {
+                if (i < ns)
+                    x[i] = special[i];
+                else if (c == 0) /* a dense sweep around 0 */
+                    x[i] = (float)(i - N / 2) * 1e-3f;
+                else if (c == 1) /* the denormal / overflow edges */
+                    x[i] = i % 2 ? 88.0f + tu_uniform(&r) : -110.0f + 25.0f * tu_uniform(&r);
+                else
+                    x[i] = -110.0f + 200.0f * tu_uniform(&r);
+            }
+            eo.exp(y, x, N);
+            double worst = 0;
+            for (int i = 0; i < N; i++) {
+                double ref = exp((double)x[i]);
+                if (ref > 3.4028234663852886e38) {
+                    if (!isinf(y[i]) || y[i] < 0) {
+                        fprintf(stderr, "exp %s x=%.9g: %.9g, want inf\n", levels[li].name, x[i],
+                                y[i]);
+                        fail();
+                    }
+                    continue;
+                }
+                double e = fabs(y[i] - ref) / ulp_f32(ref);
+                worst = e > worst ? e : worst;
+                if (!(e <= 2.0)) {
+                    fprintf(stderr, "exp %s x=%.9g: %.9g vs %.9g (%.2f ulp)\n", levels[li].name,
+                            x[i], y[i], ref, e);
                     fail();
                 }
             }
+            if (c == 3)
+                fprintf(stderr, "[kernels] exp %s: worst %.3f ulp\n", levels[li].name, worst);
+            /* a window at a random offset and length: the same bits */
+            for (int k = 0; k < 20; k++) {
+                int a = (int)tu_below(&r, N), n = 1 + (int)tu_below(&r, 40);
+                if (a + n > N)
+                    n = N - a;
+                eo.exp(z, x + a, n);
+                assert_memory_equal(z, y + a, sizeof(float) * n);
+            }
         }
-        int t = (int)tu_below(&r, (uint32_t)T);
-        memcpy(z, x + (size_t)t * D, sizeof(float) * D);
-        bs[0]->rmsnorm(bs[0]->ctx, z, z, w, 1, D, eps); /* in place */
-        assert_memory_equal(z, y + (size_t)t * D, sizeof(float) * D);
-        free(x);
-        free(y);
-        free(w);
-        free(z);
+        static const float nonfinite[] = {INFINITY, -INFINITY, NAN};
+        float o[3];
+        eo.exp(o, nonfinite, 3);
+        assert_true(isinf(o[0]) && o[0] > 0);
+        assert_true(o[1] == 0.0f);
+        assert_true(isnan(o[2]));
     }
-    kern_free(bs[0]);
-    kern_free(bs[1]);
+    free(x);
+    free(y);
+    free(z);
 }
 
 static void test_elementwise(void **state)
@@ -588,38 +696,61 @@ static void test_elementwise(void **state)
     (void)state;
     tu_rng r;
     tu_rng_init(&r, tu_seed() ^ 0x77);
-    kern_backend *b = mk(2, 0);
-    for (int c = 0; c < 6; c++) {
-        int n = 1 + (int)tu_below(&r, 100000);
-        float *g = malloc(sizeof(float) * n), *u = malloc(sizeof(float) * n);
-        float *g0 = malloc(sizeof(float) * n);
-        assert_true(g && u && g0);
-        rand_x(&r, g, (size_t)n);
-        rand_x(&r, u, (size_t)n);
-        memcpy(g0, g, sizeof(float) * n);
-        b->silu_mul(b->ctx, g, u, n);
-        for (int i = 0; i < n; i++) {
-            double ref = g0[i] / (1.0 + exp(-(double)g0[i])) * u[i];
-            if (!(fabs(g[i] - ref) <= 1e-6 * fabs(ref) + 1e-30)) {
-                fprintf(stderr, "silu_mul i=%d x=%g: %.9g vs %.9g\n", i, g0[i], g[i], ref);
-                fail();
+    for (int li = 0; li < n_levels; li++) {
+        kern_backend *b = mk(2, levels[li].flags), *b1 = mk(1, levels[li].flags);
+        for (int c = 0; c < 8; c++) {
+            int n = 1 + (int)tu_below(&r, 100000);
+            if (c == 0)
+                n = 16 * 1536; /* T*F of the default model at T = 16 */
+            float *g = malloc(sizeof(float) * n), *u = malloc(sizeof(float) * n);
+            float *g0 = malloc(sizeof(float) * n), *z = malloc(sizeof(float) * 64);
+            assert_true(g && u && g0 && z);
+            rand_x(&r, g, (size_t)n);
+            rand_x(&r, u, (size_t)n);
+            if (c == 1) /* far into both tails of the sigmoid */
+                for (int i = 0; i < n; i++)
+                    g[i] *= 40.0f;
+            if (c == 2)
+                for (int i = 0; i < n && i < 8; i++)
+                    g[i] = i & 1 ? 1e30f : -1e30f;
+            memcpy(g0, g, sizeof(float) * n);
+            b->silu_mul(b->ctx, g, u, n);
+            for (int i = 0; i < n; i++) {
+                double ref = g0[i] / (1.0 + exp(-(double)g0[i])) * u[i];
+                if (!(fabs(g[i] - ref) <=
+                      1e-6 * fabs(ref) + 1e-30)) { /* exp(-g) overflows below -88.7 */
+                    fprintf(stderr, "silu_mul %s i=%d x=%g: %.9g vs %.9g\n", levels[li].name, i,
+                            g0[i], g[i], ref);
+                    fail();
+                }
             }
+            /* batch invariance: a window at a random offset and length, one thread */
+            for (int k = 0; k < 20; k++) {
+                int a = (int)tu_below(&r, (uint32_t)n), m = 1 + (int)tu_below(&r, 64);
+                if (a + m > n)
+                    m = n - a;
+                memcpy(z, g0 + a, sizeof(float) * m);
+                b1->silu_mul(b1->ctx, z, u + a, m);
+                assert_memory_equal(z, g + a, sizeof(float) * m);
+            }
+            memcpy(g, g0, sizeof(float) * n);
+            b->add(b->ctx, g, u, n);
+            for (int i = 0; i < n; i++)
+                assert_true(g[i] == g0[i] + u[i]);
+            int T = 1 + n % 7, N = n / T;
+            memcpy(g, g0, sizeof(float) * n);
+            b->add_bias(b->ctx, g, u, T, N);
+            for (int t = 0; t < T; t++)
+                for (int i = 0; i < N; i++)
+                    assert_true(g[t * N + i] == g0[t * N + i] + u[i]);
+            free(g);
+            free(u);
+            free(g0);
+            free(z);
         }
-        memcpy(g, g0, sizeof(float) * n);
-        b->add(b->ctx, g, u, n);
-        for (int i = 0; i < n; i++)
-            assert_true(g[i] == g0[i] + u[i]);
-        int T = 1 + n % 7, N = n / T;
-        memcpy(g, g0, sizeof(float) * n);
-        b->add_bias(b->ctx, g, u, T, N);
-        for (int t = 0; t < T; t++)
-            for (int i = 0; i < N; i++)
-                assert_true(g[t * N + i] == g0[t * N + i] + u[i]);
-        free(g);
-        free(u);
-        free(g0);
+        kern_free(b);
+        kern_free(b1);
     }
-    kern_free(b);
 }
 
 static void test_create_and_features(void **state)
@@ -656,6 +787,7 @@ int main(void)
         cmocka_unit_test(test_attention),
         cmocka_unit_test(test_rope),
         cmocka_unit_test(test_rmsnorm),
+        cmocka_unit_test(test_exp),
         cmocka_unit_test(test_elementwise),
     };
     return cmocka_run_group_tests(tests, group_setup, NULL);
