@@ -30,6 +30,13 @@ typedef struct {
     size_t act_cap;
     uint8_t **scr; /* per-thread scratch */
     size_t scr_cap;
+    /* rope cos/sin of the last call's positions: T rows of cos[half] then sin[half] (every
+     * layer rotates q and k at the same positions) */
+    float *rope_tab;
+    int *rope_pos;
+    size_t rope_cap; /* floats in rope_tab; ints in rope_pos: rope_cap / 2 */
+    int rope_T, rope_half;
+    float rope_base;
 } cpu_ctx;
 
 /* ---- CPU features ---- */
@@ -168,6 +175,26 @@ static int ensure_scratch(cpu_ctx *c, size_t need)
         c->scr[i] = q;
     }
     c->scr_cap = n;
+    return 0;
+}
+
+/* room for `need` floats of rope table and need / 2 positions (need >= 2 * T) */
+static int ensure_rope(cpu_ctx *c, size_t need)
+{
+    need += need / 2;
+    float *t = malloc(sizeof(float) * need);
+    int *p = malloc(sizeof(int) * (need / 2));
+    if (!t || !p) {
+        free(t);
+        free(p);
+        return -1;
+    }
+    free(c->rope_tab);
+    free(c->rope_pos);
+    c->rope_tab = t;
+    c->rope_pos = p;
+    c->rope_cap = need;
+    c->rope_T = 0;
     return 0;
 }
 
@@ -320,48 +347,94 @@ typedef struct {
     const int *pos;
     int T, H, Dh, n_rot, neox;
     float base;
+    float *tab; /* T rows of cos[half], sin[half]; NULL: compute per call */
 } rope_job;
 
-/* cos/sin depend on (pos, i) only: computed once per position for all heads. */
+static void rope_angles(float *cs, float *sn, int pos, int i0, int n, int n_rot, float base)
+{
+    for (int i = 0; i < n; i++) {
+        double theta = (double)pos * pow((double)base, -2.0 * (i0 + i) / (double)n_rot);
+        cs[i] = (float)cos(theta);
+        sn[i] = (float)sin(theta);
+    }
+}
+
+static void rope_rotate(const rope_job *j, int t, int i0, int n, const float *cs, const float *sn)
+{
+    int half = j->n_rot / 2;
+    for (int h = 0; h < j->H; h++) {
+        float *xh = j->x + ((size_t)t * j->H + h) * j->Dh;
+        for (int i = 0; i < n; i++) {
+            int k = i0 + i;
+            int a = j->neox ? k : 2 * k, b = j->neox ? k + half : 2 * k + 1;
+            float x0 = xh[a], x1 = xh[b];
+            xh[a] = x0 * cs[i] - x1 * sn[i];
+            xh[b] = x0 * sn[i] + x1 * cs[i];
+        }
+    }
+}
+
+static void rope_tab_task(void *arg, int task, int tid)
+{
+    rope_job *j = arg;
+    int half = j->n_rot / 2;
+    float *row = j->tab + (size_t)task * 2 * half;
+    rope_angles(row, row + half, j->pos[task], 0, half, j->n_rot, j->base);
+}
+
+/* cos/sin depend on (pos, i) only: from the table, or computed once per position for all
+ * heads. */
 static void rope_task(void *arg, int task, int tid)
 {
     rope_job *j = arg;
     int t = task, half = j->n_rot / 2;
+    if (j->tab) {
+        const float *row = j->tab + (size_t)t * 2 * half;
+        rope_rotate(j, t, 0, half, row, row + half);
+        return;
+    }
     float cs[512], sn[512];
     for (int i0 = 0; i0 < half; i0 += 512) {
         int n = half - i0 < 512 ? half - i0 : 512;
-        for (int i = 0; i < n; i++) {
-            double theta =
-                (double)j->pos[t] * pow((double)j->base, -2.0 * (i0 + i) / (double)j->n_rot);
-            cs[i] = (float)cos(theta);
-            sn[i] = (float)sin(theta);
-        }
-        for (int h = 0; h < j->H; h++) {
-            float *xh = j->x + ((size_t)t * j->H + h) * j->Dh;
-            for (int i = 0; i < n; i++) {
-                int k = i0 + i;
-                int a = j->neox ? k : 2 * k, b = j->neox ? k + half : 2 * k + 1;
-                float x0 = xh[a], x1 = xh[b];
-                xh[a] = x0 * cs[i] - x1 * sn[i];
-                xh[b] = x0 * sn[i] + x1 * cs[i];
-            }
-        }
+        rope_angles(cs, sn, j->pos[t], i0, n, j->n_rot, j->base);
+        rope_rotate(j, t, i0, n, cs, sn);
     }
+}
+
+static void rope_for(cpu_ctx *c, kcpu_task_fn fn, rope_job *j)
+{
+    if (j->T < 4 || c->nt == 1) {
+        for (int t = 0; t < j->T; t++)
+            fn(j, t, 0);
+        return;
+    }
+    kcpu_pool_run(c->pool, fn, j, j->T);
 }
 
 static void cpu_rope(void *vctx, float *x, const int *pos, int T, int H, int Dh, int n_rot,
                      float freq_base, int neox)
 {
     cpu_ctx *c = vctx;
+    if (T <= 0)
+        return;
     if (n_rot > Dh)
         n_rot = Dh;
-    rope_job j = {x, pos, T, H, Dh, n_rot & ~1, neox, freq_base};
-    if (T < 4 || c->nt == 1) {
-        for (int t = 0; t < T; t++)
-            rope_task(&j, t, 0);
-        return;
+    rope_job j = {x, pos, T, H, Dh, n_rot & ~1, neox, freq_base, NULL};
+    int half = j.n_rot / 2;
+    size_t need = (size_t)T * 2 * (size_t)(half > 0 ? half : 1);
+    if (c->rope_T == T && c->rope_half == half && c->rope_base == freq_base &&
+        memcmp(c->rope_pos, pos, sizeof(int) * (size_t)T) == 0) {
+        j.tab = c->rope_tab;
+    } else if (need <= c->rope_cap || ensure_rope(c, need) == 0) {
+        c->rope_T = 0; /* invalid while it is rewritten */
+        j.tab = c->rope_tab;
+        rope_for(c, rope_tab_task, &j);
+        memcpy(c->rope_pos, pos, sizeof(int) * (size_t)T);
+        c->rope_T = T;
+        c->rope_half = half;
+        c->rope_base = freq_base;
     }
-    kcpu_pool_run(c->pool, rope_task, &j, T);
+    rope_for(c, rope_task, &j);
 }
 
 /* ---- attention ---- */
@@ -573,6 +646,8 @@ static void cpu_free(kern_backend *b)
                 free(c->scr[i]);
         free(c->scr);
         free(c->act);
+        free(c->rope_tab);
+        free(c->rope_pos);
         free(c);
     }
     free(b);
