@@ -488,11 +488,13 @@ static void test_rope(void **state)
     (void)state;
     tu_rng r;
     tu_rng_init(&r, tu_seed() ^ 0x55);
-    kern_backend *bs[2] = {mk(1, 0), mk(3, 0)};
+    kern_backend *bs[2] = {mk(1, 0), mk(3, 0)}, *bl[3];
+    for (int li = 0; li < n_levels; li++)
+        bl[li] = mk(2, levels[li].flags);
     for (int c = 0; c < 24; c++) {
         int neox = c & 1;
         int H = 1 + (int)tu_below(&r, 9), Dh = 16 * (1 + (int)tu_below(&r, 8));
-        int n_rot = c % 3 == 0 ? Dh / 2 : Dh;
+        int n_rot = c % 3 == 0 ? Dh / 2 : c % 5 == 0 ? Dh - 2 * (int)tu_below(&r, 8) : Dh;
         int T = 1 + (int)tu_below(&r, 33);
         float base = c % 4 == 0 ? 1000000.0f : 10000.0f;
         float *x = malloc(sizeof(float) * T * H * Dh), *y = malloc(sizeof(float) * T * H * Dh);
@@ -504,6 +506,15 @@ static void test_rope(void **state)
         memcpy(y, x, sizeof(float) * T * H * Dh);
         kern_backend *b = bs[tu_below(&r, 2)];
         b->rope(b->ctx, y, pos, T, H, Dh, n_rot, base, neox);
+        /* every level rotates bitwise alike (rounded products, no FMA) */
+        for (int li = 0; li < n_levels; li++) {
+            float *yl = malloc(sizeof(float) * T * H * Dh);
+            assert_non_null(yl);
+            memcpy(yl, x, sizeof(float) * T * H * Dh);
+            bl[li]->rope(bl[li]->ctx, yl, pos, T, H, Dh, n_rot, base, neox);
+            assert_memory_equal(yl, y, sizeof(float) * T * H * Dh);
+            free(yl);
+        }
         for (int t = 0; t < T; t++)
             for (int h = 0; h < H; h++) {
                 const float *xi = x + ((size_t)t * H + h) * Dh;
@@ -549,6 +560,8 @@ static void test_rope(void **state)
         free(y);
         free(pos);
     }
+    for (int li = 0; li < n_levels; li++)
+        kern_free(bl[li]);
     kern_free(bs[0]);
     kern_free(bs[1]);
 }

@@ -343,6 +343,7 @@ static void cpu_rmsnorm(void *vctx, float *out, const float *x, const float *w, 
  * each rounded (no FMA). */
 
 typedef struct {
+    cpu_ctx *c;
     float *x;
     const int *pos;
     int T, H, Dh, n_rot, neox;
@@ -359,19 +360,21 @@ static void rope_angles(float *cs, float *sn, int pos, int i0, int n, int n_rot,
     }
 }
 
+static void rope_ref(float *xh, const float *cs, const float *sn, int k0, int n, int half, int neox)
+{
+    for (int i = 0; i < n; i++) {
+        int k = k0 + i;
+        int a = neox ? k : 2 * k, b = neox ? k + half : 2 * k + 1;
+        float x0 = xh[a], x1 = xh[b];
+        xh[a] = x0 * cs[i] - x1 * sn[i];
+        xh[b] = x0 * sn[i] + x1 * cs[i];
+    }
+}
+
 static void rope_rotate(const rope_job *j, int t, int i0, int n, const float *cs, const float *sn)
 {
-    int half = j->n_rot / 2;
-    for (int h = 0; h < j->H; h++) {
-        float *xh = j->x + ((size_t)t * j->H + h) * j->Dh;
-        for (int i = 0; i < n; i++) {
-            int k = i0 + i;
-            int a = j->neox ? k : 2 * k, b = j->neox ? k + half : 2 * k + 1;
-            float x0 = xh[a], x1 = xh[b];
-            xh[a] = x0 * cs[i] - x1 * sn[i];
-            xh[b] = x0 * sn[i] + x1 * cs[i];
-        }
-    }
+    for (int h = 0; h < j->H; h++)
+        j->c->ew.rope(j->x + ((size_t)t * j->H + h) * j->Dh, cs, sn, i0, n, j->n_rot / 2, j->neox);
 }
 
 static void rope_tab_task(void *arg, int task, int tid)
@@ -419,7 +422,7 @@ static void cpu_rope(void *vctx, float *x, const int *pos, int T, int H, int Dh,
         return;
     if (n_rot > Dh)
         n_rot = Dh;
-    rope_job j = {x, pos, T, H, Dh, n_rot & ~1, neox, freq_base, NULL};
+    rope_job j = {c, x, pos, T, H, Dh, n_rot & ~1, neox, freq_base, NULL};
     int half = j.n_rot / 2;
     size_t need = (size_t)T * 2 * (size_t)(half > 0 ? half : 1);
     if (c->rope_T == T && c->rope_half == half && c->rope_base == freq_base &&
@@ -589,11 +592,14 @@ static void ew_task(void *arg, int task, int tid)
         j->c->ew.add(j->a + i0, j->b + i0, i1 - i0);
 }
 
-/* Chunks of `per` elements (a multiple of 16): a split only where the work outweighs a
- * dispatch. Results do not depend on the split (kcpu_ew_ops). */
+/* silu_mul: one chunk per thread (a multiple of 16 elements) once there are 4096 elements or
+ * more (T*F = 16*1536 as 2 halves rather than 3 chunks on 2 threads); add is too cheap to be
+ * worth a dispatch below 32768. Results do not depend on the split (kcpu_ew_ops). */
 static void ew_run(cpu_ctx *c, float *a, const float *b, int n, int op)
 {
-    int per = op == 0 ? (c->level == KCPU_LEVEL_PORTABLE ? 4096 : 8192) : 32768;
+    int per = 32768;
+    if (op == 0)
+        per = n < 4096 ? 4096 : ((n + c->nt - 1) / c->nt + 15) & ~15;
     ew_job j = {c, a, b, n, per, op};
     kcpu_pool_run(c->pool, ew_task, &j, (n + per - 1) / per);
 }
@@ -620,7 +626,7 @@ int kcpu_ops_for_level(int level, kcpu_attn_ops *a, kcpu_ew_ops *e)
     if (level < KCPU_LEVEL_PORTABLE || level >= KCPU_LEVEL_N || level > cpu_best_level())
         return -1;
     *a = (kcpu_attn_ops){dot_dh, dot4_dh, softmax_ref, wsum_ref};
-    *e = (kcpu_ew_ops){silu_mul_ref, add_ref, rmsnorm_row, exp_ref};
+    *e = (kcpu_ew_ops){silu_mul_ref, add_ref, rmsnorm_row, exp_ref, rope_ref};
     if (level >= KCPU_LEVEL_AVX2) {
         kcpu_attn_avx2(a);
         kcpu_ops_avx2(a, e);

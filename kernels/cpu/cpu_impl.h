@@ -103,12 +103,16 @@ typedef struct {
  * index, n, or which thread or vector lane computes it (SIMD tails are masked vector ops).
  * silu_mul: g[i] = g[i] / (1 + exp(-g[i])) * u[i]; add: x[i] += y[i];
  * rms_row: o = x / sqrt(mean(x^2) + eps) * w over one row (the sum order fixed by D alone);
- * exp: y[i] = exp(x[i]) (the level's exp, exposed for tests). */
+ * exp: y[i] = exp(x[i]) (the level's exp, exposed for tests);
+ * rope: rotates pairs k0 .. k0+n-1 of one head x by cs[i], sn[i] (pair k0+i): neox = 0 pairs
+ *   (2k, 2k+1), neox = 1 pairs (k, k+half); a' = a*c - b*s, b' = a*s + b*c, each product
+ *   rounded (bitwise the same on every level). */
 typedef struct {
     void (*silu_mul)(float *g, const float *u, int n);
     void (*add)(float *x, const float *y, int n);
     void (*rms_row)(float *o, const float *x, const float *w, int D, float eps);
     void (*exp)(float *y, const float *x, int n);
+    void (*rope)(float *x, const float *cs, const float *sn, int k0, int n, int half, int neox);
 } kcpu_ew_ops;
 
 void kcpu_attn_avx2(kcpu_attn_ops *ops);

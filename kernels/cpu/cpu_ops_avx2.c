@@ -186,6 +186,37 @@ static void a2_exp(float *y, const float *x, int n)
     }
 }
 
+/* As a5_rope (cpu_ops_avx512.c): bitwise the scalar formula. */
+static void a2_rope(float *x, const float *cs, const float *sn, int k0, int n, int half, int neox)
+{
+    int i = 0;
+    if (neox) {
+        float *xa = x + k0, *xb = x + k0 + half;
+        for (; i < n; i += 8) {
+            __m256i m = tail_mask(n - i);
+            __m256 a = _mm256_maskload_ps(xa + i, m), b = _mm256_maskload_ps(xb + i, m);
+            __m256 c = _mm256_maskload_ps(cs + i, m), s = _mm256_maskload_ps(sn + i, m);
+            _mm256_maskstore_ps(xa + i, m, _mm256_sub_ps(_mm256_mul_ps(a, c), _mm256_mul_ps(b, s)));
+            _mm256_maskstore_ps(xb + i, m, _mm256_add_ps(_mm256_mul_ps(a, s), _mm256_mul_ps(b, c)));
+        }
+        return;
+    }
+    const __m256i dup = _mm256_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3);
+    const __m256 neg = _mm256_castsi256_ps(_mm256_setr_epi32(
+        (int)0x80000000, 0, (int)0x80000000, 0, (int)0x80000000, 0, (int)0x80000000, 0));
+    float *xp = x + 2 * k0;
+    for (; i < n; i += 4) {
+        int k = n - i >= 4 ? 4 : n - i;
+        __m256i m4 = tail_mask(k), m = tail_mask(2 * k);
+        __m256 c = _mm256_permutevar8x32_ps(_mm256_maskload_ps(cs + i, m4), dup);
+        __m256 s =
+            _mm256_xor_ps(_mm256_permutevar8x32_ps(_mm256_maskload_ps(sn + i, m4), dup), neg);
+        __m256 v = _mm256_maskload_ps(xp + 2 * i, m);
+        __m256 w = _mm256_permute_ps(v, 0xB1);
+        _mm256_maskstore_ps(xp + 2 * i, m, _mm256_add_ps(_mm256_mul_ps(v, c), _mm256_mul_ps(w, s)));
+    }
+}
+
 void kcpu_ops_avx2(kcpu_attn_ops *a, kcpu_ew_ops *e)
 {
     a->softmax = a2_softmax;
@@ -194,4 +225,5 @@ void kcpu_ops_avx2(kcpu_attn_ops *a, kcpu_ew_ops *e)
     e->add = a2_add;
     e->rms_row = a2_rms_row;
     e->exp = a2_exp;
+    e->rope = a2_rope;
 }

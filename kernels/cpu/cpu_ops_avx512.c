@@ -172,6 +172,44 @@ static void a5_exp(float *y, const float *x, int n)
     }
 }
 
+/* neox: two contiguous halves, a plain vector rotation. Interleaved: 8 pairs per vector,
+ * cos/sin duplicated per pair, sin negated on the even lanes, the pair swapped:
+ * even x0*c + x1*(-s) = x0*c - x1*s, odd x1*c + x0*s = x0*s + x1*c, bitwise as the scalar
+ * formula (negation is exact, the sum commutes). */
+static void a5_rope(float *x, const float *cs, const float *sn, int k0, int n, int half, int neox)
+{
+    int i = 0;
+    if (neox) {
+        float *xa = x + k0, *xb = x + k0 + half;
+        for (; i < n; i += 16) {
+            __mmask16 m = n - i >= 16 ? (__mmask16)0xffff : tail_mask(n - i);
+            __m512 a = _mm512_maskz_loadu_ps(m, xa + i), b = _mm512_maskz_loadu_ps(m, xb + i);
+            __m512 c = _mm512_maskz_loadu_ps(m, cs + i), s = _mm512_maskz_loadu_ps(m, sn + i);
+            _mm512_mask_storeu_ps(xa + i, m,
+                                  _mm512_sub_ps(_mm512_mul_ps(a, c), _mm512_mul_ps(b, s)));
+            _mm512_mask_storeu_ps(xb + i, m,
+                                  _mm512_add_ps(_mm512_mul_ps(a, s), _mm512_mul_ps(b, c)));
+        }
+        return;
+    }
+    const __m512i dup = _mm512_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7);
+    const __m512 neg = _mm512_castsi512_ps(_mm512_setr_epi32(
+        (int)0x80000000, 0, (int)0x80000000, 0, (int)0x80000000, 0, (int)0x80000000, 0,
+        (int)0x80000000, 0, (int)0x80000000, 0, (int)0x80000000, 0, (int)0x80000000, 0));
+    float *xp = x + 2 * k0;
+    for (; i < n; i += 8) {
+        int k = n - i >= 8 ? 8 : n - i;
+        __mmask16 m8 = tail_mask(k), m = (__mmask16)((1u << (2 * k)) - 1);
+        __m512 c = _mm512_permutexvar_ps(dup, _mm512_maskz_loadu_ps(m8, cs + i));
+        __m512 s = _mm512_permutexvar_ps(dup, _mm512_maskz_loadu_ps(m8, sn + i));
+        s = _mm512_xor_ps(s, neg);
+        __m512 v = _mm512_maskz_loadu_ps(m, xp + 2 * i);
+        __m512 w = _mm512_permute_ps(v, 0xB1); /* swap within pairs */
+        _mm512_mask_storeu_ps(xp + 2 * i, m,
+                              _mm512_add_ps(_mm512_mul_ps(v, c), _mm512_mul_ps(w, s)));
+    }
+}
+
 void kcpu_ops_avx512(kcpu_attn_ops *a, kcpu_ew_ops *e)
 {
     a->softmax = a5_softmax;
@@ -180,4 +218,5 @@ void kcpu_ops_avx512(kcpu_attn_ops *a, kcpu_ew_ops *e)
     e->add = a5_add;
     e->rms_row = a5_rms_row;
     e->exp = a5_exp;
+    e->rope = a5_rope;
 }
