@@ -519,15 +519,17 @@ static void attn_task(void *arg, int task, int tid)
     float *sc = (float *)j->c->scr[tid];
     const kcpu_attn_ops *ops = &j->c->attn;
     const float *kb = j->kc + (size_t)kvh * Dh;
-    int i = 0;
-    /* the prefix slots are consecutive: four keys per call (each dot as if alone) */
-    for (; i + 4 <= j->n_prefix; i += 4)
-        ops->dot4(sc + i, q, kb + (size_t)i * row, kb + (size_t)(i + 1) * row,
-                  kb + (size_t)(i + 2) * row, kb + (size_t)(i + 3) * row, Dh);
-    for (; i < nk; i++) {
-        int slot = i < j->n_prefix ? i : j->anc[a0 + i - j->n_prefix];
-        sc[i] = ops->dot(q, kb + (size_t)slot * row, Dh);
+    int i = 0, np = j->n_prefix;
+    const int *anc = j->anc + a0;
+    /* four keys per call, prefix slots and ancestors alike (each dot as if alone) */
+    for (; i + 4 <= nk; i += 4) {
+        const float *k4[4];
+        for (int u = 0; u < 4; u++)
+            k4[u] = kb + (size_t)(i + u < np ? i + u : anc[i + u - np]) * row;
+        ops->dot4(sc + i, q, k4[0], k4[1], k4[2], k4[3], Dh);
     }
+    for (; i < nk; i++)
+        sc[i] = ops->dot(q, kb + (size_t)(i < np ? i : anc[i - np]) * row, Dh);
     float sum = ops->softmax(sc, nk, j->scale);
     float inv = nk > 0 ? 1.0f / sum : 0.0f;
     ops->wsum(o, sc, j->vc + (size_t)kvh * Dh, row, j->n_prefix, j->anc + a0, nk, Dh, inv);
