@@ -20,11 +20,11 @@ static const bench_prompt prompts[] = {
     {"chat", "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging "
              "Face<|im_end|>\n<|im_start|>user\nWhat are the main causes of climate change? "
              "Answer in a short paragraph.<|im_end|>\n<|im_start|>assistant\n"},
-    /* code completion in an editor: a class whose methods follow a pattern */
-    {"code",
-     "class Vector:\n    \"\"\"A 2-D vector.\"\"\"\n\n    def __init__(self, x, y):\n"
-     "        self.x = x\n        self.y = y\n\n    def __add__(self, other):\n        "
-     "return Vector(self.x + other.x, self.y + other.y)\n\n    def __sub__(self, other):\n"},
+    /* code completion in an editor, the cursor after a method's colon: a class whose methods
+     * follow a pattern */
+    {"code", "class Vector:\n    \"\"\"A 2-D vector.\"\"\"\n\n    def __init__(self, x, y):\n"
+             "        self.x = x\n        self.y = y\n\n    def __add__(self, other):\n        "
+             "return Vector(self.x + other.x, self.y + other.y)\n\n    def __sub__(self, other):"},
     {"summary",
      "<|im_start|>user\nSummarize the following passage in two sentences.\n\nThe Great Barrier "
      "Reef is the world's largest coral reef system, composed of over 2,900 individual reefs and "
@@ -36,7 +36,7 @@ static const bench_prompt prompts[] = {
      "was selected as a World Heritage Site in 1981.<|im_end|>\n<|im_start|>assistant\n"},
 };
 
-static const char *drafters[] = {"ngram:3", "ngram:2", "layerskip:0-27,29", "layerskip:0-14,25-29"};
+static const char *drafters[] = {"ngram:3", "ngram:2", "layerskip:0-27,29"};
 static const char *shapes[] = {"chain:2",    "chain:4",    "chain:8",   "topk:2,2,1",
                                "topk:4,2,1", "dynamic:16", "dynamic:32"};
 
@@ -171,10 +171,10 @@ int main(int argc, char **argv)
                            same ? "" : "  OUTPUT DIFFERS");
                     fflush(stdout);
                     if (f)
-                        fprintf(f, "%.1f,%s,%s,%s,%.2f,%.2f,%.3f,%.3f,%.3f,%d,%d\n", sp.temp,
-                                prompts[p].name, drafters[d], shapes[s], tps, btps, sp_up, acc,
-                                st.proposed ? (double)st.accepted / st.proposed : 0.0, st.n_steps,
-                                same);
+                        fprintf(f, "%.1f,%s,\"%s\",\"%s\",%.2f,%.2f,%.3f,%.3f,%.3f,%d,%d\n",
+                                sp.temp, prompts[p].name, drafters[d], shapes[s], tps, btps, sp_up,
+                                acc, st.proposed ? (double)st.accepted / st.proposed : 0.0,
+                                st.n_steps, same);
                 }
         }
         for (size_t d = 0; d < nd; d++)
