@@ -40,7 +40,7 @@ static const opt_def gen_defs[] = {
     {"ctx", 'c', OPT_INT, F(ctx), 0, 1 << 20, "0", "N",
      "context length in tokens; 0 = the model's, at most 4096"},
     {"threads", 't', OPT_INT, F(threads), 0, 1024, "0", "N", "compute threads; 0 = all cores"},
-    {"draft", 'd', OPT_STR, F(draft), OPT_NOBOUNDS, "ngram:3", "SPEC",
+    {"draft", 'd', OPT_STR, F(draft), OPT_NOBOUNDS, "ngram:2", "SPEC",
      "drafter: ngram[:N] | layerskip:LAYERS (e.g. 0-27,29) | model:PATH | none (target only)"},
     {"tree", 0, OPT_STR, F(tree), OPT_NOBOUNDS, "chain:4", "SHAPE",
      "draft tree: chain:K | topk:B1,B2,... | dynamic:NODES"},
