@@ -36,7 +36,7 @@ static const bench_prompt prompts[] = {
      "was selected as a World Heritage Site in 1981.<|im_end|>\n<|im_start|>assistant\n"},
 };
 
-static const char *drafters[] = {"ngram:3", "ngram:2", "layerskip:0-27,29"};
+static const char *drafters[] = {"ngram:3", "ngram:2", "ngram:3:2", "layerskip:0-27,29"};
 static const char *shapes[] = {"chain:2",    "chain:4",    "chain:8",   "topk:2,2,1",
                                "topk:4,2,1", "dynamic:16", "dynamic:32"};
 

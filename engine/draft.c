@@ -93,15 +93,23 @@ sd_err draft_open(draft **out, const char *spec, model *target, const draft_opts
     *out = NULL;
     int V = model_cfg(target)->n_vocab;
     if (!strncmp(spec, "ngram", 5) && (spec[5] == 0 || spec[5] == ':')) {
-        int n = 3;
+        long n = 3, n_min = 1;
         if (spec[5] == ':') {
             char *end;
-            long v = strtol(spec + 6, &end, 10);
-            if (end == spec + 6 || *end || v < 1 || v > 16)
-                return sd_fail(SD_EINVAL, "drafter '%s': n-gram length must be 1..16", spec);
-            n = (int)v;
+            n = strtol(spec + 6, &end, 10);
+            if (end != spec + 6 && *end == ':') {
+                const char *m = end + 1;
+                n_min = strtol(m, &end, 10);
+                if (end == m)
+                    n_min = -1;
+            }
+            if (end == spec + 6 || *end || n < 1 || n > 16 || n_min < 1 || n_min > n)
+                return sd_fail(SD_EINVAL,
+                               "drafter '%s': expected ngram[:N[:M]] with "
+                               "1 <= M <= N <= 16",
+                               spec);
         }
-        return draft_ngram_open(out, n, o);
+        return draft_ngram_open(out, (int)n, (int)n_min, o);
     }
     if (!strncmp(spec, "layerskip:", 10)) {
         int L = model_cfg(target)->n_layer_file;

@@ -9,8 +9,9 @@
  * Kinds (draft_open spec):
  *   model:PATH      a draft model: any GGUF whose vocabulary equals the target's
  *   layerskip:SPEC  the target's own weights, a subset of layers ("0-9,29"), sharing its file
- *   ngram[:N]       prompt lookup: continuations of the longest matching n-gram (N max, default 3)
- *                   in the prompt and generated text; no model */
+ *   ngram[:N[:M]]   prompt lookup: continuations of the longest matching n-gram of N down to M
+ *                   tokens (default 3 and 1; M = 2 skips one-token matches, which mostly propose
+ *                   noise in free text) in the prompt and generated text; no model */
 #ifndef SD_DRAFT_H
 #define SD_DRAFT_H
 
@@ -71,6 +72,6 @@ sd_err draft_hist_cut(draft *d, int n_keep);
 /* Implementations (draft_model.c, draft_ngram.c). */
 sd_err draft_model_open(draft **out, model *dm, int own_model, int n_vocab, const draft_opts *o,
                         const char *kind);
-sd_err draft_ngram_open(draft **out, int n, const draft_opts *o);
+sd_err draft_ngram_open(draft **out, int n, int n_min, const draft_opts *o);
 
 #endif

@@ -1,8 +1,8 @@
-/* n-gram / prompt-lookup drafter: no model. The longest suffix of the history (up to N tokens)
- * that occurred before is looked up; what followed each earlier occurrence (most recent first,
- * longer matches first) is merged into a trie weighted by how many occurrences agree, and the tree
- * is cut from that trie by the requested shape. Works best where text repeats: code, summaries,
- * edits of a given passage. */
+/* n-gram / prompt-lookup drafter: no model. The longest suffix of the history (N down to M
+ * tokens) that occurred before is looked up; what followed each earlier occurrence (most recent
+ * first, longer matches first) is merged into a trie weighted by how many occurrences agree, and
+ * the tree is cut from that trie by the requested shape. Works best where text repeats: code,
+ * summaries, edits of a given passage. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,7 +21,7 @@ typedef struct {
 
 typedef struct {
     draft base;
-    int n;
+    int n, n_min; /* longest and shortest suffix looked up */
     int max_nodes;
     ng_node *trie;
     int trie_cap;
@@ -78,7 +78,7 @@ static sd_err ng_propose(draft *d, const tree_shape *s, tree *t)
     int nh = d->n_hist, depth = shape_depth(s), nt = 0, matches = 0;
     int starts[NG_MAX_MATCHES];
     float total = 0;
-    for (int n = x->n < nh ? x->n : nh - 1; n >= 1 && matches < NG_MAX_MATCHES; n--) {
+    for (int n = x->n < nh ? x->n : nh - 1; n >= x->n_min && matches < NG_MAX_MATCHES; n--) {
         const int32_t *suf = h + nh - n;
         for (int i = nh - n - 1; i >= 0 && matches < NG_MAX_MATCHES; i--) {
             if (memcmp(h + i, suf, sizeof(int32_t) * (size_t)n))
@@ -140,7 +140,7 @@ static sd_err ng_rollback(draft *d, int n_keep)
     return draft_hist_cut(d, n_keep);
 }
 
-sd_err draft_ngram_open(draft **out, int n, const draft_opts *o)
+sd_err draft_ngram_open(draft **out, int n, int n_min, const draft_opts *o)
 {
     *out = NULL;
     if (o->max_ctx <= 0 || o->max_nodes <= 0)
@@ -153,6 +153,7 @@ sd_err draft_ngram_open(draft **out, int n, const draft_opts *o)
     if (!x)
         return SD_ENOMEM;
     x->n = n;
+    x->n_min = n_min;
     x->max_nodes = o->max_nodes;
     x->trie_cap = NG_MAX_MATCHES * (NG_DYN_DEPTH > TREE_MAX_DEPTH ? NG_DYN_DEPTH : TREE_MAX_DEPTH);
     x->base.kind = "ngram";

@@ -60,7 +60,7 @@ static void run_spec(draft *d, const char *shape, verify_mode vm, const sample_p
         fail_msg("spec_generate: %s", sd_errmsg());
 }
 
-static const char *drafters[] = {"ngram", "ngram:1", "layerskip:0,2", "model", "adversary"};
+static const char *drafters[] = {"ngram", "ngram:1", "ngram:3:2", "layerskip:0,2", "model", "adversary"};
 static const char *shapes[] = {"chain:1",  "chain:5",    "topk:3,2,1",
                                "topk:4,4", "dynamic:12", "dynamic:40"};
 
