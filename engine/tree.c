@@ -58,19 +58,6 @@ sd_err tree_shape_parse(tree_shape *s, const char *spec, int max_nodes)
     return sd_fail(SD_EINVAL, "tree '%s': expected chain:K, topk:B1,B2,... or dynamic:NODES", spec);
 }
 
-void tree_shape_str(const tree_shape *s, char *buf, int cap)
-{
-    if (s->kind == TREE_CHAIN) {
-        snprintf(buf, (size_t)cap, "chain:%d", s->depth);
-    } else if (s->kind == TREE_DYNAMIC) {
-        snprintf(buf, (size_t)cap, "dynamic:%d", s->budget);
-    } else {
-        int o = snprintf(buf, (size_t)cap, "topk:");
-        for (int i = 0; i < s->depth && o < cap; i++)
-            o += snprintf(buf + o, (size_t)(cap - o), i ? ",%d" : "%d", s->branch[i]);
-    }
-}
-
 sd_err tree_init(tree *t, int cap, int q_cap)
 {
     memset(t, 0, sizeof *t);

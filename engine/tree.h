@@ -41,8 +41,6 @@ typedef struct {
 
 /* Parse "chain:K", "topk:B1,B2,..." or "dynamic:NODES" (bounds: 1 <= nodes <= max_nodes). */
 sd_err tree_shape_parse(tree_shape *s, const char *spec, int max_nodes);
-/* Human-readable form, for logs and CSV. */
-void tree_shape_str(const tree_shape *s, char *buf, int cap);
 
 sd_err tree_init(tree *t, int cap, int q_cap);
 void tree_free(tree *t);

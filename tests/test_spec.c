@@ -60,7 +60,8 @@ static void run_spec(draft *d, const char *shape, verify_mode vm, const sample_p
         fail_msg("spec_generate: %s", sd_errmsg());
 }
 
-static const char *drafters[] = {"ngram", "ngram:1", "ngram:3:2", "layerskip:0,2", "model", "adversary"};
+static const char *drafters[] = {"ngram",         "ngram:1", "ngram:3:2",
+                                 "layerskip:0,2", "model",   "adversary"};
 static const char *shapes[] = {"chain:1",  "chain:5",    "topk:3,2,1",
                                "topk:4,4", "dynamic:12", "dynamic:40"};
 
@@ -204,6 +205,52 @@ static void test_tree_logits(void **state)
     model_run_free(r);
 }
 
+/* A drafter rolled back to a prefix proposes exactly what a fresh drafter that only ever saw
+ * that prefix proposes (its own KV cache and history are cut back, not merely ignored). */
+static void test_drafter_rollback(void **state)
+{
+    tu_rng rng;
+    tu_rng_init(&rng, tu_seed() ^ 0x7777);
+    int V = model_cfg(target)->n_vocab;
+    const char *shapes_rb[] = {"chain:4", "topk:3,2", "dynamic:12"};
+    for (size_t di = 0; di < sizeof drafters / sizeof drafters[0]; di++) {
+        if (!strcmp(drafters[di], "adversary"))
+            continue; /* random by design */
+        for (size_t si = 0; si < 3; si++) {
+            int32_t seq[48];
+            for (int i = 0; i < 48; i++)
+                seq[i] = i >= 8 && i % 3 ? seq[i - 8] : (int32_t)tu_below(&rng, (uint32_t)V);
+            int keep = 10 + (int)tu_below(&rng, 20);
+            draft_opts o = {.max_ctx = 256, .max_nodes = 64};
+            draft *fresh = open_drafter(drafters[di], &o, 1),
+                  *used = open_drafter(drafters[di], &o, 1);
+            tree_shape sh;
+            assert_int_equal(tree_shape_parse(&sh, shapes_rb[si], 64), SD_OK);
+            tree a, b;
+            assert_int_equal(tree_init(&a, 64, 0), SD_OK);
+            assert_int_equal(tree_init(&b, 64, 0), SD_OK);
+            /* `used` runs ahead through the whole sequence in pieces, proposing on the way */
+            for (int i = 0; i < 48; i += 12) {
+                assert_int_equal(draft_advance(used, seq + i, 12), SD_OK);
+                assert_int_equal(draft_propose(used, &sh, &b), SD_OK);
+            }
+            assert_int_equal(draft_rollback(used, keep), SD_OK);
+            assert_int_equal(draft_rollback(used, 49), SD_ERANGE); /* beyond the history */
+            assert_int_equal(draft_advance(fresh, seq, keep), SD_OK);
+            assert_int_equal(draft_propose(fresh, &sh, &a), SD_OK);
+            assert_int_equal(draft_propose(used, &sh, &b), SD_OK);
+            if (a.n != b.n || memcmp(a.tok, b.tok, sizeof(int32_t) * (size_t)a.n) ||
+                memcmp(a.parent, b.parent, sizeof(int) * (size_t)a.n))
+                fail_msg("drafter %s tree %s: proposal after rollback to %d differs", drafters[di],
+                         shapes_rb[si], keep);
+            tree_free(&a);
+            tree_free(&b);
+            draft_free(fresh);
+            draft_free(used);
+        }
+    }
+}
+
 /* Trees from outside are checked before use and a bad one changes nothing. */
 static void test_bad_trees(void **state)
 {
@@ -269,9 +316,8 @@ static void test_bad_trees(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_lossless_greedy),
-        cmocka_unit_test(test_lossless_sampling),
-        cmocka_unit_test(test_tree_logits),
+        cmocka_unit_test(test_lossless_greedy), cmocka_unit_test(test_lossless_sampling),
+        cmocka_unit_test(test_tree_logits),     cmocka_unit_test(test_drafter_rollback),
         cmocka_unit_test(test_bad_trees),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
