@@ -62,39 +62,35 @@ static const opt_def gen_defs[] = {
 #undef F
 #define N_DEFS (sizeof gen_defs / sizeof gen_defs[0])
 
+/* Where generated tokens go: printed as text (tk set) and/or kept (keep set, for --compare). */
 typedef struct {
+    const tok *tk;
+    int keep;
     int32_t *ids;
     int n, cap;
-} text_buf;
+} gen_sink;
 
-static text_buf *g_text; /* --compare: the speculative run's tokens */
-
-static int collect_token(void *ud, int32_t t)
+static int sink_token(void *ud, int32_t t)
 {
-    text_buf *b = g_text;
-    if (b->n == b->cap) {
-        int cap = b->cap ? b->cap * 2 : 256;
-        int32_t *p = realloc(b->ids, sizeof(int32_t) * (size_t)cap);
-        if (!p)
-            return 1;
-        b->ids = p;
-        b->cap = cap;
-    }
-    b->ids[b->n++] = t;
-    return 0;
-}
-
-/* Stream one token's text to stdout (control tokens are not printed). */
-static int print_token(void *ud, int32_t t)
-{
-    const tok *tk = ud;
+    gen_sink *s = ud;
     const char *bytes;
     size_t len;
-    if (!tok_is_special(tk, t) && tok_piece(tk, t, &bytes, &len) == SD_OK) {
-        fwrite(bytes, 1, len, stdout);
+    if (s->tk && !tok_is_special(s->tk, t) && tok_piece(s->tk, t, &bytes, &len) == SD_OK) {
+        fwrite(bytes, 1, len, stdout); /* control tokens are not printed */
         fflush(stdout);
     }
-    return g_text ? collect_token(ud, t) : 0;
+    if (!s->keep)
+        return 0;
+    if (s->n == s->cap) {
+        int cap = s->cap ? s->cap * 2 : 256;
+        int32_t *p = realloc(s->ids, sizeof(int32_t) * (size_t)cap);
+        if (!p)
+            return 1;
+        s->ids = p;
+        s->cap = cap;
+    }
+    s->ids[s->n++] = t;
+    return 0;
 }
 
 static int fail(const char *what, sd_err e)
@@ -161,6 +157,7 @@ int cmd_generate(int argc, char **argv)
     tok *tk = NULL;
     draft *dr = NULL;
     int32_t *ids = NULL;
+    gen_sink out_sink = {0}; /* before any goto out: its buffer is freed there */
     int rc = 1;
     if ((e = model_open(&m, o.model, &mo))) {
         fprintf(stderr, "specd generate: cannot load model '%s': %s\n", o.model, sd_errmsg());
@@ -218,6 +215,8 @@ int cmd_generate(int argc, char **argv)
                 o.verify);
         goto out;
     }
+    out_sink.tk = tk;
+    out_sink.keep = o.compare;
     spec_config sc = {.target = m,
                       .vmode = vm,
                       .sp = sp,
@@ -225,8 +224,8 @@ int cmd_generate(int argc, char **argv)
                       .max_nodes = o.max_nodes,
                       .n_ctx = ctx,
                       .eog = eog,
-                      .on_token = print_token,
-                      .ud = tk};
+                      .on_token = sink_token,
+                      .ud = &out_sink};
     if (o.ignore_eos)
         sc.n_eog = 0;
     else
@@ -248,8 +247,6 @@ int cmd_generate(int argc, char **argv)
         sc.drafter = dr;
     }
     spec_stats st, base;
-    text_buf tb = {0};
-    g_text = o.compare ? &tb : NULL;
     if ((e = spec_generate(&sc, ids, (int)n_prompt, &st))) {
         rc = fail("generation", e);
         goto out;
@@ -258,32 +255,31 @@ int cmd_generate(int argc, char **argv)
     fflush(stdout);
     spec_stats_print(&st, dr ? dr->kind : "target");
     if (o.compare) {
-        text_buf spec_text = tb;
-        tb = (text_buf){0};
+        gen_sink ref = {.keep = 1};
         sc.drafter = NULL;
-        sc.on_token = collect_token;
+        sc.ud = &ref;
         if ((e = spec_generate(&sc, ids, (int)n_prompt, &base))) {
             rc = fail("target-only run", e);
-            free(spec_text.ids);
+            free(ref.ids);
             goto out;
         }
         spec_stats_print(&base, "target");
         int same =
-            spec_text.n == tb.n && !memcmp(spec_text.ids, tb.ids, sizeof(int32_t) * (size_t)tb.n);
+            out_sink.n == ref.n && !memcmp(out_sink.ids, ref.ids, sizeof(int32_t) * (size_t)ref.n);
         double a = st.n_gen / (st.t_total - st.t_prefill),
                b = base.n_gen / (base.t_total - base.t_prefill);
         fprintf(stderr,
                 "[compare] output %s target-only (%d vs %d tokens); speedup %.2fx "
                 "(%.1f vs %.1f tok/s)\n",
-                same ? "identical to" : "DIFFERS from", spec_text.n, tb.n, a / b, a, b);
-        free(spec_text.ids);
-        free(tb.ids);
+                same ? "identical to" : "DIFFERS from", out_sink.n, ref.n, a / b, a, b);
+        free(ref.ids);
         if (!same)
             goto out;
     }
     rc = 0;
 out:
     free(ids);
+    free(out_sink.ids);
     draft_free(dr);
     tok_free(tk);
     model_free(m);
