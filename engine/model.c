@@ -413,9 +413,17 @@ static void layer_forward(model *m, model_run *r, kv_cache *kv, int l, int first
     int D = c->n_embd, Q = c->n_head * c->head_dim, KV = c->n_head_kv * c->head_dim, F = c->n_ff;
 
     be->rmsnorm(bc, r->xn, r->x, L->attn_norm, T, D, c->norm_eps);
-    be->matmul(bc, r->q, r->xn, L->wq.data, L->wq.type, T, Q, D);
-    be->matmul(bc, r->k, r->xn, L->wk.data, L->wk.type, T, KV, D);
-    be->matmul(bc, r->v, r->xn, L->wv.data, L->wv.type, T, KV, D);
+    if (be->matmul_multi) { /* one activation prep and one dispatch for q, k, v */
+        float *const outs[3] = {r->q, r->k, r->v};
+        const void *const ws[3] = {L->wq.data, L->wk.data, L->wv.data};
+        const sd_dtype wts[3] = {L->wq.type, L->wk.type, L->wv.type};
+        const int Ns[3] = {Q, KV, KV};
+        be->matmul_multi(bc, 3, outs, r->xn, ws, wts, Ns, T, D);
+    } else {
+        be->matmul(bc, r->q, r->xn, L->wq.data, L->wq.type, T, Q, D);
+        be->matmul(bc, r->k, r->xn, L->wk.data, L->wk.type, T, KV, D);
+        be->matmul(bc, r->v, r->xn, L->wv.data, L->wv.type, T, KV, D);
+    }
     if (L->bq) {
         be->add_bias(bc, r->q, L->bq, T, Q);
         be->add_bias(bc, r->k, L->bk, T, KV);
@@ -433,8 +441,16 @@ static void layer_forward(model *m, model_run *r, kv_cache *kv, int l, int first
     be->add(bc, r->x, r->tmp, T * D);
 
     be->rmsnorm(bc, r->xn, r->x, L->ffn_norm, T, D, c->norm_eps);
-    be->matmul(bc, r->gate, r->xn, L->w_gate.data, L->w_gate.type, T, F, D);
-    be->matmul(bc, r->up, r->xn, L->w_up.data, L->w_up.type, T, F, D);
+    if (be->matmul_multi) { /* one activation prep and one dispatch for gate, up */
+        float *const outs[2] = {r->gate, r->up};
+        const void *const ws[2] = {L->w_gate.data, L->w_up.data};
+        const sd_dtype wts[2] = {L->w_gate.type, L->w_up.type};
+        const int Ns[2] = {F, F};
+        be->matmul_multi(bc, 2, outs, r->xn, ws, wts, Ns, T, D);
+    } else {
+        be->matmul(bc, r->gate, r->xn, L->w_gate.data, L->w_gate.type, T, F, D);
+        be->matmul(bc, r->up, r->xn, L->w_up.data, L->w_up.type, T, F, D);
+    }
     be->silu_mul(bc, r->gate, r->up, T * F);
     be->matmul(bc, r->tmp, r->gate, L->w_down.data, L->w_down.type, T, D, F);
     be->add(bc, r->x, r->tmp, T * D);

@@ -28,6 +28,12 @@ struct kern_backend {
     void (*matmul)(void *ctx, float *out, const float *x, const void *w, sd_dtype wt, int T,
                    int N, int K);
 
+    /* n matmuls on the same input (n <= 8): outs[i][T][Ns[i]] = x[T][K] · W_i[Ns[i]][K]^T, W_i
+     * of type wts[i]. Each output element is bitwise the one matmul computes; the backend may
+     * share the activation preparation and spread all rows over its threads at once. */
+    void (*matmul_multi)(void *ctx, int n, float *const *outs, const float *x,
+                         const void *const *ws, const sd_dtype *wts, const int *Ns, int T, int K);
+
     /* out[T][D] = x / sqrt(mean(x^2) + eps) * w[D]. out may alias x. */
     void (*rmsnorm)(void *ctx, float *out, const float *x, const float *w, int T, int D,
                     float eps);

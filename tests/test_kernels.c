@@ -290,6 +290,66 @@ static void test_matmul_batch_invariance(void **state)
         }
 }
 
+/* ---- matmul_multi vs separate matmuls (bitwise) ---- */
+
+static void test_matmul_multi(void **state)
+{
+    (void)state;
+    tu_rng r;
+    tu_rng_init(&r, tu_seed() ^ 0x2b);
+    enum { MAXN = 8 };
+    for (int li = 0; li < n_levels; li++)
+        for (int qact = 0; qact < 2; qact++) {
+            unsigned fl = levels[li].flags | (qact ? 0 : KERN_CPU_F32_ACT);
+            kern_backend *bs[3] = {mk(1, fl), mk(2, fl), mk(3, fl)};
+            for (int cs = 0; cs < 24; cs++) {
+                kern_backend *b = bs[tu_below(&r, 3)];
+                int n = 1 + (int)tu_below(&r, MAXN);
+                sd_dtype wts[MAXN];
+                int Ns[MAXN], big = 0;
+                int same = tu_below(&r, 2); /* one dtype for all (the model's case) or mixed */
+                for (int i = 0; i < n; i++) {
+                    wts[i] = same && i ? wts[0] : all_types[tu_below(&r, (uint32_t)N_TYPES)];
+                    big |= block_of(wts[i]) == 256;
+                    Ns[i] = 1 + (int)tu_below(&r, tu_below(&r, 2) ? 20 : 200);
+                }
+                int K = big ? 256 * (1 + (int)tu_below(&r, 3)) : 32 * (1 + (int)tu_below(&r, 40));
+                int T = tu_below(&r, 2) ? 1 : 1 + (int)tu_below(&r, 40);
+                float *x = malloc(sizeof(float) * T * K);
+                uint8_t *w[MAXN];
+                float *o1[MAXN], *o2[MAXN];
+                assert_non_null(x);
+                rand_x(&r, x, (size_t)T * K);
+                for (int i = 0; i < n; i++) {
+                    w[i] = malloc(dtype_row_bytes(wts[i], (size_t)K) * Ns[i]);
+                    o1[i] = malloc(sizeof(float) * T * Ns[i]);
+                    o2[i] = malloc(sizeof(float) * T * Ns[i]);
+                    assert_true(w[i] && o1[i] && o2[i]);
+                    rand_weights(&r, w[i], wts[i], Ns[i], K);
+                    b->matmul(b->ctx, o1[i], x, w[i], wts[i], T, Ns[i], K);
+                }
+                const void *wc[MAXN];
+                for (int i = 0; i < n; i++)
+                    wc[i] = w[i];
+                b->matmul_multi(b->ctx, n, o2, x, wc, wts, Ns, T, K);
+                for (int i = 0; i < n; i++) {
+                    if (memcmp(o1[i], o2[i], sizeof(float) * T * Ns[i]) != 0) {
+                        fprintf(stderr,
+                                "matmul_multi differs: %s qact=%d n=%d i=%d %s T=%d N=%d K=%d\n",
+                                b->name, qact, n, i, dtype_name(wts[i]), T, Ns[i], K);
+                        fail();
+                    }
+                    free(w[i]);
+                    free(o1[i]);
+                    free(o2[i]);
+                }
+                free(x);
+            }
+            for (int i = 0; i < 3; i++)
+                kern_free(bs[i]);
+        }
+}
+
 /* ---- SIMD vs portable ---- */
 
 static void test_matmul_simd_vs_portable(void **state)
@@ -796,6 +856,7 @@ int main(void)
         cmocka_unit_test(test_create_and_features),
         cmocka_unit_test(test_matmul_reference),
         cmocka_unit_test(test_matmul_batch_invariance),
+        cmocka_unit_test(test_matmul_multi),
         cmocka_unit_test(test_matmul_simd_vs_portable),
         cmocka_unit_test(test_attention),
         cmocka_unit_test(test_rope),

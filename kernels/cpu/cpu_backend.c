@@ -295,6 +295,141 @@ static void cpu_matmul(void *vctx, float *out, const float *x, const void *w, sd
     kcpu_pool_run(c->pool, mm_rows_task, &j, (N + chunk - 1) / chunk);
 }
 
+/* ---- fused matmuls sharing one input ----
+ *
+ * n matrices over the same x: each distinct activation prep runs once, then the rows of all
+ * matrices, concatenated into one index space, are split over the pool in a single dispatch.
+ * Each (matrix, row range) goes to the same rows() kernel with the same activation record as a
+ * lone cpu_matmul would use, so every output element is bitwise the separate call's. */
+
+enum { MM_MULTI_MAX = 8 };
+
+typedef struct {
+    cpu_ctx *c;
+    int n, T, K, R, chunk, t_per_task, n_prep;
+    const float *x;
+    float *const *outs;
+    const kcpu_mm_kernel *k[MM_MULTI_MAX];
+    const uint8_t *w[MM_MULTI_MAX];
+    size_t w_stride[MM_MULTI_MAX];
+    const uint8_t *act[MM_MULTI_MAX]; /* per matrix: its prepared activations */
+    size_t act_stride[MM_MULTI_MAX];
+    int N[MM_MULTI_MAX], off[MM_MULTI_MAX + 1]; /* off: first global row of each matrix */
+    int prep_of[MM_MULTI_MAX];                  /* per prep group: its first matrix */
+} mm_multi_job;
+
+static void mm_multi_prep_task(void *arg, int task, int tid)
+{
+    (void)tid;
+    mm_multi_job *j = arg;
+    int n_tc = (j->T + j->t_per_task - 1) / j->t_per_task;
+    int g = task / n_tc, tc = task % n_tc, i = j->prep_of[g];
+    int t0 = tc * j->t_per_task, t1 = t0 + j->t_per_task;
+    if (t1 > j->T)
+        t1 = j->T;
+    for (int t = t0; t < t1; t++)
+        j->k[i]->prep((uint8_t *)j->act[i] + (size_t)t * j->act_stride[i], j->x + (size_t)t * j->K,
+                      j->K);
+}
+
+static void mm_multi_rows_task(void *arg, int task, int tid)
+{
+    mm_multi_job *j = arg;
+    int g0 = task * j->chunk, g1 = g0 + j->chunk;
+    if (g1 > j->R)
+        g1 = j->R;
+    for (int i = 0; i < j->n; i++) {
+        int a = g0 > j->off[i] ? g0 : j->off[i], b = g1 < j->off[i + 1] ? g1 : j->off[i + 1];
+        if (a < b)
+            j->k[i]->rows(j->outs[i], j->N[i], j->act[i], j->act_stride[i], j->T, j->w[i],
+                          j->w_stride[i], a - j->off[i], b - j->off[i], j->K, j->c->scr[tid]);
+    }
+}
+
+static void cpu_matmul_multi(void *vctx, int n, float *const *outs, const float *x,
+                             const void *const *ws, const sd_dtype *wts, const int *Ns, int T,
+                             int K)
+{
+    cpu_ctx *c = vctx;
+    int qact = !(c->flags & KERN_CPU_F32_ACT);
+    int ok = n >= 1 && n <= MM_MULTI_MAX && T > 0 && K > 0 && K % 32 == 0;
+    for (int i = 0; ok && i < n; i++) {
+        size_t be = dtype_block_elems(wts[i]);
+        ok = (unsigned)wts[i] < KCPU_DTYPE_SLOTS && be && K % (int)be == 0 && Ns[i] > 0 &&
+             c->mm[wts[i]][qact].rows;
+    }
+    if (!ok) { /* the lone path handles (and flags) anything unusual */
+        for (int i = 0; i < n; i++)
+            cpu_matmul(vctx, outs[i], x, ws[i], wts[i], T, Ns[i], K);
+        return;
+    }
+    mm_multi_job j;
+    memset(&j, 0, sizeof j);
+    j.c = c;
+    j.n = n;
+    j.T = T;
+    j.K = K;
+    j.x = x;
+    j.outs = outs;
+    size_t scr = 0, act_bytes = 0;
+    size_t act_off[MM_MULTI_MAX];
+    int tile = 1;
+    for (int i = 0; i < n; i++) {
+        const kcpu_mm_kernel *k = &c->mm[wts[i]][qact];
+        j.k[i] = k;
+        j.w[i] = ws[i];
+        j.w_stride[i] = dtype_row_bytes(wts[i], (size_t)K);
+        j.N[i] = Ns[i];
+        j.off[i + 1] = j.off[i] + Ns[i];
+        if (k->scratch_per_k * (size_t)K > scr)
+            scr = k->scratch_per_k * (size_t)K;
+        if (k->row_tile > tile)
+            tile = k->row_tile;
+        act_off[i] = SIZE_MAX;
+        if (!k->quantized_act) {
+            j.act[i] = (const uint8_t *)x;
+            j.act_stride[i] = (size_t)K * 4;
+            continue;
+        }
+        for (int p = 0; p < i; p++) /* same prep as an earlier matrix: share its records */
+            if (j.k[p]->quantized_act && j.k[p]->prep == k->prep &&
+                j.k[p]->prep_stride == k->prep_stride) {
+                act_off[i] = act_off[p];
+                j.act_stride[i] = j.act_stride[p];
+                break;
+            }
+        if (act_off[i] == SIZE_MAX) {
+            j.act_stride[i] = k->prep_stride(K);
+            act_off[i] = act_bytes;
+            act_bytes += j.act_stride[i] * (size_t)T;
+            j.prep_of[j.n_prep++] = i;
+        }
+    }
+    j.R = j.off[n];
+    if (ensure_scratch(c, scr + 16384) != 0 ||
+        (act_bytes && ensure_buf(&c->act, &c->act_cap, act_bytes) != 0)) {
+        for (int i = 0; i < n; i++)
+            fill_nan(outs[i], (size_t)T * (size_t)Ns[i]);
+        return;
+    }
+    for (int i = 0; i < n; i++)
+        if (j.k[i]->quantized_act)
+            j.act[i] = c->act + act_off[i];
+    if (j.n_prep) {
+        int per = (int)(16384 / K) + 1;
+        j.t_per_task = per;
+        kcpu_pool_run(c->pool, mm_multi_prep_task, &j, j.n_prep * ((T + per - 1) / per));
+    }
+    /* as cpu_matmul: T = 1 one contiguous range per thread, else ~4 chunks per thread */
+    int want = T == 1 ? c->nt : c->nt * 4;
+    int chunk = (j.R + want - 1) / want;
+    chunk = (chunk + tile - 1) / tile * tile;
+    if (chunk < tile)
+        chunk = tile;
+    j.chunk = chunk;
+    kcpu_pool_run(c->pool, mm_multi_rows_task, &j, (j.R + chunk - 1) / chunk);
+}
+
 /* ---- rmsnorm ---- */
 
 /* Sum of squares in 8 partial sums (i % 8), combined pairwise; then the scale in float. */
@@ -700,6 +835,7 @@ sd_err kern_cpu_create(kern_backend **out, int n_threads, unsigned flags)
     static const char *names[KCPU_LEVEL_N] = {"cpu-portable", "cpu-avx2", "cpu-avx512vnni"};
     b->name = names[level];
     b->matmul = cpu_matmul;
+    b->matmul_multi = cpu_matmul_multi;
     b->rmsnorm = cpu_rmsnorm;
     b->rope = cpu_rope;
     b->attention = cpu_attention;
