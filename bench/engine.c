@@ -10,19 +10,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 
+#include "../common/clock.h"
 #include "../common/opt.h"
 #include "../engine/model.h"
 #include "../engine/sample.h"
-
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 typedef struct {
     const uint64_t *p;
@@ -80,7 +73,7 @@ static double measure_bandwidth(int nthr)
     if (nthr > 64)
         nthr = 64;
     for (int rep = 0; rep < 8; rep++) {
-        double t0 = now();
+        double t0 = clock_now_s();
         for (int t = 0; t < nthr; t++) {
             jobs[t] = (bw_job){buf + n / nthr * t, n / nthr, 0};
             pthread_create(&th[t], NULL, bw_read, &jobs[t]);
@@ -90,7 +83,7 @@ static double measure_bandwidth(int nthr)
             pthread_join(th[t], NULL);
             s += jobs[t].sum;
         }
-        double gbs = (double)bytes / (now() - t0) / 1e9;
+        double gbs = (double)bytes / (clock_now_s() - t0) / 1e9;
         if (gbs > best && s != 1)
             best = gbs;
     }
@@ -175,10 +168,10 @@ int main(int argc, char **argv)
     double tp[8];
     for (int i = 0; i < 5; i++) {
         kv_truncate(kv, 0);
-        double t0 = now();
+        double t0 = clock_now_s();
         if ((e = model_forward(m, r, kv, toks, NULL, NP, NULL, 1, logits)))
             die("prefill", e);
-        tp[i] = now() - t0;
+        tp[i] = clock_now_s() - t0;
         kv_commit_all(kv);
     }
     double prefill_tps = NP / median(tp, 5);
@@ -191,10 +184,10 @@ int main(int argc, char **argv)
     double *td = malloc(sizeof(double) * (size_t)ND);
     for (int i = 0; i < ND; i++) {
         int32_t t = sample_argmax(logits, V);
-        double t0 = now();
+        double t0 = clock_now_s();
         if ((e = model_forward(m, r, kv, &t, NULL, 1, NULL, 1, logits)))
             die("decode", e);
-        td[i] = now() - t0;
+        td[i] = clock_now_s() - t0;
         kv_commit_all(kv);
     }
     double step = median(td, ND);
@@ -218,10 +211,10 @@ int main(int argc, char **argv)
         }
         double *tt = malloc(sizeof(double) * (size_t)reps);
         for (int i = 0; i < reps; i++) {
-            double t0 = now();
+            double t0 = clock_now_s();
             if ((e = model_forward(m, r, kv, toks + 32, parents, T, out, T, logits)))
                 die("tree forward", e);
-            tt[i] = now() - t0;
+            tt[i] = clock_now_s() - t0;
             kv_clear_pending(kv);
         }
         cost[k] = median(tt, reps);

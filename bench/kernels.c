@@ -15,20 +15,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
+#include "common/clock.h"
 #include "kernels/kernels.h"
 
 #if defined(__x86_64__)
 #include <immintrin.h>
 #endif
-
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 static uint64_t rs = 88172645463325252ull;
 static uint64_t rnd(void)
@@ -108,14 +101,14 @@ static double bandwidth(const uint8_t *buf, size_t n, int nt, int reps)
         pthread_t th[64];
         bw_arg a[64];
         size_t per = (n / (size_t)nt) & ~(size_t)127;
-        double t0 = now();
+        double t0 = clock_now_s();
         for (int i = 0; i < nt; i++) {
             a[i] = (bw_arg){buf + per * i, per, 0};
             pthread_create(&th[i], NULL, bw_thread, &a[i]);
         }
         for (int i = 0; i < nt; i++)
             pthread_join(th[i], NULL);
-        double dt = now() - t0;
+        double dt = clock_now_s() - t0;
         best = dt < best ? dt : best;
     }
     return (double)n / best;
@@ -207,10 +200,10 @@ int main(int argc, char **argv)
             double best = 1e30;
             b->matmul(b->ctx, out, x, w, sh->t, T, sh->N, sh->K);
             for (int r = 0; r < reps; r++) {
-                double t0 = now();
+                double t0 = clock_now_s();
                 for (int i = 0; i < inner; i++)
                     b->matmul(b->ctx, out, x, w, sh->t, T, sh->N, sh->K);
-                double dt = (now() - t0) / inner;
+                double dt = (clock_now_s() - t0) / inner;
                 best = dt < best ? dt : best;
             }
             if (T == 1)
@@ -259,12 +252,12 @@ int main(int argc, char **argv)
         int T = Ts[k];
         double best = 1e30;
         for (int r = 0; r < reps; r++) {
-            double t0 = now();
+            double t0 = clock_now_s();
             for (int l = 0; l < L; l++)
                 for (int i = 0; i < 7; i++)
                     b->matmul(b->ctx, out, x, lw[l][i], SD_DTYPE_Q4_1, T, lay[i].N, lay[i].K);
             b->matmul(b->ctx, out, x, head, SD_DTYPE_Q8_0, T, 49152, 576);
-            double dt = now() - t0;
+            double dt = clock_now_s() - t0;
             best = dt < best ? dt : best;
             if (T == 1) {
                 double bw = bandwidth(buf, bwn, nt, 1);

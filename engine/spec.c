@@ -3,14 +3,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
+#include "../common/clock.h"
 
 static int is_eog(const spec_config *c, int32_t t)
 {
@@ -47,7 +41,7 @@ sd_err spec_generate(const spec_config *c, const int32_t *prompt, int n, spec_st
         e = verify_work_init(&vw, c->target, max_nodes > 0 ? max_nodes : 1);
     if (!e)
         e = tree_init(&t, max_nodes > 0 ? max_nodes : 1, (max_nodes + 1) * DRAFT_Q_TOP);
-    double t0 = now();
+    double t0 = clock_now_s();
     if (!e && n > 1) {
         e = model_forward(c->target, run, kv, prompt, NULL, n - 1, NULL, 0, NULL);
         if (!e)
@@ -55,25 +49,25 @@ sd_err spec_generate(const spec_config *c, const int32_t *prompt, int n, spec_st
     }
     if (!e && c->drafter)
         e = draft_advance(c->drafter, prompt, n);
-    st->t_prefill = now() - t0;
+    st->t_prefill = clock_now_s() - t0;
     int32_t last = prompt[n - 1];
     int done = 0;
     while (!e && !done) {
-        double t1 = now();
+        double t1 = clock_now_s();
         tree_clear(&t);
         if (c->drafter) {
             e = draft_propose(c->drafter, &c->shape, &t);
             if (e)
                 break;
         }
-        double t2 = now();
+        double t2 = clock_now_s();
         /* never let the tree run past the context */
         while (t.n > 0 && kv->n_committed + t.n + 1 > ctx)
             t.n--;
         e = verify_tree(c->target, run, kv, vw, last, &t, c->vmode, &c->sp, res);
         if (e)
             break;
-        double t3 = now();
+        double t3 = clock_now_s();
         st->t_draft += t2 - t1;
         st->t_verify += t3 - t2;
         st->n_steps++;
@@ -108,7 +102,7 @@ sd_err spec_generate(const spec_config *c, const int32_t *prompt, int n, spec_st
         if (!done && kv->n_committed + 1 >= ctx)
             done = 1; /* `last` takes the final slot: a token after it would not fit */
     }
-    st->t_total = now() - t0;
+    st->t_total = clock_now_s() - t0;
     free(commit);
     free(res);
     tree_free(&t);

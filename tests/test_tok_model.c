@@ -7,8 +7,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
+#include "common/clock.h"
 #include "engine/gguf.h"
 #include "engine/tok.h"
 #include "testutil.h"
@@ -17,22 +17,15 @@ static gguf *g_gguf;
 static tok *g_tok;
 static double g_load_ms;
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
 static int setup(void **state)
 {
     if (gguf_open(&g_gguf, tu_model_path()) != SD_OK) {
         fprintf(stderr, "gguf_open: %s\n", sd_errmsg());
         return -1;
     }
-    double t0 = now_s();
+    double t0 = clock_now_s();
     sd_err e = tok_load(&g_tok, g_gguf);
-    g_load_ms = (now_s() - t0) * 1e3;
+    g_load_ms = (clock_now_s() - t0) * 1e3;
     if (e != SD_OK) {
         fprintf(stderr, "tok_load: %s\n", sd_errmsg());
         return -1;
@@ -372,11 +365,11 @@ static void t_speed(void **state)
     int32_t *ids = malloc(len * sizeof *ids);
     char *back = malloc(len + 1);
     size_t n, m;
-    double t0 = now_s();
+    double t0 = clock_now_s();
     assert_int_equal(tok_encode(g_tok, text, len, TOK_PARSE_SPECIAL, ids, len, &n), SD_OK);
-    double t1 = now_s();
+    double t1 = clock_now_s();
     assert_int_equal(tok_decode(g_tok, ids, n, 0, back, len, &m), SD_OK);
-    double t2 = now_s();
+    double t2 = clock_now_s();
     assert_int_equal(m, len);
     assert_memory_equal(back, text, len);
     fprintf(stderr,
@@ -391,9 +384,9 @@ static void t_speed(void **state)
         size_t L = 200000;
         memset(text, fill[k], L);
         text[L - 1] = 'z';
-        t0 = now_s();
+        t0 = clock_now_s();
         assert_int_equal(tok_encode(g_tok, text, L, 0, ids, len, &n), SD_OK);
-        t1 = now_s();
+        t1 = clock_now_s();
         assert_int_equal(tok_decode(g_tok, ids, n, 0, back, len, &m), SD_OK);
         assert_int_equal(m, L);
         assert_memory_equal(back, text, L);
