@@ -54,6 +54,26 @@ static void *rand_matrix(sd_dtype t, int N, int K)
     return w;
 }
 
+/* A random matrix as the engine hands it to the backend: with the backend's packed copy when
+ * it has a layout of its own (unless packing is off). */
+static kern_mat mat_new(kern_backend *b, sd_dtype t, int N, int K, int pack)
+{
+    kern_mat m = {rand_matrix(t, N, K), t, NULL};
+    size_t n = pack && m.data && b->pack_bytes ? b->pack_bytes(b->ctx, t, N, K) : 0;
+    void *p = n ? aligned_alloc(64, (n + 63) & ~(size_t)63) : NULL;
+    if (p) {
+        b->pack(b->ctx, p, m.data, t, N, K);
+        m.packed = p;
+    }
+    return m;
+}
+
+static void mat_free(kern_mat *m)
+{
+    free((void *)m->data);
+    free((void *)m->packed);
+}
+
 /* ---- bandwidth probe ---- */
 
 typedef struct {
@@ -139,7 +159,7 @@ static const int Ts[] = {1, 2, 4, 8, 16, 32, 64};
 
 int main(int argc, char **argv)
 {
-    int nt = 2, reps = 7;
+    int nt = 2, reps = 7, pack = 1;
     unsigned flags = 0;
     const char *csv = NULL;
     for (int i = 1; i < argc; i++) {
@@ -149,6 +169,8 @@ int main(int argc, char **argv)
             reps = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--csv") && i + 1 < argc)
             csv = argv[++i];
+        else if (!strcmp(argv[i], "--no-pack"))
+            pack = 0;
         else if (!strcmp(argv[i], "--flags") && i + 1 < argc) {
             const char *f = argv[++i];
             if (strstr(f, "portable"))
@@ -160,7 +182,7 @@ int main(int argc, char **argv)
         } else {
             fprintf(stderr,
                     "usage: %s [--threads N] [--reps R] [--flags portable,avx2,f32] "
-                    "[--csv FILE]\n",
+                    "[--no-pack] [--csv FILE]\n",
                     argv[0]);
             return 2;
         }
@@ -175,7 +197,8 @@ int main(int argc, char **argv)
     FILE *cf = csv ? fopen(csv, "w") : NULL;
     if (cf)
         fprintf(cf, "what,dtype,N,K,T,seconds,ratio_to_T1,weight_GBps\n");
-    printf("backend %s, %d threads, features: %s\n", b->name, nt, kern_cpu_features());
+    printf("backend %s, %d threads, features: %s, weights %s\n", b->name, nt,
+           kern_cpu_features(), pack ? "packed where the backend has a layout" : "as stored");
 
     float *x = aligned_alloc(64, sizeof(float) * 64 * 1536);
     float *out = aligned_alloc(64, sizeof(float) * 64 * 49152);
@@ -189,8 +212,8 @@ int main(int argc, char **argv)
     printf("\n");
     for (size_t s = 0; s < N_SHAPES; s++) {
         const shape *sh = &shapes[s];
-        void *w = rand_matrix(sh->t, sh->N, sh->K);
-        if (!w)
+        kern_mat w = mat_new(b, sh->t, sh->N, sh->K, pack);
+        if (!w.data)
             return 1;
         double t1 = 0;
         printf("%-22s %6s", sh->name, dtype_name(sh->t));
@@ -198,11 +221,11 @@ int main(int argc, char **argv)
             int T = Ts[k];
             int inner = sh->N > 10000 ? 2 : 20;
             double best = 1e30;
-            b->matmul(b->ctx, out, x, w, sh->t, T, sh->N, sh->K);
+            b->matmul(b->ctx, out, x, &w, T, sh->N, sh->K);
             for (int r = 0; r < reps; r++) {
                 double t0 = clock_now_s();
                 for (int i = 0; i < inner; i++)
-                    b->matmul(b->ctx, out, x, w, sh->t, T, sh->N, sh->K);
+                    b->matmul(b->ctx, out, x, &w, T, sh->N, sh->K);
                 double dt = (clock_now_s() - t0) / inner;
                 best = dt < best ? dt : best;
             }
@@ -216,7 +239,7 @@ int main(int argc, char **argv)
                         (double)dtype_row_bytes(sh->t, sh->K) * sh->N / best / 1e9);
         }
         printf("\n");
-        free(w);
+        mat_free(&w);
     }
 
     /* whole decode sweep, weights streamed */
@@ -225,17 +248,17 @@ int main(int argc, char **argv)
         int N, K;
     } lay[7] = {{576, 576},  {192, 576},  {192, 576}, {576, 576},
                 {1536, 576}, {1536, 576}, {576, 1536}};
-    void *lw[L][7];
+    kern_mat lw[L][7];
     size_t bytes = 0;
     for (int l = 0; l < L; l++)
         for (int i = 0; i < 7; i++) {
-            lw[l][i] = rand_matrix(SD_DTYPE_Q4_1, lay[i].N, lay[i].K);
-            if (!lw[l][i])
+            lw[l][i] = mat_new(b, SD_DTYPE_Q4_1, lay[i].N, lay[i].K, pack);
+            if (!lw[l][i].data)
                 return 1;
             bytes += dtype_row_bytes(SD_DTYPE_Q4_1, (size_t)lay[i].K) * (size_t)lay[i].N;
         }
-    void *head = rand_matrix(SD_DTYPE_Q8_0, 49152, 576);
-    if (!head)
+    kern_mat head = mat_new(b, SD_DTYPE_Q8_0, 49152, 576, pack);
+    if (!head.data)
         return 1;
     bytes += dtype_row_bytes(SD_DTYPE_Q8_0, 576) * 49152;
     printf("\ndecode sweep: %d layers x 7 Q4_1 + Q8_0 head = %.1f MB of weights per token\n", L,
@@ -255,8 +278,8 @@ int main(int argc, char **argv)
             double t0 = clock_now_s();
             for (int l = 0; l < L; l++)
                 for (int i = 0; i < 7; i++)
-                    b->matmul(b->ctx, out, x, lw[l][i], SD_DTYPE_Q4_1, T, lay[i].N, lay[i].K);
-            b->matmul(b->ctx, out, x, head, SD_DTYPE_Q8_0, T, 49152, 576);
+                    b->matmul(b->ctx, out, x, &lw[l][i], T, lay[i].N, lay[i].K);
+            b->matmul(b->ctx, out, x, &head, T, 49152, 576);
             double dt = clock_now_s() - t0;
             best = dt < best ? dt : best;
             if (T == 1) {
@@ -281,8 +304,8 @@ int main(int argc, char **argv)
     free(buf);
     for (int l = 0; l < L; l++)
         for (int i = 0; i < 7; i++)
-            free(lw[l][i]);
-    free(head);
+            mat_free(&lw[l][i]);
+    mat_free(&head);
     free(x);
     free(out);
     if (cf)

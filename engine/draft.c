@@ -118,7 +118,8 @@ sd_err draft_open(draft **out, const char *spec, model *target, const draft_opts
             return SD_ENOMEM;
         sd_err e = parse_layers(spec + 10, L, layers, &n);
         model *dm = NULL;
-        model_opts mo = {.backend = model_backend(target), .layers = layers, .n_layers = n};
+        model_opts mo = {.backend = model_backend(target), .layers = layers, .n_layers = n,
+                         .share_packed = target};
         if (!e)
             e = model_init(&dm, model_gguf(target), &mo);
         free(layers);

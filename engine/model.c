@@ -1,6 +1,7 @@
 #include "model.h"
 
 #include <math.h>
+#include <sys/mman.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -13,11 +14,13 @@ struct model {
     const gguf *g;
     kern_backend *be;
     int own_be;
-    model_w tok_embd; /* [V][D] */
+    kern_mat tok_embd; /* [V][D] */
     const float *out_norm; /* [D] */
-    model_w output;   /* [V][D] (= tok_embd when tied) */
+    kern_mat output;   /* [V][D] (= tok_embd when tied) */
     model_layer *layers; /* [n_layer] */
     uint64_t weight_bytes;
+    void *pack_mem; /* the backend's packed copies of the matrices (anonymous mapping) */
+    size_t pack_len;
 };
 
 struct model_run {
@@ -113,7 +116,7 @@ static sd_err load_vec(const gguf *g, const char *name, uint64_t n, int optional
     return SD_OK;
 }
 
-static sd_err load_mat(model *m, const char *name, uint64_t k, uint64_t n, model_w *out)
+static sd_err load_mat(model *m, const char *name, uint64_t k, uint64_t n, kern_mat *out)
 {
     const gguf_tensor *t;
     sd_err e = find_t(m->g, name, k, n, 0, &t);
@@ -241,6 +244,97 @@ static sd_err load_weights(model *m, const model_opts *o)
     return SD_OK;
 }
 
+/* The matrices a forward pass multiplies by: the output head, then 7 per layer. mats gets
+ * 1 + 7 * n_layer entries. */
+static void model_mats(model *m, kern_mat **mats, int *N, int *K)
+{
+    const model_config *c = &m->cfg;
+    int D = c->n_embd, Q = c->n_head * c->head_dim, KV = c->n_head_kv * c->head_dim, F = c->n_ff;
+    int i = 0;
+#define MAT(w, n, k) (mats[i] = (w), N[i] = (n), K[i] = (k), i++)
+    MAT(&m->output, c->n_vocab, D);
+    for (int l = 0; l < c->n_layer; l++) {
+        model_layer *L = &m->layers[l];
+        MAT(&L->wq, Q, D);
+        MAT(&L->wk, KV, D);
+        MAT(&L->wv, KV, D);
+        MAT(&L->wo, D, Q);
+        MAT(&L->w_gate, F, D);
+        MAT(&L->w_up, F, D);
+        MAT(&L->w_down, D, F);
+    }
+#undef MAT
+}
+
+/* Give the backend its own copy of every matrix it has a faster layout for, in one anonymous
+ * mapping backed by huge pages where the kernel allows (fewer TLB misses on the weight
+ * stream), or reuse the copies of `share` (same file and backend). */
+static sd_err pack_weights(model *m, const model_opts *o)
+{
+    kern_backend *be = m->be;
+    if (!be->pack_bytes || !be->pack || (o && o->no_pack))
+        return SD_OK;
+    int n = 1 + 7 * m->cfg.n_layer;
+    kern_mat **mats = malloc(sizeof *mats * (size_t)n);
+    int *N = malloc(sizeof(int) * (size_t)n), *K = malloc(sizeof(int) * (size_t)n);
+    sd_err e = mats && N && K ? SD_OK : SD_ENOMEM;
+    if (!e && o && o->share_packed) {
+        model *sh = (model *)o->share_packed;
+        int ns = 1 + 7 * sh->cfg.n_layer;
+        kern_mat **smats = malloc(sizeof *smats * (size_t)ns);
+        int *sN = malloc(sizeof(int) * (size_t)ns), *sK = malloc(sizeof(int) * (size_t)ns);
+        if (smats && sN && sK) {
+            model_mats(m, mats, N, K);
+            model_mats(sh, smats, sN, sK);
+            for (int i = 0; i < n; i++)
+                for (int j = 0; j < ns; j++)
+                    if (smats[j]->data == mats[i]->data && smats[j]->type == mats[i]->type)
+                        mats[i]->packed = smats[j]->packed;
+        } else {
+            e = SD_ENOMEM;
+        }
+        free(smats);
+        free(sN);
+        free(sK);
+        goto done;
+    }
+    size_t total = 0;
+    if (!e) {
+        model_mats(m, mats, N, K);
+        for (int i = 0; i < n; i++)
+            total += (be->pack_bytes(be->ctx, mats[i]->type, N[i], K[i]) + 63) & ~(size_t)63;
+    }
+    if (e || !total)
+        goto done;
+    size_t huge = (size_t)2 << 20, len = (total + huge - 1) & ~(huge - 1);
+    void *mem = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (mem == MAP_FAILED) {
+        e = sd_fail(SD_ENOMEM, "%s: cannot map %zu bytes for the packed weights",
+                    gguf_path(m->g), len);
+        goto done;
+    }
+    (void)madvise(mem, len, MADV_HUGEPAGE); /* a hint: without huge pages it only runs slower */
+    size_t off = 0;
+    for (int i = 0; i < n; i++) {
+        size_t b = be->pack_bytes(be->ctx, mats[i]->type, N[i], K[i]);
+        if (!b)
+            continue;
+        be->pack(be->ctx, (uint8_t *)mem + off, mats[i]->data, mats[i]->type, N[i], K[i]);
+        mats[i]->packed = (uint8_t *)mem + off;
+        off += (b + 63) & ~(size_t)63;
+    }
+    (void)mprotect(mem, len, PROT_READ);
+    m->pack_mem = mem;
+    m->pack_len = len;
+    LOG_INFO("model", "%s: packed %.1f MB of weights for backend %s", gguf_path(m->g),
+             (double)total / 1e6, be->name);
+done:
+    free(mats);
+    free(N);
+    free(K);
+    return e;
+}
+
 sd_err model_init(model **out, const gguf *g, const model_opts *o)
 {
     *out = NULL;
@@ -259,6 +353,8 @@ sd_err model_init(model **out, const gguf *g, const model_opts *o)
             m->own_be = !e;
         }
     }
+    if (!e)
+        e = pack_weights(m, o);
     if (e) {
         model_free(m);
         return e;
@@ -292,6 +388,8 @@ void model_free(model *m)
         return;
     if (m->own_be)
         kern_free(m->be);
+    if (m->pack_mem)
+        munmap(m->pack_mem, m->pack_len);
     free(m->layers);
     gguf_close(m->owned);
     free(m);
@@ -415,14 +513,13 @@ static void layer_forward(model *m, model_run *r, kv_cache *kv, int l, int first
     be->rmsnorm(bc, r->xn, r->x, L->attn_norm, T, D, c->norm_eps);
     if (be->matmul_multi) { /* one activation prep and one dispatch for q, k, v */
         float *const outs[3] = {r->q, r->k, r->v};
-        const void *const ws[3] = {L->wq.data, L->wk.data, L->wv.data};
-        const sd_dtype wts[3] = {L->wq.type, L->wk.type, L->wv.type};
+        const kern_mat *const ws[3] = {&L->wq, &L->wk, &L->wv};
         const int Ns[3] = {Q, KV, KV};
-        be->matmul_multi(bc, 3, outs, r->xn, ws, wts, Ns, T, D);
+        be->matmul_multi(bc, 3, outs, r->xn, ws, Ns, T, D);
     } else {
-        be->matmul(bc, r->q, r->xn, L->wq.data, L->wq.type, T, Q, D);
-        be->matmul(bc, r->k, r->xn, L->wk.data, L->wk.type, T, KV, D);
-        be->matmul(bc, r->v, r->xn, L->wv.data, L->wv.type, T, KV, D);
+        be->matmul(bc, r->q, r->xn, &L->wq, T, Q, D);
+        be->matmul(bc, r->k, r->xn, &L->wk, T, KV, D);
+        be->matmul(bc, r->v, r->xn, &L->wv, T, KV, D);
     }
     if (L->bq) {
         be->add_bias(bc, r->q, L->bq, T, Q);
@@ -437,22 +534,21 @@ static void layer_forward(model *m, model_run *r, kv_cache *kv, int l, int first
     memcpy(kv_v(kv, l) + slot0 * KV, r->v, sizeof(float) * (size_t)T * KV);
     be->attention(bc, r->att, r->q, kv_k(kv, l), kv_v(kv, l), kv->n_committed, r->anc, r->anc_off,
                   T, c->n_head, c->n_head_kv, c->head_dim, 1.0f / sqrtf((float)c->head_dim));
-    be->matmul(bc, r->tmp, r->att, L->wo.data, L->wo.type, T, D, Q);
+    be->matmul(bc, r->tmp, r->att, &L->wo, T, D, Q);
     be->add(bc, r->x, r->tmp, T * D);
 
     be->rmsnorm(bc, r->xn, r->x, L->ffn_norm, T, D, c->norm_eps);
     if (be->matmul_multi) { /* one activation prep and one dispatch for gate, up */
         float *const outs[2] = {r->gate, r->up};
-        const void *const ws[2] = {L->w_gate.data, L->w_up.data};
-        const sd_dtype wts[2] = {L->w_gate.type, L->w_up.type};
+        const kern_mat *const ws[2] = {&L->w_gate, &L->w_up};
         const int Ns[2] = {F, F};
-        be->matmul_multi(bc, 2, outs, r->xn, ws, wts, Ns, T, D);
+        be->matmul_multi(bc, 2, outs, r->xn, ws, Ns, T, D);
     } else {
-        be->matmul(bc, r->gate, r->xn, L->w_gate.data, L->w_gate.type, T, F, D);
-        be->matmul(bc, r->up, r->xn, L->w_up.data, L->w_up.type, T, F, D);
+        be->matmul(bc, r->gate, r->xn, &L->w_gate, T, F, D);
+        be->matmul(bc, r->up, r->xn, &L->w_up, T, F, D);
     }
     be->silu_mul(bc, r->gate, r->up, T * F);
-    be->matmul(bc, r->tmp, r->gate, L->w_down.data, L->w_down.type, T, D, F);
+    be->matmul(bc, r->tmp, r->gate, &L->w_down, T, D, F);
     be->add(bc, r->x, r->tmp, T * D);
 }
 
@@ -520,8 +616,7 @@ sd_err model_forward(model *m, model_run *r, kv_cache *kv, const int32_t *tokens
         }
         if (g) {
             m->be->rmsnorm(m->be->ctx, r->xn, r->xn, m->out_norm, g, D, c->norm_eps);
-            m->be->matmul(m->be->ctx, logits + (size_t)j0 * V, r->xn, m->output.data,
-                          m->output.type, g, V, D);
+            m->be->matmul(m->be->ctx, logits + (size_t)j0 * V, r->xn, &m->output, g, V, D);
         }
     }
     return SD_OK;

@@ -35,16 +35,11 @@ typedef struct {
 } model_config;
 
 typedef struct {
-    const void *data;
-    sd_dtype type;
-} model_w;
-
-typedef struct {
     const float *attn_norm;      /* [D] */
-    model_w wq, wk, wv, wo;      /* [H*Dh][D], [Hkv*Dh][D] x2, [D][H*Dh] */
+    kern_mat wq, wk, wv, wo;     /* [H*Dh][D], [Hkv*Dh][D] x2, [D][H*Dh] */
     const float *bq, *bk, *bv;   /* Qwen2 biases or NULL */
     const float *ffn_norm;       /* [D] */
-    model_w w_gate, w_up, w_down; /* [F][D], [F][D], [D][F] */
+    kern_mat w_gate, w_up, w_down; /* [F][D], [F][D], [D][F] */
 } model_layer;
 
 typedef struct {
@@ -54,6 +49,11 @@ typedef struct {
     /* Layer subset (self-drafting): run only these layers of the file, in order. NULL = all. */
     const int *layers;
     int n_layers;
+    /* A model over the same file and backend whose packed weights this one reuses instead of
+     * packing its own (self-drafting); it must outlive this model. NULL = pack (when the
+     * backend has a layout of its own). */
+    const struct model *share_packed;
+    int no_pack; /* read the weights as stored (tests, comparisons) */
 } model_opts;
 
 typedef struct model model;

@@ -20,19 +20,35 @@
 
 typedef struct kern_backend kern_backend;
 
+/* A weight matrix W[N][K] as the backend reads it: the rows as stored in the model file (type,
+ * row stride dtype_row_bytes(type, K)) and, optionally, the backend's own copy of them in a
+ * layout its kernels read faster (made by pack(); NULL = read data). A packed copy belongs to
+ * the backend that made it; every result is bitwise the one the file layout gives. */
+typedef struct {
+    const void *data;
+    sd_dtype type;
+    const void *packed;
+} kern_mat;
+
 struct kern_backend {
     const char *name; /* "cpu-avx512vnni", "cpu-avx2", "cpu-portable", ... */
     void *ctx;
 
-    /* out[T][N] = x[T][K] · W[N][K]^T, W rows of type wt (row stride dtype_row_bytes(wt, K)). */
-    void (*matmul)(void *ctx, float *out, const float *x, const void *w, sd_dtype wt, int T,
-                   int N, int K);
+    /* out[T][N] = x[T][K] · W[N][K]^T. */
+    void (*matmul)(void *ctx, float *out, const float *x, const kern_mat *w, int T, int N, int K);
 
-    /* n matmuls on the same input (n <= 8): outs[i][T][Ns[i]] = x[T][K] · W_i[Ns[i]][K]^T, W_i
-     * of type wts[i]. Each output element is bitwise the one matmul computes; the backend may
-     * share the activation preparation and spread all rows over its threads at once. */
+    /* n matmuls on the same input (n <= 8): outs[i][T][Ns[i]] = x[T][K] · W_i[Ns[i]][K]^T.
+     * Each output element is bitwise the one matmul computes; the backend may share the
+     * activation preparation and spread all rows over its threads at once. */
     void (*matmul_multi)(void *ctx, int n, float *const *outs, const float *x,
-                         const void *const *ws, const sd_dtype *wts, const int *Ns, int T, int K);
+                         const kern_mat *const *ws, const int *Ns, int T, int K);
+
+    /* Weight repacking, done once at model load (both NULL when the backend has no layout of
+     * its own). pack_bytes: size of the packed copy of W[N][K] of type wt, 0 when the backend
+     * reads that type as stored. pack: writes it to dst (64-byte aligned, pack_bytes long);
+     * the caller keeps dst alive while any kern_mat.packed points at it. */
+    size_t (*pack_bytes)(void *ctx, sd_dtype wt, int N, int K);
+    void (*pack)(void *ctx, void *dst, const void *w, sd_dtype wt, int N, int K);
 
     /* out[T][D] = x / sqrt(mean(x^2) + eps) * w[D]. out may alias x. */
     void (*rmsnorm)(void *ctx, float *out, const float *x, const float *w, int T, int D,

@@ -140,6 +140,26 @@ static int block_of(sd_dtype t)
     return t == SD_DTYPE_Q4_K || t == SD_DTYPE_Q6_K ? 256 : 32;
 }
 
+/* matmul on weights in the file layout (no packed copy) */
+static void mm(kern_backend *b, float *out, const float *x, const void *w, sd_dtype t, int T,
+               int N, int K)
+{
+    kern_mat m = {w, t, NULL};
+    b->matmul(b->ctx, out, x, &m, T, N, K);
+}
+
+/* The backend's packed copy of w (NULL when it keeps this type as stored). */
+static void *pack_copy(kern_backend *b, const void *w, sd_dtype t, int N, int K)
+{
+    size_t n = b->pack_bytes ? b->pack_bytes(b->ctx, t, N, K) : 0;
+    if (!n)
+        return NULL;
+    void *p = aligned_alloc(64, (n + 63) & ~(size_t)63);
+    assert_non_null(p);
+    b->pack(b->ctx, p, w, t, N, K);
+    return p;
+}
+
 /* ---- matmul vs double reference ---- */
 
 typedef struct {
@@ -160,7 +180,7 @@ static void check_matmul_case(tu_rng *r, kern_backend *b, int qact, sd_dtype t, 
     rand_x(r, x, (size_t)T * K);
     for (int n = 0; n < N; n++)
         dtype_dequant_row(wd + (size_t)n * K, w + rb * n, t, (size_t)K);
-    b->matmul(b->ctx, out, x, w, t, T, N, K);
+    mm(b, out, x, w, t, T, N, K);
     int float_w = t == SD_DTYPE_F32 || t == SD_DTYPE_F16 || t == SD_DTYPE_BF16;
     for (int ti = 0; ti < T; ti++) {
         const float *xr = x + (size_t)ti * K;
@@ -265,14 +285,14 @@ static void test_matmul_batch_invariance(void **state)
                 assert_true(w && x && out && alone && probe);
                 rand_weights(&r, w, t, N, K);
                 rand_x(&r, probe, (size_t)K);
-                bs[0]->matmul(bs[0]->ctx, alone, probe, w, t, 1, N, K);
+                mm(bs[0], alone, probe, w, t, 1, N, K);
                 for (size_t k = 0; k < sizeof Ts / sizeof Ts[0]; k++) {
                     int T = Ts[k];
                     int p = (int)tu_below(&r, (uint32_t)T);
                     rand_x(&r, x, (size_t)T * K);
                     memcpy(x + (size_t)p * K, probe, sizeof(float) * K);
                     kern_backend *b = bs[tu_below(&r, 3)];
-                    b->matmul(b->ctx, out, x, w, t, T, N, K);
+                    mm(b, out, x, w, t, T, N, K);
                     if (memcmp(out + (size_t)p * N, alone, sizeof(float) * N) != 0) {
                         fprintf(stderr, "batch invariance broken: %s %s qact=%d T=%d p=%d\n",
                                 b->name, dtype_name(t), qact, T, p);
@@ -326,12 +346,18 @@ static void test_matmul_multi(void **state)
                     o2[i] = malloc(sizeof(float) * T * Ns[i]);
                     assert_true(w[i] && o1[i] && o2[i]);
                     rand_weights(&r, w[i], wts[i], Ns[i], K);
-                    b->matmul(b->ctx, o1[i], x, w[i], wts[i], T, Ns[i], K);
+                    mm(b, o1[i], x, w[i], wts[i], T, Ns[i], K);
                 }
-                const void *wc[MAXN];
-                for (int i = 0; i < n; i++)
-                    wc[i] = w[i];
-                b->matmul_multi(b->ctx, n, o2, x, wc, wts, Ns, T, K);
+                /* half the matrices through their packed copy (bitwise the same) */
+                kern_mat mats[MAXN];
+                const kern_mat *mc[MAXN];
+                for (int i = 0; i < n; i++) {
+                    mats[i] = (kern_mat){w[i], wts[i], NULL};
+                    if (tu_below(&r, 2))
+                        mats[i].packed = pack_copy(b, w[i], wts[i], Ns[i], K);
+                    mc[i] = &mats[i];
+                }
+                b->matmul_multi(b->ctx, n, o2, x, mc, Ns, T, K);
                 for (int i = 0; i < n; i++) {
                     if (memcmp(o1[i], o2[i], sizeof(float) * T * Ns[i]) != 0) {
                         fprintf(stderr,
@@ -340,11 +366,74 @@ static void test_matmul_multi(void **state)
                         fail();
                     }
                     free(w[i]);
+                    free((void *)mats[i].packed);
                     free(o1[i]);
                     free(o2[i]);
                 }
                 free(x);
             }
+            for (int i = 0; i < 3; i++)
+                kern_free(bs[i]);
+        }
+}
+
+/* ---- packed weights: bitwise the file layout's results ---- */
+
+static void test_matmul_packed(void **state)
+{
+    (void)state;
+    tu_rng r;
+    tu_rng_init(&r, tu_seed() ^ 0x2c);
+    static const int Ts[] = {1, 2, 3, 5, 8, 9, 15, 16, 17, 24, 33, 64};
+    for (int li = 0; li < n_levels; li++)
+        for (int qact = 0; qact < 2; qact++) {
+            unsigned fl = levels[li].flags | (qact ? 0 : KERN_CPU_F32_ACT);
+            kern_backend *bs[3] = {mk(1, fl), mk(2, fl), mk(3, fl)};
+            int n_packed = 0;
+            for (size_t ti = 0; ti < N_TYPES; ti++) {
+                sd_dtype t = all_types[ti];
+                if (!bs[0]->pack_bytes(bs[0]->ctx, t, 16, 576))
+                    continue; /* this level reads the type as stored */
+                for (int cs = 0; cs < 30; cs++) {
+                    kern_backend *b = bs[tu_below(&r, 3)];
+                    int bs_ = block_of(t);
+                    /* K: 16-block groups, tails of 1..15 blocks and the model's 576 and 1536 */
+                    int K = cs == 0 ? 576 : cs == 1 ? 1536
+                                                    : bs_ * (1 + (int)tu_below(&r, bs_ == 256 ? 6 : 60));
+                    int N = 1 + (int)tu_below(&r, 90);
+                    int T = cs < 2 ? Ts[tu_below(&r, sizeof Ts / sizeof Ts[0])]
+                                   : 1 + (int)tu_below(&r, 70);
+                    size_t rb = dtype_row_bytes(t, (size_t)K);
+                    uint8_t *w = malloc(rb * N);
+                    float *x = malloc(sizeof(float) * T * K);
+                    float *o1 = malloc(sizeof(float) * T * N), *o2 = malloc(sizeof(float) * T * N);
+                    assert_true(w && x && o1 && o2);
+                    rand_weights(&r, w, t, N, K);
+                    rand_x(&r, x, (size_t)T * K);
+                    void *pk = pack_copy(b, w, t, N, K);
+                    if (pk) {
+                        n_packed++;
+                        mm(b, o1, x, w, t, T, N, K);
+                        kern_mat m = {w, t, pk};
+                        b->matmul(b->ctx, o2, x, &m, T, N, K);
+                        if (memcmp(o1, o2, sizeof(float) * T * N) != 0) {
+                            fprintf(stderr, "packed differs: %s %s qact=%d T=%d N=%d K=%d\n",
+                                    b->name, dtype_name(t), qact, T, N, K);
+                            fail();
+                        }
+                    }
+                    free(pk);
+                    free(w);
+                    free(x);
+                    free(o1);
+                    free(o2);
+                }
+            }
+            /* the AVX-512 level packs the default model's types for 8-bit activations */
+            if (li == n_levels - 1 && !strcmp(levels[li].name, "cpu-avx512vnni") && qact)
+                assert_int_equal(n_packed, 60);
+            fprintf(stderr, "[kernels] %s qact=%d: %d packed cases bitwise equal\n",
+                    levels[li].name, qact, n_packed);
             for (int i = 0; i < 3; i++)
                 kern_free(bs[i]);
         }
@@ -375,8 +464,8 @@ static void test_matmul_simd_vs_portable(void **state)
                 assert_true(w && x && o1 && o2 && wd);
                 rand_weights(&r, w, t, N, K);
                 rand_x(&r, x, (size_t)T * K);
-                p->matmul(p->ctx, o1, x, w, t, T, N, K);
-                s->matmul(s->ctx, o2, x, w, t, T, N, K);
+                mm(p, o1, x, w, t, T, N, K);
+                mm(s, o2, x, w, t, T, N, K);
                 for (int n = 0; n < N; n++) {
                     dtype_dequant_row(wd, w + rb * n, t, (size_t)K);
                     for (int tt = 0; tt < T; tt++) {
@@ -844,7 +933,7 @@ static void test_create_and_features(void **state)
     for (int i = 0; i < 64 * 8; i++)
         w[i] = 1.0f;
     for (int it = 0; it < 20000; it++) {
-        b->matmul(b->ctx, o, x, w, SD_DTYPE_F32, 1, 8, 64);
+        mm(b, o, x, w, SD_DTYPE_F32, 1, 8, 64);
         assert_true(o[7] == 2016.0f);
     }
     kern_free(b);
@@ -857,6 +946,7 @@ int main(void)
         cmocka_unit_test(test_matmul_reference),
         cmocka_unit_test(test_matmul_batch_invariance),
         cmocka_unit_test(test_matmul_multi),
+        cmocka_unit_test(test_matmul_packed),
         cmocka_unit_test(test_matmul_simd_vs_portable),
         cmocka_unit_test(test_attention),
         cmocka_unit_test(test_rope),

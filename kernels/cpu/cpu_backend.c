@@ -209,6 +209,7 @@ static void fill_nan(float *out, size_t n)
 typedef struct {
     cpu_ctx *c;
     const kcpu_mm_kernel *k;
+    kcpu_rows_fn rows;
     float *out;
     const float *x;
     const uint8_t *w;
@@ -233,16 +234,28 @@ static void mm_rows_task(void *arg, int task, int tid)
     int n0 = task * j->chunk, n1 = n0 + j->chunk;
     if (n1 > j->N)
         n1 = j->N;
-    j->k->rows(j->out, j->N, j->act, j->act_stride, j->T, j->w, j->w_stride, n0, n1, j->K,
-               j->c->scr[tid]);
+    j->rows(j->out, j->N, j->act, j->act_stride, j->T, j->w, j->w_stride, n0, n1, j->K,
+            j->c->scr[tid]);
 }
 
-static void cpu_matmul(void *vctx, float *out, const float *x, const void *w, sd_dtype wt, int T,
-                       int N, int K)
+/* The kernel entry and weight bytes for w: its packed copy when this level has the layout. */
+static kcpu_rows_fn mm_source(const kcpu_mm_kernel *k, const kern_mat *w, const uint8_t **bytes)
+{
+    if (w->packed && k->rows_packed) {
+        *bytes = w->packed;
+        return k->rows_packed;
+    }
+    *bytes = w->data;
+    return k->rows;
+}
+
+static void cpu_matmul(void *vctx, float *out, const float *x, const kern_mat *w, int T, int N,
+                       int K)
 {
     cpu_ctx *c = vctx;
     if (T <= 0 || N <= 0)
         return;
+    sd_dtype wt = w->type;
     size_t be = dtype_block_elems(wt);
     int qact = !(c->flags & KERN_CPU_F32_ACT);
     if ((unsigned)wt >= KCPU_DTYPE_SLOTS || !be || K <= 0 || K % (int)be || K % 32 ||
@@ -257,7 +270,7 @@ static void cpu_matmul(void *vctx, float *out, const float *x, const void *w, sd
     j.k = &c->mm[wt][qact];
     j.out = out;
     j.x = x;
-    j.w = w;
+    j.rows = mm_source(j.k, w, &j.w);
     j.w_stride = dtype_row_bytes(wt, (size_t)K);
     j.T = T;
     j.N = N;
@@ -310,6 +323,7 @@ typedef struct {
     const float *x;
     float *const *outs;
     const kcpu_mm_kernel *k[MM_MULTI_MAX];
+    kcpu_rows_fn rows[MM_MULTI_MAX];
     const uint8_t *w[MM_MULTI_MAX];
     size_t w_stride[MM_MULTI_MAX];
     const uint8_t *act[MM_MULTI_MAX]; /* per matrix: its prepared activations */
@@ -341,26 +355,26 @@ static void mm_multi_rows_task(void *arg, int task, int tid)
     for (int i = 0; i < j->n; i++) {
         int a = g0 > j->off[i] ? g0 : j->off[i], b = g1 < j->off[i + 1] ? g1 : j->off[i + 1];
         if (a < b)
-            j->k[i]->rows(j->outs[i], j->N[i], j->act[i], j->act_stride[i], j->T, j->w[i],
-                          j->w_stride[i], a - j->off[i], b - j->off[i], j->K, j->c->scr[tid]);
+            j->rows[i](j->outs[i], j->N[i], j->act[i], j->act_stride[i], j->T, j->w[i],
+                       j->w_stride[i], a - j->off[i], b - j->off[i], j->K, j->c->scr[tid]);
     }
 }
 
 static void cpu_matmul_multi(void *vctx, int n, float *const *outs, const float *x,
-                             const void *const *ws, const sd_dtype *wts, const int *Ns, int T,
-                             int K)
+                             const kern_mat *const *ws, const int *Ns, int T, int K)
 {
     cpu_ctx *c = vctx;
     int qact = !(c->flags & KERN_CPU_F32_ACT);
     int ok = n >= 1 && n <= MM_MULTI_MAX && T > 0 && K > 0 && K % 32 == 0;
     for (int i = 0; ok && i < n; i++) {
-        size_t be = dtype_block_elems(wts[i]);
-        ok = (unsigned)wts[i] < KCPU_DTYPE_SLOTS && be && K % (int)be == 0 && Ns[i] > 0 &&
-             c->mm[wts[i]][qact].rows;
+        sd_dtype wt = ws[i]->type;
+        size_t be = dtype_block_elems(wt);
+        ok = (unsigned)wt < KCPU_DTYPE_SLOTS && be && K % (int)be == 0 && Ns[i] > 0 &&
+             c->mm[wt][qact].rows;
     }
     if (!ok) { /* the lone path handles (and flags) anything unusual */
         for (int i = 0; i < n; i++)
-            cpu_matmul(vctx, outs[i], x, ws[i], wts[i], T, Ns[i], K);
+            cpu_matmul(vctx, outs[i], x, ws[i], T, Ns[i], K);
         return;
     }
     mm_multi_job j;
@@ -375,10 +389,10 @@ static void cpu_matmul_multi(void *vctx, int n, float *const *outs, const float 
     size_t act_off[MM_MULTI_MAX];
     int tile = 1;
     for (int i = 0; i < n; i++) {
-        const kcpu_mm_kernel *k = &c->mm[wts[i]][qact];
+        const kcpu_mm_kernel *k = &c->mm[ws[i]->type][qact];
         j.k[i] = k;
-        j.w[i] = ws[i];
-        j.w_stride[i] = dtype_row_bytes(wts[i], (size_t)K);
+        j.rows[i] = mm_source(k, ws[i], &j.w[i]);
+        j.w_stride[i] = dtype_row_bytes(ws[i]->type, (size_t)K);
         j.N[i] = Ns[i];
         j.off[i + 1] = j.off[i] + Ns[i];
         if (k->scratch_per_k * (size_t)K > scr)
@@ -428,6 +442,46 @@ static void cpu_matmul_multi(void *vctx, int n, float *const *outs, const float 
         chunk = tile;
     j.chunk = chunk;
     kcpu_pool_run(c->pool, mm_multi_rows_task, &j, (j.R + chunk - 1) / chunk);
+}
+
+/* ---- weight packing ---- */
+
+static const kcpu_mm_kernel *pack_kernel(const cpu_ctx *c, sd_dtype wt, int N, int K)
+{
+    size_t be = dtype_block_elems(wt);
+    if ((unsigned)wt >= KCPU_DTYPE_SLOTS || !be || N <= 0 || K <= 0 || K % (int)be || K % 32)
+        return NULL;
+    const kcpu_mm_kernel *k = &c->mm[wt][!(c->flags & KERN_CPU_F32_ACT)];
+    return k->pack && k->rows_packed ? k : NULL;
+}
+
+static size_t cpu_pack_bytes(void *vctx, sd_dtype wt, int N, int K)
+{
+    return pack_kernel(vctx, wt, N, K) ? dtype_row_bytes(wt, (size_t)K) * (size_t)N : 0;
+}
+
+typedef struct {
+    const kcpu_mm_kernel *k;
+    uint8_t *dst;
+    const uint8_t *src;
+    size_t rb;
+    int N, K, per;
+} pack_job;
+
+static void pack_task(void *arg, int task, int tid)
+{
+    (void)tid;
+    pack_job *j = arg;
+    int n0 = task * j->per, n = j->N - n0 < j->per ? j->N - n0 : j->per;
+    j->k->pack(j->dst + (size_t)n0 * j->rb, j->src + (size_t)n0 * j->rb, n, j->K);
+}
+
+static void cpu_pack(void *vctx, void *dst, const void *w, sd_dtype wt, int N, int K)
+{
+    cpu_ctx *c = vctx;
+    pack_job j = {pack_kernel(c, wt, N, K), dst, w, dtype_row_bytes(wt, (size_t)K), N, K, 256};
+    if (j.k)
+        kcpu_pool_run(c->pool, pack_task, &j, (N + j.per - 1) / j.per);
 }
 
 /* ---- rmsnorm ---- */
@@ -836,6 +890,8 @@ sd_err kern_cpu_create(kern_backend **out, int n_threads, unsigned flags)
     b->name = names[level];
     b->matmul = cpu_matmul;
     b->matmul_multi = cpu_matmul_multi;
+    b->pack_bytes = cpu_pack_bytes;
+    b->pack = cpu_pack;
     b->rmsnorm = cpu_rmsnorm;
     b->rope = cpu_rope;
     b->attention = cpu_attention;

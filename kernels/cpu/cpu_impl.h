@@ -72,6 +72,10 @@ typedef struct {
     size_t (*prep_stride)(int K); /* bytes of one record, a multiple of 64 */
     size_t scratch_per_k;         /* bytes of scratch per element of K */
     int row_tile;                 /* preferred multiple for the rows given to one task */
+    /* Optional packed layout (the backend's own copy of the weights, same bytes per row):
+     * pack converts n_rows file rows; rows_packed reads them, bitwise equal to rows. */
+    void (*pack)(uint8_t *dst, const uint8_t *src, int n_rows, int K);
+    kcpu_rows_fn rows_packed;
 } kcpu_mm_kernel;
 
 enum { KCPU_LEVEL_PORTABLE = 0, KCPU_LEVEL_AVX2 = 1, KCPU_LEVEL_AVX512 = 2, KCPU_LEVEL_N = 3 };

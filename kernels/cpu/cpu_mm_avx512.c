@@ -1120,6 +1120,276 @@ ROWS_B(rows_b_q4_0, W_Q4_0)
 ROWS_B(rows_b_q4_1, W_Q4_1)
 ROWS_B(rows_b_q8_0, W_Q8_0)
 
+/* ---- packed rows (Q4_1, Q8_0): the backend's own copy of a weight matrix ----
+ *
+ * At model load the CPU backend repacks Q4_1 and Q8_0 matrices (kern_backend.pack) into the
+ * order the kernels above consume, so a kernel reads each weight once with plain loads and no
+ * byte shuffling. A packed row has the file row's size (20 or 34 bytes per block):
+ *   big group g (16 blocks) at 320g (Q4_1) / 544g (Q8_0):
+ *     Q4_1: V0..V3 (64 B each; int32 lane b of Vj = nibble bytes 4j..4j+3 of block b: low
+ *           nibbles are elements 4j..4j+3, high nibbles 16+4j..), then d[16], m[16] (f16)
+ *     Q8_0: W0..W7 (64 B each; lane b of Wj = bytes 4j..4j+3 of block b, xor 0x80), d[16]
+ *   then the tail groups of nv <= 4 blocks, one after the other:
+ *     Q4_1: the nv blocks' 16 nibble bytes back to back, d[nv], m[nv]       (20 nv bytes)
+ *     Q8_0: elements 0..15 of each block (xor 0x80), elements 16..31, d[nv] (34 nv bytes)
+ * The kernels apply exactly the float operations of rowf_q41 / rowf_q80 (big groups, tail
+ * groups, constant terms; one accumulator per (t, n)), so packed and file-layout weights give
+ * bitwise the same results (tests/test_kernels.c compares them with memcmp). */
+
+static void pack_rows_q41(uint8_t *dst, const uint8_t *src, int n_rows, int K)
+{
+    int nb = K / 32, nbig = nb / 16;
+    size_t rb = (size_t)nb * 20;
+    for (int n = 0; n < n_rows; n++) {
+        const uint8_t *s = src + (size_t)n * rb;
+        uint8_t *o = dst + (size_t)n * rb;
+        for (int g = 0; g < nbig; g++, o += 320) {
+            const uint8_t *blk = s + (size_t)g * 320;
+            for (int b = 0; b < 16; b++) {
+                for (int j = 0; j < 4; j++)
+                    memcpy(o + 64 * j + 4 * b, blk + 20 * b + 4 + 4 * j, 4);
+                memcpy(o + 256 + 2 * b, blk + 20 * b, 2);
+                memcpy(o + 288 + 2 * b, blk + 20 * b + 2, 2);
+            }
+        }
+        for (int b0 = 16 * nbig; b0 < nb; b0 += 4) {
+            int nv = nb - b0 < 4 ? nb - b0 : 4;
+            for (int b = 0; b < nv; b++) {
+                const uint8_t *blk = s + (size_t)(b0 + b) * 20;
+                memcpy(o + 16 * b, blk + 4, 16);
+                memcpy(o + 16 * nv + 2 * b, blk, 2);
+                memcpy(o + 18 * nv + 2 * b, blk + 2, 2);
+            }
+            o += 20 * nv;
+        }
+    }
+}
+
+static void pack_rows_q80(uint8_t *dst, const uint8_t *src, int n_rows, int K)
+{
+    int nb = K / 32, nbig = nb / 16;
+    size_t rb = (size_t)nb * 34;
+    for (int n = 0; n < n_rows; n++) {
+        const uint8_t *s = src + (size_t)n * rb;
+        uint8_t *o = dst + (size_t)n * rb;
+        for (int g = 0; g < nbig; g++, o += 544) {
+            const uint8_t *blk = s + (size_t)g * 544;
+            for (int b = 0; b < 16; b++) {
+                for (int j = 0; j < 8; j++)
+                    for (int i = 0; i < 4; i++)
+                        o[64 * j + 4 * b + i] = blk[34 * b + 2 + 4 * j + i] ^ 0x80;
+                memcpy(o + 512 + 2 * b, blk + 34 * b, 2);
+            }
+        }
+        for (int b0 = 16 * nbig; b0 < nb; b0 += 4) {
+            int nv = nb - b0 < 4 ? nb - b0 : 4;
+            for (int b = 0; b < nv; b++) {
+                const uint8_t *blk = s + (size_t)(b0 + b) * 34;
+                for (int i = 0; i < 16; i++) {
+                    o[16 * b + i] = blk[2 + i] ^ 0x80;
+                    o[16 * nv + 16 * b + i] = blk[18 + i] ^ 0x80;
+                }
+                memcpy(o + 32 * nv + 2 * b, blk, 2);
+            }
+            o += 34 * nv;
+        }
+    }
+}
+
+/* The per-token work of one big group (16 blocks, 8 vectors W) and of one tail group: the
+ * float operations of rowf_q41 / rowf_q80. */
+#define P_BIG_TOKENS(TT)                                                                           \
+    _Pragma("GCC unroll 16") for (int t = 0; t < TT; t++)                                          \
+    {                                                                                              \
+        const uint8_t *xq = ap[t] + L->q + (size_t)g * 512;                                        \
+        __m512i s0 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), W[0], _mm512_loadu_si512(xq));    \
+        __m512i s1 =                                                                               \
+            _mm512_dpbusd_epi32(_mm512_setzero_si512(), W[4], _mm512_loadu_si512(xq + 256));       \
+        _Pragma("GCC unroll 4") for (int j = 1; j < 4; j++)                                        \
+        {                                                                                          \
+            s0 = _mm512_dpbusd_epi32(s0, W[j], _mm512_loadu_si512(xq + 64 * j));                   \
+            s1 = _mm512_dpbusd_epi32(s1, W[4 + j], _mm512_loadu_si512(xq + 256 + 64 * j));         \
+        }                                                                                          \
+        __m512 xs = _mm512_loadu_ps((const float *)(ap[t] + L->d) + 16 * g);                       \
+        acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(s0, s1)),                     \
+                                 _mm512_mul_ps(d, xs), acc[t]);                                    \
+    }
+
+#define P_TAIL_TOKENS(TT)                                                                          \
+    _Pragma("GCC unroll 16") for (int t = 0; t < TT; t++)                                          \
+    {                                                                                              \
+        const uint8_t *xq = ap[t] + L->sq + (size_t)sg * 128;                                      \
+        __m512i sv = small_dot(wa, wb, xq, pair);                                                  \
+        __m512 xs = _mm512_loadu_ps((const float *)(ap[t] + L->sdxp) + 16 * sg);                   \
+        acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sv), _mm512_mul_ps(ws, xs), acc[t]);           \
+    }
+
+#define P_CONST_TOKENS(TT)                                                                         \
+    for (int i = 0; i < L->nbp; i += 16) {                                                         \
+        __m512 m = _mm512_loadu_ps(mn + i);                                                        \
+        _Pragma("GCC unroll 16") for (int t = 0; t < TT; t++) acc[t] =                             \
+            _mm512_fmadd_ps(m, _mm512_loadu_ps((const float *)(ap[t] + L->ds) + i), acc[t]);       \
+    }                                                                                              \
+    _Pragma("GCC unroll 16") for (int t = 0; t < TT; t++) res[t] = acc[t];
+
+INL __mmask64 bytes_mask(int n)
+{
+    return n >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << n) - 1);
+}
+
+#define PROW_Q41(TT)                                                                               \
+    static void prow_q41_##TT(__m512 *res, const uint8_t *w, const uint8_t *const *ap,             \
+                              const b5_layout *L, float *mn)                                       \
+    {                                                                                              \
+        const __m512i lo4 = _mm512_set1_epi8(0x0f);                                                \
+        __m512 acc[TT];                                                                            \
+        _Pragma("GCC unroll 16") for (int t = 0; t < TT; t++) acc[t] = _mm512_setzero_ps();        \
+        for (int g = 0; g < L->nbig; g++) {                                                        \
+            const uint8_t *p = w + (size_t)320 * g;                                                \
+            __m512i W[8];                                                                          \
+            _Pragma("GCC unroll 4") for (int j = 0; j < 4; j++)                                    \
+            {                                                                                      \
+                __m512i v = _mm512_loadu_si512(p + 64 * j);                                        \
+                W[j] = _mm512_and_si512(v, lo4);                                                   \
+                W[4 + j] = _mm512_and_si512(_mm512_srli_epi16(v, 4), lo4);                         \
+            }                                                                                      \
+            __m512i h = _mm512_loadu_si512(p + 256);                                               \
+            __m512 d = _mm512_cvtph_ps(_mm512_castsi512_si256(h));                                 \
+            _mm512_storeu_ps(mn + 16 * g, _mm512_cvtph_ps(_mm512_extracti64x4_epi64(h, 1)));       \
+            P_BIG_TOKENS(TT)                                                                       \
+        }                                                                                          \
+        const __m512i pat = _mm512_loadu_si512(pat4);                                              \
+        const uint8_t *p = w + (size_t)320 * L->nbig;                                              \
+        int b1 = 16 * L->nbig;                                                                     \
+        __m512 mt = _mm512_setzero_ps();                                                           \
+        for (int sg = 0; sg < L->nsmall; sg++) {                                                   \
+            int nv = L->nb - b1 - 4 * sg < 4 ? L->nb - b1 - 4 * sg : 4;                            \
+            __m512i v = _mm512_maskz_loadu_epi8(bytes_mask(16 * nv), p);                           \
+            __m128i hd = _mm_maskz_loadu_epi16((__mmask8)((1u << nv) - 1), p + 16 * nv);           \
+            __m128i hm = _mm_maskz_loadu_epi16((__mmask8)((1u << nv) - 1), p + 18 * nv);           \
+            p += 20 * nv;                                                                          \
+            __m512i wa = _mm512_and_si512(v, lo4);                                                 \
+            __m512i wb = _mm512_and_si512(_mm512_srli_epi16(v, 4), lo4);                           \
+            int pair = b5_pair(L, sg);                                                             \
+            __m512 ws = small_scale(                                                               \
+                _mm512_permutexvar_ps(pat, _mm512_castps128_ps512(_mm_cvtph_ps(hd))), pair);       \
+            P_TAIL_TOKENS(TT)                                                                      \
+            mt = _mm512_mask_broadcast_f32x4(mt, (__mmask16)(0xf << (4 * sg)), _mm_cvtph_ps(hm)); \
+        }                                                                                          \
+        if (b1 < L->nbp) /* one whole-vector store: the loads below forward from it */             \
+            _mm512_storeu_ps(mn + b1, mt);                                                         \
+        P_CONST_TOKENS(TT)                                                                         \
+    }
+
+#define PROW_Q80(TT)                                                                               \
+    static void prow_q80_##TT(__m512 *res, const uint8_t *w, const uint8_t *const *ap,             \
+                              const b5_layout *L, float *mn)                                       \
+    {                                                                                              \
+        const __m512 m128 = _mm512_set1_ps(-128.0f);                                               \
+        __m512 acc[TT];                                                                            \
+        _Pragma("GCC unroll 16") for (int t = 0; t < TT; t++) acc[t] = _mm512_setzero_ps();        \
+        for (int g = 0; g < L->nbig; g++) {                                                        \
+            const uint8_t *p = w + (size_t)544 * g;                                                \
+            __m512i W[8];                                                                          \
+            _Pragma("GCC unroll 8") for (int j = 0; j < 8; j++) W[j] =                             \
+                _mm512_loadu_si512(p + 64 * j);                                                    \
+            __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(p + 512)));            \
+            _mm512_storeu_ps(mn + 16 * g, _mm512_mul_ps(d, m128));                                 \
+            P_BIG_TOKENS(TT)                                                                       \
+        }                                                                                          \
+        const __m512i pat = _mm512_loadu_si512(pat4);                                              \
+        const uint8_t *p = w + (size_t)544 * L->nbig;                                              \
+        int b1 = 16 * L->nbig;                                                                     \
+        __m512 mt = _mm512_set1_ps(0.0f * -128.0f);                                                \
+        for (int sg = 0; sg < L->nsmall; sg++) {                                                   \
+            int nv = L->nb - b1 - 4 * sg < 4 ? L->nb - b1 - 4 * sg : 4;                            \
+            __m512i wa = _mm512_maskz_loadu_epi8(bytes_mask(16 * nv), p);                          \
+            __m512i wb = _mm512_maskz_loadu_epi8(bytes_mask(16 * nv), p + 16 * nv);                \
+            __m128 d4 = _mm_cvtph_ps(                                                              \
+                _mm_maskz_loadu_epi16((__mmask8)((1u << nv) - 1), p + 32 * nv));                   \
+            p += 34 * nv;                                                                          \
+            int pair = b5_pair(L, sg);                                                             \
+            __m512 ws =                                                                            \
+                small_scale(_mm512_permutexvar_ps(pat, _mm512_castps128_ps512(d4)), pair);         \
+            P_TAIL_TOKENS(TT)                                                                      \
+            mt = _mm512_mask_broadcast_f32x4(mt, (__mmask16)(0xf << (4 * sg)),                    \
+                                             _mm_mul_ps(d4, _mm512_castps512_ps128(m128)));       \
+        }                                                                                          \
+        if (b1 < L->nbp)                                                                           \
+            _mm512_storeu_ps(mn + b1, mt);                                                         \
+        P_CONST_TOKENS(TT)                                                                         \
+    }
+
+PROW_Q41(1)
+PROW_Q41(2)
+PROW_Q41(3)
+PROW_Q41(4)
+PROW_Q41(5)
+PROW_Q41(6)
+PROW_Q41(7)
+PROW_Q41(8)
+PROW_Q80(1)
+PROW_Q80(2)
+PROW_Q80(3)
+PROW_Q80(4)
+PROW_Q80(5)
+PROW_Q80(6)
+PROW_Q80(7)
+PROW_Q80(8)
+static const rowf_fn prow_q41[9] = {NULL,       prow_q41_1, prow_q41_2, prow_q41_3, prow_q41_4,
+                                    prow_q41_5, prow_q41_6, prow_q41_7, prow_q41_8};
+static const rowf_fn prow_q80[9] = {NULL,       prow_q80_1, prow_q80_2, prow_q80_3, prow_q80_4,
+                                    prow_q80_5, prow_q80_6, prow_q80_7, prow_q80_8};
+
+/* Rows in blocks of 16 (one reduce16 per token), tokens in tiles of up to 8 sharing the row's
+ * weights in registers; the next 16 rows are prefetched while a block is computed. */
+static void rows_p(float *out, int ldo, const uint8_t *act, size_t as, int T, const uint8_t *w,
+                   size_t ws, int n0, int n1, int K, void *scratch, const rowf_fn *rf)
+{
+    b5_layout L = b5_layout_for(K);
+    float *mn = scratch;
+    __m512 *accb = (__m512 *)((uint8_t *)scratch + 64 * (size_t)(L.nbp / 16 + 1)); /* [8][16] */
+    for (int nb0 = n0; nb0 < n1; nb0 += 16) {
+        int R = n1 - nb0 < 16 ? n1 - nb0 : 16;
+        __mmask16 km = (__mmask16)((1u << R) - 1);
+        for (int t0 = 0; t0 < T; t0 += 8) {
+            int TT = T - t0 < 8 ? T - t0 : 8;
+            const uint8_t *ap[8];
+            for (int t = 0; t < TT; t++)
+                ap[t] = act + (size_t)(t0 + t) * as;
+            for (int r = 0; r < R; r++) {
+                if (t0 == 0 && nb0 + 16 + r < ldo) {
+                    const char *pf = (const char *)(w + (size_t)(nb0 + 16 + r) * ws);
+                    for (size_t off = 0; off < ws; off += 64)
+                        _mm_prefetch(pf + off, _MM_HINT_T0);
+                }
+                __m512 res[8];
+                rf[TT](res, w + (size_t)(nb0 + r) * ws, ap, &L, mn);
+                for (int t = 0; t < TT; t++)
+                    accb[t * 16 + r] = res[t];
+            }
+            for (int t = 0; t < TT; t++) {
+                for (int r = R; r < 16; r++)
+                    accb[t * 16 + r] = _mm512_setzero_ps();
+                _mm512_mask_storeu_ps(out + (size_t)(t0 + t) * ldo + nb0, km,
+                                      reduce16(accb + t * 16));
+            }
+        }
+    }
+}
+
+static void rows_p_q4_1(float *out, int ldo, const uint8_t *act, size_t as, int T,
+                        const uint8_t *w, size_t ws, int n0, int n1, int K, void *scratch)
+{
+    rows_p(out, ldo, act, as, T, w, ws, n0, n1, K, scratch, prow_q41);
+}
+
+static void rows_p_q8_0(float *out, int ldo, const uint8_t *act, size_t as, int T,
+                        const uint8_t *w, size_t ws, int n0, int n1, int K, void *scratch)
+{
+    rows_p(out, ldo, act, as, T, w, ws, n0, n1, K, scratch, prow_q80);
+}
+
 /* ---- f32 activations ---- */
 
 static void dequant_row(float *y, const uint8_t *w, sd_dtype t, int K)
@@ -1237,22 +1507,29 @@ void kcpu_mm_avx512(kcpu_mm_kernel tab[KCPU_DTYPE_SLOTS][2])
     static const struct {
         sd_dtype t;
         kcpu_rows_fn f32, q8;
+        void (*pack)(uint8_t *, const uint8_t *, int, int);
+        kcpu_rows_fn packed;
     } k[] = {
-        {SD_DTYPE_F32, rows_f_f32, NULL},          {SD_DTYPE_F16, rows_f_f16, NULL},
-        {SD_DTYPE_BF16, rows_f_bf16, NULL},        {SD_DTYPE_Q8_0, rows_f_q8_0, rows_b_q8_0},
-        {SD_DTYPE_Q4_0, rows_f_q4_0, rows_b_q4_0}, {SD_DTYPE_Q4_1, rows_f_q4_1, rows_b_q4_1},
-        {SD_DTYPE_Q4_K, rows_f_q4_k, rows_q_q4_k}, {SD_DTYPE_Q6_K, rows_f_q6_k, rows_q_q6_k},
+        {SD_DTYPE_F32, rows_f_f32, NULL, NULL, NULL},
+        {SD_DTYPE_F16, rows_f_f16, NULL, NULL, NULL},
+        {SD_DTYPE_BF16, rows_f_bf16, NULL, NULL, NULL},
+        {SD_DTYPE_Q8_0, rows_f_q8_0, rows_b_q8_0, pack_rows_q80, rows_p_q8_0},
+        {SD_DTYPE_Q4_0, rows_f_q4_0, rows_b_q4_0, NULL, NULL},
+        {SD_DTYPE_Q4_1, rows_f_q4_1, rows_b_q4_1, pack_rows_q41, rows_p_q4_1},
+        {SD_DTYPE_Q4_K, rows_f_q4_k, rows_q_q4_k, NULL, NULL},
+        {SD_DTYPE_Q6_K, rows_f_q6_k, rows_q_q6_k, NULL, NULL},
     };
     for (size_t i = 0; i < sizeof k / sizeof k[0]; i++) {
-        kcpu_mm_kernel f = {k[i].f32, 0, NULL, NULL, 4, 4};
+        kcpu_mm_kernel f = {k[i].f32, 0, NULL, NULL, 4, 4, NULL, NULL};
         tab[k[i].t][0] = f;
         int big = k[i].t == SD_DTYPE_Q8_0 || k[i].t == SD_DTYPE_Q4_0 || k[i].t == SD_DTYPE_Q4_1;
-        if (!k[i].q8)
+        if (!k[i].q8) /* scratch (big): 16 decoded rows (~1.2 bytes per weight) + accumulators */
             tab[k[i].t][1] = f;
-        else if (big) /* scratch: 16 decoded rows (~1.2 bytes per weight each) + accumulators */
-            tab[k[i].t][1] = (kcpu_mm_kernel){k[i].q8, 1, b5_prep, b5_stride, 24, 16};
+        else if (big)
+            tab[k[i].t][1] = (kcpu_mm_kernel){k[i].q8,   1,  b5_prep,      b5_stride,
+                                              24,        16, k[i].pack,    k[i].packed};
         else
-            tab[k[i].t][1] = (kcpu_mm_kernel){k[i].q8, 1, a5_prep, a5_stride, 4, 4};
+            tab[k[i].t][1] = (kcpu_mm_kernel){k[i].q8, 1, a5_prep, a5_stride, 4, 4, NULL, NULL};
     }
 }
 

@@ -294,11 +294,11 @@ void kcpu_mm_portable(kcpu_mm_kernel tab[KCPU_DTYPE_SLOTS][2])
         {SD_DTYPE_Q4_K, rows_f32_q4_k, rows_q8_q4_k}, {SD_DTYPE_Q6_K, rows_f32_q6_k, rows_q8_q6_k},
     };
     for (size_t i = 0; i < sizeof k / sizeof k[0]; i++) {
-        kcpu_mm_kernel f = {k[i].f32, 0, NULL, NULL, 4, 1};
+        kcpu_mm_kernel f = {k[i].f32, 0, NULL, NULL, 4, 1, NULL, NULL};
         tab[k[i].t][0] = f;
         /* float weights: the "quantized activation" mode uses the f32 path too */
         kcpu_mm_kernel q =
-            k[i].q8 ? (kcpu_mm_kernel){k[i].q8, 1, kcpu_q8_prep, kcpu_q8_stride, 0, 1} : f;
+            k[i].q8 ? (kcpu_mm_kernel){k[i].q8, 1, kcpu_q8_prep, kcpu_q8_stride, 0, 1, NULL, NULL} : f;
         tab[k[i].t][1] = q;
     }
 }
