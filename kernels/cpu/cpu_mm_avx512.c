@@ -1230,7 +1230,7 @@ static void pack_rows_q80(uint8_t *dst, const uint8_t *src, int n_rows, int K)
         _Pragma("GCC unroll 16") for (int t = 0; t < TT; t++) acc[t] =                             \
             _mm512_fmadd_ps(m, _mm512_loadu_ps((const float *)(ap[t] + L->ds) + i), acc[t]);       \
     }                                                                                              \
-    _Pragma("GCC unroll 16") for (int t = 0; t < TT; t++) res[t] = acc[t];
+    _Pragma("GCC unroll 16") for (int t = 0; t < TT; t++) res[(size_t)t * rs] = acc[t];
 
 INL __mmask64 bytes_mask(int n)
 {
@@ -1238,7 +1238,7 @@ INL __mmask64 bytes_mask(int n)
 }
 
 #define PROW_Q41(TT)                                                                               \
-    static void prow_q41_##TT(__m512 *res, const uint8_t *w, const uint8_t *const *ap,             \
+    static void prow_q41_##TT(__m512 *res, int rs, const uint8_t *w, const uint8_t *const *ap,     \
                               const b5_layout *L, float *mn)                                       \
     {                                                                                              \
         const __m512i lo4 = _mm512_set1_epi8(0x0f);                                                \
@@ -1282,7 +1282,7 @@ INL __mmask64 bytes_mask(int n)
     }
 
 #define PROW_Q80(TT)                                                                               \
-    static void prow_q80_##TT(__m512 *res, const uint8_t *w, const uint8_t *const *ap,             \
+    static void prow_q80_##TT(__m512 *res, int rs, const uint8_t *w, const uint8_t *const *ap,     \
                               const b5_layout *L, float *mn)                                       \
     {                                                                                              \
         const __m512 m128 = _mm512_set1_ps(-128.0f);                                               \
@@ -1336,26 +1336,31 @@ PROW_Q80(5)
 PROW_Q80(6)
 PROW_Q80(7)
 PROW_Q80(8)
-static const rowf_fn prow_q41[9] = {NULL,       prow_q41_1, prow_q41_2, prow_q41_3, prow_q41_4,
+/* res[t * rs] = the accumulator of token t (reduced over 16 rows later) */
+typedef void (*prow_fn)(__m512 *res, int rs, const uint8_t *w, const uint8_t *const *ap,
+                        const b5_layout *L, float *mn);
+static const prow_fn prow_q41[9] = {NULL,       prow_q41_1, prow_q41_2, prow_q41_3, prow_q41_4,
                                     prow_q41_5, prow_q41_6, prow_q41_7, prow_q41_8};
-static const rowf_fn prow_q80[9] = {NULL,       prow_q80_1, prow_q80_2, prow_q80_3, prow_q80_4,
+static const prow_fn prow_q80[9] = {NULL,       prow_q80_1, prow_q80_2, prow_q80_3, prow_q80_4,
                                     prow_q80_5, prow_q80_6, prow_q80_7, prow_q80_8};
 
-/* Rows in blocks of 16 (one reduce16 per token), tokens in tiles of up to 8 sharing the row's
- * weights in registers; the next 16 rows are prefetched while a block is computed. */
+/* Rows in blocks of 16 (one reduce16 per token and block); tokens in spans of up to 16, each
+ * row of a block doing the whole span (up to two kernel calls of 8 tokens) while its weights
+ * are in L1. The next block's rows are prefetched one per row, so on the first span the
+ * weight stream overlaps all of the span's compute. */
 static void rows_p(float *out, int ldo, const uint8_t *act, size_t as, int T, const uint8_t *w,
-                   size_t ws, int n0, int n1, int K, void *scratch, const rowf_fn *rf)
+                   size_t ws, int n0, int n1, int K, void *scratch, const prow_fn *rf)
 {
     b5_layout L = b5_layout_for(K);
     float *mn = scratch;
-    __m512 *accb = (__m512 *)((uint8_t *)scratch + 64 * (size_t)(L.nbp / 16 + 1)); /* [8][16] */
+    __m512 *accb = (__m512 *)((uint8_t *)scratch + 64 * (size_t)(L.nbp / 16 + 1)); /* [16][16] */
     for (int nb0 = n0; nb0 < n1; nb0 += 16) {
         int R = n1 - nb0 < 16 ? n1 - nb0 : 16;
         __mmask16 km = (__mmask16)((1u << R) - 1);
-        for (int t0 = 0; t0 < T; t0 += 8) {
-            int TT = T - t0 < 8 ? T - t0 : 8;
-            const uint8_t *ap[8];
-            for (int t = 0; t < TT; t++)
+        for (int t0 = 0; t0 < T; t0 += 16) {
+            int TS = T - t0 < 16 ? T - t0 : 16;
+            const uint8_t *ap[16];
+            for (int t = 0; t < TS; t++)
                 ap[t] = act + (size_t)(t0 + t) * as;
             for (int r = 0; r < R; r++) {
                 if (t0 == 0 && nb0 + 16 + r < ldo) {
@@ -1363,12 +1368,13 @@ static void rows_p(float *out, int ldo, const uint8_t *act, size_t as, int T, co
                     for (size_t off = 0; off < ws; off += 64)
                         _mm_prefetch(pf + off, _MM_HINT_T0);
                 }
-                __m512 res[8];
-                rf[TT](res, w + (size_t)(nb0 + r) * ws, ap, &L, mn);
-                for (int t = 0; t < TT; t++)
-                    accb[t * 16 + r] = res[t];
+                const uint8_t *wr = w + (size_t)(nb0 + r) * ws;
+                for (int t1 = 0; t1 < TS; t1 += 8) {
+                    int TT = TS - t1 < 8 ? TS - t1 : 8;
+                    rf[TT](accb + (size_t)t1 * 16 + r, 16, wr, ap + t1, &L, mn);
+                }
             }
-            for (int t = 0; t < TT; t++) {
+            for (int t = 0; t < TS; t++) {
                 for (int r = R; r < 16; r++)
                     accb[t * 16 + r] = _mm512_setzero_ps();
                 _mm512_mask_storeu_ps(out + (size_t)(t0 + t) * ldo + nb0, km,
