@@ -20,7 +20,7 @@ struct model {
     model_layer *layers; /* [n_layer] */
     uint64_t weight_bytes;
     void *pack_mem; /* the backend's packed copies of the matrices (anonymous mapping) */
-    size_t pack_len;
+    size_t pack_len, pack_bytes;
 };
 
 struct model_run {
@@ -286,10 +286,16 @@ static sd_err pack_weights(model *m, const model_opts *o)
         if (smats && sN && sK) {
             model_mats(m, mats, N, K);
             model_mats(sh, smats, sN, sK);
+            int shared = 0;
             for (int i = 0; i < n; i++)
-                for (int j = 0; j < ns; j++)
-                    if (smats[j]->data == mats[i]->data && smats[j]->type == mats[i]->type)
+                for (int j = 0; j < ns && !mats[i]->packed; j++)
+                    if (smats[j]->data == mats[i]->data && smats[j]->type == mats[i]->type &&
+                        smats[j]->packed) {
                         mats[i]->packed = smats[j]->packed;
+                        shared++;
+                    }
+            LOG_INFO("model", "%s: %d of %d matrices use the packed copies of the model shared",
+                     gguf_path(m->g), shared, n);
         } else {
             e = SD_ENOMEM;
         }
@@ -326,6 +332,7 @@ static sd_err pack_weights(model *m, const model_opts *o)
     (void)mprotect(mem, len, PROT_READ);
     m->pack_mem = mem;
     m->pack_len = len;
+    m->pack_bytes = total;
     LOG_INFO("model", "%s: packed %.1f MB of weights for backend %s", gguf_path(m->g),
              (double)total / 1e6, be->name);
 done:
@@ -399,6 +406,7 @@ const model_config *model_cfg(const model *m) { return &m->cfg; }
 const gguf *model_gguf(const model *m) { return m->g; }
 kern_backend *model_backend(const model *m) { return m->be; }
 uint64_t model_weight_bytes(const model *m) { return m->weight_bytes; }
+uint64_t model_packed_bytes(const model *m) { return m->pack_bytes; }
 
 sd_err model_kv_init(const model *m, kv_cache **out, int n_ctx)
 {

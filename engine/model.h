@@ -69,6 +69,8 @@ const gguf *model_gguf(const model *m);
 kern_backend *model_backend(const model *m);
 /* Bytes of weights read by one single-token forward (all layer matrices + output head). */
 uint64_t model_weight_bytes(const model *m);
+/* Bytes of the backend's packed weight copies this model made (0: none, or shared). */
+uint64_t model_packed_bytes(const model *m);
 
 /* A KV cache shaped for this model. n_ctx <= 0: the model's training context. */
 sd_err model_kv_init(const model *m, kv_cache **out, int n_ctx);

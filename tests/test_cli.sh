@@ -38,6 +38,9 @@ b=$(run -p "Once upon a time" -n 24 --temp 0.9 --top-p 0.95 --seed 11 2>/dev/nul
 c=$(run -p "Once upon a time" -n 24 --temp 0.9 --top-p 0.95 --seed 12 2>/dev/null)
 check "same seed, same text" $([ -n "$a" ] && [ "$a" = "$b" ] && echo 0 || echo 1)
 check "other seed, other text" $([ "$a" != "$c" ] && echo 0 || echo 1)
+d=$(run -p "Once upon a time" -n 24 --temp 0.9 --top-p 0.95 --seed 11 --no-pack 2>/dev/null)
+check "weights as stored (--no-pack): same text as packed" \
+    $([ -n "$a" ] && [ "$a" = "$d" ] && echo 0 || echo 1)
 err=$(run -p "Count: 1, 2, 3," -n 17 --ignore-eos 2>&1 >/dev/null)
 check "stats line with -n respected" \
     $(echo "$err" | grep -q "generated 17 tokens" && echo "$err" | grep -q "tok/s prefill" && echo 0 || echo 1)

@@ -37,7 +37,8 @@ typedef struct {
     char path[256];
 } fixture;
 
-static void open_variant(fixture *f, const variant *v, unsigned flags, int threads, int t_max)
+static void open_variant_opts(fixture *f, const variant *v, unsigned flags, int threads,
+                              int t_max, int no_pack)
 {
     tiny_model_opts o = tiny_model_defaults();
     o.arch = v->arch;
@@ -50,13 +51,18 @@ static void open_variant(fixture *f, const variant *v, unsigned flags, int threa
     o.seed = tu_seed() + (uint64_t)v->wtype;
     snprintf(f->path, sizeof f->path, "/tmp/specd-tiny-%d-%s.gguf", (int)getpid(), v->name);
     assert_int_equal(tiny_model_write(f->path, &o), 0);
-    model_opts mo = {.n_threads = threads, .kern_flags = flags};
+    model_opts mo = {.n_threads = threads, .kern_flags = flags, .no_pack = no_pack};
     sd_err e = model_open(&f->m, f->path, &mo);
     if (e)
         fprintf(stderr, "model_open: %s\n", sd_errmsg());
     assert_int_equal(e, SD_OK);
     assert_int_equal(model_run_init(&f->r, f->m, t_max), SD_OK);
     f->V = model_cfg(f->m)->n_vocab;
+}
+
+static void open_variant(fixture *f, const variant *v, unsigned flags, int threads, int t_max)
+{
+    open_variant_opts(f, v, flags, threads, t_max, 0);
 }
 
 static void close_fixture(fixture *f)
@@ -192,6 +198,54 @@ static void test_thread_invariance(void **state)
     free(ref);
 }
 
+/* The backend's packed weights give bitwise the logits of the weights as stored: tail-only
+ * rows (D = 64) and the default model's widths (D = 576: one 16-block group and a 2-block
+ * tail; F = 1536: three groups). Where the backend packs nothing the two are the same run. */
+static void test_packed_weights(void **state)
+{
+    (void)state;
+    static const variant wide[] = {
+        {"q8_0", "llama", SD_DTYPE_Q8_0, SD_DTYPE_Q8_0, 64, 96, 0},
+        {"q4_1", "llama", SD_DTYPE_Q4_1, SD_DTYPE_Q8_0, 64, 96, 1},
+        {"q4_1-wide", "llama", SD_DTYPE_Q4_1, SD_DTYPE_Q8_0, 576, 1536, 0},
+        {"q8_0-wide", "llama", SD_DTYPE_Q8_0, SD_DTYPE_Q8_0, 576, 1536, 1},
+    };
+    for (size_t i = 0; i < sizeof wide / sizeof wide[0]; i++) {
+        fixture a, b;
+        open_variant_opts(&a, &wide[i], 0, 2, 16, 0);
+        open_variant_opts(&b, &wide[i], 0, 2, 16, 1);
+        assert_int_equal(model_packed_bytes(b.m), 0);
+        fprintf(stderr, "  %s: %llu bytes packed (%s)\n", wide[i].name,
+                (unsigned long long)model_packed_bytes(a.m), model_backend(a.m)->name);
+        if (!strcmp(model_backend(a.m)->name, "cpu-avx512vnni"))
+            assert_true(model_packed_bytes(a.m) > 0);
+        tu_rng rng;
+        tu_rng_init(&rng, tu_seed() ^ i);
+        int32_t toks[24];
+        for (int k = 0; k < 24; k++)
+            toks[k] = (int32_t)tu_below(&rng, (uint32_t)a.V);
+        float *la = malloc(sizeof(float) * 24 * (size_t)a.V);
+        float *lb = malloc(sizeof(float) * 24 * (size_t)a.V);
+        assert_true(la && lb);
+        decode_each(&a, toks, 24, la);
+        decode_each(&b, toks, 24, lb);
+        assert_memory_equal(la, lb, sizeof(float) * 24 * (size_t)a.V);
+        /* a 16-node batch (the wide kernels' path) against the one-at-a-time logits */
+        kv_cache *kv;
+        assert_int_equal(model_kv_init(a.m, &kv, 64), SD_OK);
+        int out[16];
+        for (int k = 0; k < 16; k++)
+            out[k] = k;
+        assert_int_equal(model_forward(a.m, a.r, kv, toks, NULL, 16, out, 16, la), SD_OK);
+        assert_memory_equal(la, lb, sizeof(float) * 16 * (size_t)a.V);
+        kv_free(kv);
+        free(la);
+        free(lb);
+        close_fixture(&a);
+        close_fixture(&b);
+    }
+}
+
 /* Bad input: clear errors, nothing changes. */
 static void test_bad_input(void **state)
 {
@@ -284,6 +338,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_batch_invariance),
         cmocka_unit_test(test_thread_invariance),
+        cmocka_unit_test(test_packed_weights),
         cmocka_unit_test(test_bad_input),
         cmocka_unit_test(test_bad_models),
     };

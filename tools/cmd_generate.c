@@ -17,7 +17,8 @@
 
 typedef struct {
     const char *model, *prompt, *system, *log_level, *draft, *tree, *verify;
-    int n_predict, threads, ctx, chat, f32_act, portable, ignore_eos, top_k, compare, max_nodes;
+    int n_predict, threads, ctx, chat, f32_act, portable, no_pack, ignore_eos, top_k, compare,
+        max_nodes;
     float temp, top_p;
     unsigned long long seed;
 } gen_opts;
@@ -56,6 +57,8 @@ static const opt_def gen_defs[] = {
      "f32 activations in matmuls (exact path; default rounds activations to 8 bits)"},
     {"portable", 0, OPT_FLAG, F(portable), OPT_NOBOUNDS, NULL, NULL,
      "plain-C kernels only, whatever the CPU supports"},
+    {"no-pack", 0, OPT_FLAG, F(no_pack), OPT_NOBOUNDS, NULL, NULL,
+     "read weights as stored (default: the backend repacks them at load; same output)"},
     {"log-level", 0, OPT_STR, F(log_level), OPT_NOBOUNDS, "warn", "LEVEL",
      "error, warn, info or debug"},
 };
@@ -152,7 +155,8 @@ int cmd_generate(int argc, char **argv)
 
     model_opts mo = {.n_threads = o.threads,
                      .kern_flags = (o.f32_act ? KERN_CPU_F32_ACT : 0u) |
-                                   (o.portable ? KERN_CPU_PORTABLE : 0u)};
+                                   (o.portable ? KERN_CPU_PORTABLE : 0u),
+                     .no_pack = o.no_pack};
     model *m = NULL;
     tok *tk = NULL;
     draft *dr = NULL;
