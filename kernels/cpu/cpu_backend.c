@@ -452,12 +452,13 @@ static const kcpu_mm_kernel *pack_kernel(const cpu_ctx *c, sd_dtype wt, int N, i
     if ((unsigned)wt >= KCPU_DTYPE_SLOTS || !be || N <= 0 || K <= 0 || K % (int)be || K % 32)
         return NULL;
     const kcpu_mm_kernel *k = &c->mm[wt][!(c->flags & KERN_CPU_F32_ACT)];
-    return k->pack && k->rows_packed ? k : NULL;
+    return k->pack && k->rows_packed && k->packed_bytes ? k : NULL;
 }
 
 static size_t cpu_pack_bytes(void *vctx, sd_dtype wt, int N, int K)
 {
-    return pack_kernel(vctx, wt, N, K) ? dtype_row_bytes(wt, (size_t)K) * (size_t)N : 0;
+    const kcpu_mm_kernel *k = pack_kernel(vctx, wt, N, K);
+    return k ? k->packed_bytes(wt, N, K) : 0;
 }
 
 typedef struct {
@@ -884,8 +885,10 @@ sd_err kern_cpu_create(kern_backend **out, int n_threads, unsigned flags)
     kcpu_ops_for_level(level, &c->attn, &c->ew);
     if (level >= KCPU_LEVEL_AVX2)
         kcpu_mm_avx2(c->mm);
-    if (level >= KCPU_LEVEL_AVX512)
+    if (level >= KCPU_LEVEL_AVX512) {
         kcpu_mm_avx512(c->mm);
+        kcpu_mm_avx512_r16(c->mm);
+    }
     static const char *names[KCPU_LEVEL_N] = {"cpu-portable", "cpu-avx2", "cpu-avx512vnni"};
     b->name = names[level];
     b->matmul = cpu_matmul;

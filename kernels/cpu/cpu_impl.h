@@ -76,6 +76,7 @@ typedef struct {
      * pack converts n_rows file rows; rows_packed reads them, bitwise equal to rows. */
     void (*pack)(uint8_t *dst, const uint8_t *src, int n_rows, int K);
     kcpu_rows_fn rows_packed;
+    size_t (*packed_bytes)(sd_dtype t, int N, int K); /* size of the packed copy */
 } kcpu_mm_kernel;
 
 enum { KCPU_LEVEL_PORTABLE = 0, KCPU_LEVEL_AVX2 = 1, KCPU_LEVEL_AVX512 = 2, KCPU_LEVEL_N = 3 };
@@ -86,6 +87,8 @@ enum { KCPU_DTYPE_SLOTS = 31 }; /* indexed by sd_dtype value */
 void kcpu_mm_portable(kcpu_mm_kernel tab[KCPU_DTYPE_SLOTS][2]);
 void kcpu_mm_avx2(kcpu_mm_kernel tab[KCPU_DTYPE_SLOTS][2]);
 void kcpu_mm_avx512(kcpu_mm_kernel tab[KCPU_DTYPE_SLOTS][2]);
+/* Q4_0 / Q4_1 / Q8_0 with 8-bit activations over 16-row interleaved weights (cpu_r16_avx512.c) */
+void kcpu_mm_avx512_r16(kcpu_mm_kernel tab[KCPU_DTYPE_SLOTS][2]);
 
 /* Attention inner loops per level. dot: q.k over n floats with the level's fixed order;
  * dot4: four such dots (k0..k3) at once, each bitwise equal to dot;

@@ -318,7 +318,12 @@ void kcpu_mm_avx2(kcpu_mm_kernel tab[KCPU_DTYPE_SLOTS][2])
              {SD_DTYPE_Q6_K, rows_v2_q6_k}};
     for (size_t i = 0; i < sizeof k / sizeof k[0]; i++)
         /* scratch: one decoded row, ~2 bytes per weight + scales */
-        tab[k[i].t][1] = (kcpu_mm_kernel){k[i].f, 1, v2_prep, kcpu_q8_stride, 3, 4, NULL, NULL};
+        tab[k[i].t][1] = (kcpu_mm_kernel){.rows = k[i].f,
+                                          .quantized_act = 1,
+                                          .prep = v2_prep,
+                                          .prep_stride = kcpu_q8_stride,
+                                          .scratch_per_k = 3,
+                                          .row_tile = 4};
 }
 
 /* ---- attention inner loops ---- */

@@ -294,11 +294,15 @@ void kcpu_mm_portable(kcpu_mm_kernel tab[KCPU_DTYPE_SLOTS][2])
         {SD_DTYPE_Q4_K, rows_f32_q4_k, rows_q8_q4_k}, {SD_DTYPE_Q6_K, rows_f32_q6_k, rows_q8_q6_k},
     };
     for (size_t i = 0; i < sizeof k / sizeof k[0]; i++) {
-        kcpu_mm_kernel f = {k[i].f32, 0, NULL, NULL, 4, 1, NULL, NULL};
+        kcpu_mm_kernel f = {.rows = k[i].f32, .scratch_per_k = 4, .row_tile = 1};
         tab[k[i].t][0] = f;
         /* float weights: the "quantized activation" mode uses the f32 path too */
-        kcpu_mm_kernel q =
-            k[i].q8 ? (kcpu_mm_kernel){k[i].q8, 1, kcpu_q8_prep, kcpu_q8_stride, 0, 1, NULL, NULL} : f;
+        kcpu_mm_kernel q = k[i].q8 ? (kcpu_mm_kernel){.rows = k[i].q8,
+                                                      .quantized_act = 1,
+                                                      .prep = kcpu_q8_prep,
+                                                      .prep_stride = kcpu_q8_stride,
+                                                      .row_tile = 1}
+                                   : f;
         tab[k[i].t][1] = q;
     }
 }
