@@ -249,6 +249,23 @@ static kcpu_rows_fn mm_source(const kcpu_mm_kernel *k, const kern_mat *w, const 
     return k->rows;
 }
 
+/* Rows per task: multiples of the kernel's row tile, claimed dynamically (a thread that is not
+ * running leaves its chunks to the others). T = 1 is a memory stream: one contiguous range per
+ * thread keeps each stream long and its prefetching ahead (measured faster). Larger T is
+ * compute: up to 16 tasks per thread, so the wait for the last one is short, but none under
+ * ~64K multiply-adds (a task claim costs a contended atomic). */
+static int mm_chunk(const cpu_ctx *c, int rows, int tile, int T, int K)
+{
+    if (tile < 1)
+        tile = 1;
+    long chunk = T == 1 ? (rows + c->nt - 1) / c->nt : (rows + 16L * c->nt - 1) / (16L * c->nt);
+    long min_rows = T == 1 ? 1 : 65536L / ((long)T * K) + 1;
+    if (chunk < min_rows)
+        chunk = min_rows;
+    chunk = (chunk + tile - 1) / tile * tile;
+    return (int)(chunk < rows ? chunk : (rows + tile - 1) / tile * tile);
+}
+
 static void cpu_matmul(void *vctx, float *out, const float *x, const kern_mat *w, int T, int N,
                        int K)
 {
@@ -294,18 +311,8 @@ static void cpu_matmul(void *vctx, float *out, const float *x, const kern_mat *w
         j.act = (const uint8_t *)x;
         j.act_stride = (size_t)K * 4;
     }
-    /* Row chunks, in multiples of the kernel's row tile, claimed dynamically (a thread that is
-     * not running leaves its chunks to the others). T = 1 is a memory stream: one contiguous
-     * range per thread keeps each stream long and its prefetching ahead (measured faster);
-     * larger T is compute: ~4 chunks per thread balance the load. */
-    int tile = j.k->row_tile > 0 ? j.k->row_tile : 1;
-    int want = T == 1 ? c->nt : c->nt * 4;
-    int chunk = (N + want - 1) / want;
-    chunk = (chunk + tile - 1) / tile * tile;
-    if (chunk < tile)
-        chunk = tile;
-    j.chunk = chunk;
-    kcpu_pool_run(c->pool, mm_rows_task, &j, (N + chunk - 1) / chunk);
+    j.chunk = mm_chunk(c, N, j.k->row_tile, T, K);
+    kcpu_pool_run(c->pool, mm_rows_task, &j, (N + j.chunk - 1) / j.chunk);
 }
 
 /* ---- fused matmuls sharing one input ----
@@ -434,14 +441,8 @@ static void cpu_matmul_multi(void *vctx, int n, float *const *outs, const float 
         j.t_per_task = per;
         kcpu_pool_run(c->pool, mm_multi_prep_task, &j, j.n_prep * ((T + per - 1) / per));
     }
-    /* as cpu_matmul: T = 1 one contiguous range per thread, else ~4 chunks per thread */
-    int want = T == 1 ? c->nt : c->nt * 4;
-    int chunk = (j.R + want - 1) / want;
-    chunk = (chunk + tile - 1) / tile * tile;
-    if (chunk < tile)
-        chunk = tile;
-    j.chunk = chunk;
-    kcpu_pool_run(c->pool, mm_multi_rows_task, &j, (j.R + chunk - 1) / chunk);
+    j.chunk = mm_chunk(c, j.R, tile, T, K);
+    kcpu_pool_run(c->pool, mm_multi_rows_task, &j, (j.R + j.chunk - 1) / j.chunk);
 }
 
 /* ---- weight packing ---- */
