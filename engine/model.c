@@ -1,10 +1,10 @@
 #include "model.h"
 
 #include <math.h>
-#include <sys/mman.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include "../common/log.h"
 
@@ -14,10 +14,10 @@ struct model {
     const gguf *g;
     kern_backend *be;
     int own_be;
-    kern_mat tok_embd; /* [V][D] */
+    kern_mat tok_embd;     /* [V][D] */
     const float *out_norm; /* [D] */
-    kern_mat output;   /* [V][D] (= tok_embd when tied) */
-    model_layer *layers; /* [n_layer] */
+    kern_mat output;       /* [V][D] (= tok_embd when tied) */
+    model_layer *layers;   /* [n_layer] */
     uint64_t weight_bytes;
     void *pack_mem; /* the backend's packed copies of the matrices (anonymous mapping) */
     size_t pack_len, pack_bytes;
@@ -76,8 +76,8 @@ static sd_err get_f32(const gguf *g, const char *arch, const char *key, float *o
     if (e)
         return sd_fail(e, "%s: metadata key '%s': %s", gguf_path(g), full, sd_errmsg());
     if (!isfinite(*out) || *out <= 0)
-        return sd_fail(SD_EPROTO, "%s: metadata key '%s' = %g is out of range", gguf_path(g),
-                       full, *out);
+        return sd_fail(SD_EPROTO, "%s: metadata key '%s' = %g is out of range", gguf_path(g), full,
+                       *out);
     return SD_OK;
 }
 
@@ -88,21 +88,18 @@ static sd_err find_t(const gguf *g, const char *name, uint64_t ne0, uint64_t ne1
     const gguf_tensor *t = gguf_find_tensor(g, name);
     *out = t;
     if (!t)
-        return optional ? SD_OK
-                        : sd_fail(SD_EPROTO, "%s: missing tensor '%s'", gguf_path(g), name);
+        return optional ? SD_OK : sd_fail(SD_EPROTO, "%s: missing tensor '%s'", gguf_path(g), name);
     int dims_ok = ne1 ? (t->n_dims == 2 && t->ne[0] == ne0 && t->ne[1] == ne1)
                       : (t->n_dims == 1 && t->ne[0] == ne0);
     if (!dims_ok)
-        return sd_fail(SD_EPROTO,
-                       "%s: tensor '%s' has shape [%llu, %llu], expected [%llu, %llu]",
+        return sd_fail(SD_EPROTO, "%s: tensor '%s' has shape [%llu, %llu], expected [%llu, %llu]",
                        gguf_path(g), name, (unsigned long long)t->ne[0],
-                       (unsigned long long)(t->n_dims > 1 ? t->ne[1] : 0),
-                       (unsigned long long)ne0, (unsigned long long)ne1);
+                       (unsigned long long)(t->n_dims > 1 ? t->ne[1] : 0), (unsigned long long)ne0,
+                       (unsigned long long)ne1);
     return SD_OK;
 }
 
-static sd_err load_vec(const gguf *g, const char *name, uint64_t n, int optional,
-                       const float **out)
+static sd_err load_vec(const gguf *g, const char *name, uint64_t n, int optional, const float **out)
 {
     const gguf_tensor *t;
     sd_err e = find_t(g, name, n, 0, optional, &t);
@@ -166,8 +163,8 @@ static sd_err load_config(model *m, const model_opts *o)
     if ((e = get_u32(g, c->arch, "rope.dimension_count", &c->n_rot, c->head_dim, 0)))
         return e;
     if (c->n_rot > c->head_dim || c->n_rot % 2 || c->head_dim % 2)
-        return sd_fail(SD_EPROTO, "%s: rope dimension %d does not fit head width %d",
-                       gguf_path(g), c->n_rot, c->head_dim);
+        return sd_fail(SD_EPROTO, "%s: rope dimension %d does not fit head width %d", gguf_path(g),
+                       c->n_rot, c->head_dim);
     const gguf_tensor *te = gguf_find_tensor(g, "token_embd.weight");
     if (!te || te->n_dims != 2 || te->ne[0] != (uint64_t)c->n_embd || te->ne[1] > (1u << 24))
         return sd_fail(SD_EPROTO, "%s: tensor 'token_embd.weight' missing or not [%d, vocab]",
@@ -181,9 +178,8 @@ static sd_err load_config(model *m, const model_opts *o)
         for (int i = 0; i < o->n_layers; i++)
             if (o->layers[i] < 0 || o->layers[i] >= c->n_layer_file ||
                 (i && o->layers[i] <= o->layers[i - 1]))
-                return sd_fail(SD_EINVAL,
-                               "layer subset: entry %d = %d must be increasing and < %d", i,
-                               o->layers[i], c->n_layer_file);
+                return sd_fail(SD_EINVAL, "layer subset: entry %d = %d must be increasing and < %d",
+                               i, o->layers[i], c->n_layer_file);
         c->n_layer = o->n_layers;
     }
     return SD_OK;
@@ -229,23 +225,22 @@ static sd_err load_weights(model *m, const model_opts *o)
             (e = load_mat(m, NAME("ffn_up.weight"), D, F, &L->w_up)) ||
             (e = load_mat(m, NAME("ffn_down.weight"), F, D, &L->w_down)))
             return e;
-        if (c->qkv_bias &&
-            ((e = load_vec(g, NAME("attn_q.bias"), Q, 0, &L->bq)) ||
-             (e = load_vec(g, NAME("attn_k.bias"), KV, 0, &L->bk)) ||
-             (e = load_vec(g, NAME("attn_v.bias"), KV, 0, &L->bv))))
+        if (c->qkv_bias && ((e = load_vec(g, NAME("attn_q.bias"), Q, 0, &L->bq)) ||
+                            (e = load_vec(g, NAME("attn_k.bias"), KV, 0, &L->bk)) ||
+                            (e = load_vec(g, NAME("attn_v.bias"), KV, 0, &L->bv))))
             return e;
 #undef NAME
-        m->weight_bytes += dtype_row_bytes(L->wq.type, D) * Q + dtype_row_bytes(L->wk.type, D) * KV +
-                           dtype_row_bytes(L->wv.type, D) * KV + dtype_row_bytes(L->wo.type, Q) * D +
-                           dtype_row_bytes(L->w_gate.type, D) * F +
-                           dtype_row_bytes(L->w_up.type, D) * F +
-                           dtype_row_bytes(L->w_down.type, F) * D;
+        m->weight_bytes +=
+            dtype_row_bytes(L->wq.type, D) * Q + dtype_row_bytes(L->wk.type, D) * KV +
+            dtype_row_bytes(L->wv.type, D) * KV + dtype_row_bytes(L->wo.type, Q) * D +
+            dtype_row_bytes(L->w_gate.type, D) * F + dtype_row_bytes(L->w_up.type, D) * F +
+            dtype_row_bytes(L->w_down.type, F) * D;
     }
     return SD_OK;
 }
 
-/* The matrices a forward pass multiplies by: the output head, then 7 per layer. mats gets
- * 1 + 7 * n_layer entries. */
+/* The matrices a forward pass multiplies by, with their shapes [N][K]: the output head, then
+ * 7 per layer (1 + 7 * n_layer entries). */
 static void model_mats(model *m, kern_mat **mats, int *N, int *K)
 {
     const model_config *c = &m->cfg;
@@ -266,57 +261,56 @@ static void model_mats(model *m, kern_mat **mats, int *N, int *K)
 #undef MAT
 }
 
-/* Give the backend its own copy of every matrix it has a faster layout for, in one anonymous
- * mapping backed by huge pages where the kernel allows (fewer TLB misses on the weight
- * stream), or reuse the copies of `share` (same file and backend). */
+/* The packed copy `sh` holds of the same rows as w, or NULL. */
+static const void *packed_in(const model *sh, const kern_mat *w)
+{
+    if (sh->output.data == w->data && sh->output.type == w->type)
+        return sh->output.packed;
+    for (int l = 0; l < sh->cfg.n_layer; l++) {
+        const model_layer *L = &sh->layers[l];
+        const kern_mat *ms[7] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->w_gate, &L->w_up, &L->w_down};
+        for (int i = 0; i < 7; i++)
+            if (ms[i]->data == w->data && ms[i]->type == w->type)
+                return ms[i]->packed;
+    }
+    return NULL;
+}
+
+/* Give the backend its own copy of every matrix it has a faster layout for, all in one
+ * anonymous mapping advised for huge pages (fewer TLB misses on the weight stream); or, with
+ * o->share_packed, point at the copies that model made of the same rows. */
 static sd_err pack_weights(model *m, const model_opts *o)
 {
     kern_backend *be = m->be;
     if (!be->pack_bytes || !be->pack || (o && o->no_pack))
         return SD_OK;
-    int n = 1 + 7 * m->cfg.n_layer;
+    int n = 1 + 7 * m->cfg.n_layer, *N = malloc(sizeof(int) * 2 * (size_t)n), *K = N + n;
     kern_mat **mats = malloc(sizeof *mats * (size_t)n);
-    int *N = malloc(sizeof(int) * (size_t)n), *K = malloc(sizeof(int) * (size_t)n);
-    sd_err e = mats && N && K ? SD_OK : SD_ENOMEM;
-    if (!e && o && o->share_packed) {
-        model *sh = (model *)o->share_packed;
-        int ns = 1 + 7 * sh->cfg.n_layer;
-        kern_mat **smats = malloc(sizeof *smats * (size_t)ns);
-        int *sN = malloc(sizeof(int) * (size_t)ns), *sK = malloc(sizeof(int) * (size_t)ns);
-        if (smats && sN && sK) {
-            model_mats(m, mats, N, K);
-            model_mats(sh, smats, sN, sK);
-            int shared = 0;
-            for (int i = 0; i < n; i++)
-                for (int j = 0; j < ns && !mats[i]->packed; j++)
-                    if (smats[j]->data == mats[i]->data && smats[j]->type == mats[i]->type &&
-                        smats[j]->packed) {
-                        mats[i]->packed = smats[j]->packed;
-                        shared++;
-                    }
-            LOG_INFO("model", "%s: %d of %d matrices use the packed copies of the model shared",
-                     gguf_path(m->g), shared, n);
-        } else {
-            e = SD_ENOMEM;
-        }
-        free(smats);
-        free(sN);
-        free(sK);
+    sd_err e = SD_OK;
+    if (!N || !mats) {
+        e = SD_ENOMEM;
+        goto done;
+    }
+    model_mats(m, mats, N, K);
+    if (o && o->share_packed) {
+        int shared = 0;
+        for (int i = 0; i < n; i++)
+            if ((mats[i]->packed = packed_in(o->share_packed, mats[i])))
+                shared++;
+        LOG_INFO("model", "%s: %d of %d matrices use the packed copies of the model shared",
+                 gguf_path(m->g), shared, n);
         goto done;
     }
     size_t total = 0;
-    if (!e) {
-        model_mats(m, mats, N, K);
-        for (int i = 0; i < n; i++)
-            total += (be->pack_bytes(be->ctx, mats[i]->type, N[i], K[i]) + 63) & ~(size_t)63;
-    }
-    if (e || !total)
+    for (int i = 0; i < n; i++)
+        total += (be->pack_bytes(be->ctx, mats[i]->type, N[i], K[i]) + 63) & ~(size_t)63;
+    if (!total)
         goto done;
     size_t huge = (size_t)2 << 20, len = (total + huge - 1) & ~(huge - 1);
     void *mem = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (mem == MAP_FAILED) {
-        e = sd_fail(SD_ENOMEM, "%s: cannot map %zu bytes for the packed weights",
-                    gguf_path(m->g), len);
+        e = sd_fail(SD_ENOMEM, "%s: cannot map %zu bytes for the packed weights", gguf_path(m->g),
+                    len);
         goto done;
     }
     (void)madvise(mem, len, MADV_HUGEPAGE); /* a hint: without huge pages it only runs slower */
@@ -338,7 +332,6 @@ static sd_err pack_weights(model *m, const model_opts *o)
 done:
     free(mats);
     free(N);
-    free(K);
     return e;
 }
 
@@ -402,11 +395,26 @@ void model_free(model *m)
     free(m);
 }
 
-const model_config *model_cfg(const model *m) { return &m->cfg; }
-const gguf *model_gguf(const model *m) { return m->g; }
-kern_backend *model_backend(const model *m) { return m->be; }
-uint64_t model_weight_bytes(const model *m) { return m->weight_bytes; }
-uint64_t model_packed_bytes(const model *m) { return m->pack_bytes; }
+const model_config *model_cfg(const model *m)
+{
+    return &m->cfg;
+}
+const gguf *model_gguf(const model *m)
+{
+    return m->g;
+}
+kern_backend *model_backend(const model *m)
+{
+    return m->be;
+}
+uint64_t model_weight_bytes(const model *m)
+{
+    return m->weight_bytes;
+}
+uint64_t model_packed_bytes(const model *m)
+{
+    return m->pack_bytes;
+}
 
 sd_err model_kv_init(const model *m, kv_cache **out, int n_ctx)
 {
@@ -535,8 +543,7 @@ static void layer_forward(model *m, model_run *r, kv_cache *kv, int l, int first
         be->add_bias(bc, r->v, L->bv, T, KV);
     }
     be->rope(bc, r->q, r->pos, T, c->n_head, c->head_dim, c->n_rot, c->rope_base, c->rope_neox);
-    be->rope(bc, r->k, r->pos, T, c->n_head_kv, c->head_dim, c->n_rot, c->rope_base,
-             c->rope_neox);
+    be->rope(bc, r->k, r->pos, T, c->n_head_kv, c->head_dim, c->n_rot, c->rope_base, c->rope_neox);
     size_t slot0 = (size_t)(kv->n_committed + first);
     memcpy(kv_k(kv, l) + slot0 * KV, r->k, sizeof(float) * (size_t)T * KV);
     memcpy(kv_v(kv, l) + slot0 * KV, r->v, sizeof(float) * (size_t)T * KV);
@@ -571,15 +578,21 @@ sd_err model_forward(model *m, model_run *r, kv_cache *kv, const int32_t *tokens
         return sd_fail(SD_EINVAL, "forward: kv cache shaped for another model");
     int P = kv->n_pending;
     if ((long)kv->n_committed + P + T > kv->n_ctx)
-        return sd_fail(SD_ERANGE, "forward: %d committed + %d pending + %d new positions exceed the "
-                       "context of %d", kv->n_committed, P, T, kv->n_ctx);
+        return sd_fail(SD_ERANGE,
+                       "forward: %d committed + %d pending + %d new positions exceed the "
+                       "context of %d",
+                       kv->n_committed, P, T, kv->n_ctx);
     for (int i = 0; i < T; i++) {
         if (tokens[i] < 0 || tokens[i] >= V)
-            return sd_fail(SD_ERANGE, "forward: token %d at batch index %d is outside the "
-                           "vocabulary (0..%d)", tokens[i], i, V - 1);
+            return sd_fail(SD_ERANGE,
+                           "forward: token %d at batch index %d is outside the "
+                           "vocabulary (0..%d)",
+                           tokens[i], i, V - 1);
         if (parents && (parents[i] < -1 || parents[i] >= P + i))
-            return sd_fail(SD_EINVAL, "forward: node %d has parent %d; parents must be -1 or an "
-                           "earlier node (< %d)", P + i, parents[i], P + i);
+            return sd_fail(SD_EINVAL,
+                           "forward: node %d has parent %d; parents must be -1 or an "
+                           "earlier node (< %d)",
+                           P + i, parents[i], P + i);
     }
     if (n_out < 0 || n_out > T || (!out_idx && n_out > 1))
         return sd_fail(SD_EINVAL, "forward: %d logits rows requested from a batch of %d", n_out, T);

@@ -30,29 +30,29 @@
 
 typedef enum { R_Q4_0, R_Q4_1, R_Q8_0 } rkind;
 
-static int r_row_bytes(rkind k, int nb)
+/* bytes of one block of one row in the file; a group holds 16 of them per block */
+static inline int blk_bytes(rkind k)
 {
-    return nb * (k == R_Q4_0 ? 18 : k == R_Q4_1 ? 20 : 34);
+    return k == R_Q4_0 ? 18 : k == R_Q4_1 ? 20 : 34;
 }
 
 /* Pack rows [0, n) of src (file layout, n <= 16) as one group at dst (16 rows long). */
 static void r16_pack_group(uint8_t *dst, const uint8_t *src, int n, int K, rkind k)
 {
-    int nb = K / 32, rb = r_row_bytes(k, nb);
-    int gb = k == R_Q4_0 ? 288 : k == R_Q4_1 ? 320 : 544; /* bytes per block of the group */
+    int nb = K / 32, bb = blk_bytes(k), rb = nb * bb, gb = 16 * bb;
     memset(dst, 0, (size_t)gb * nb);
     for (int r = 0; r < n; r++) {
         const uint8_t *row = src + (size_t)r * rb;
         for (int b = 0; b < nb; b++) {
             uint8_t *o = dst + (size_t)b * gb;
             if (k == R_Q8_0) {
-                const uint8_t *blk = row + 34 * b;
+                const uint8_t *blk = row + bb * b;
                 for (int j = 0; j < 8; j++)
                     for (int i = 0; i < 4; i++)
                         o[64 * j + 4 * r + i] = blk[2 + 4 * j + i] ^ 0x80;
                 memcpy(o + 512 + 2 * r, blk, 2);
             } else {
-                int bb = k == R_Q4_0 ? 18 : 20, qo = k == R_Q4_0 ? 2 : 4;
+                int qo = k == R_Q4_0 ? 2 : 4; /* nibbles after d (and m) */
                 const uint8_t *blk = row + bb * b;
                 for (int j = 0; j < 4; j++)
                     memcpy(o + 64 * j + 4 * r, blk + qo + 4 * j, 4);
@@ -66,10 +66,10 @@ static void r16_pack_group(uint8_t *dst, const uint8_t *src, int n, int K, rkind
 
 static void r16_pack(uint8_t *dst, const uint8_t *src, int n_rows, int K, rkind k)
 {
-    size_t gbytes = (size_t)16 * r_row_bytes(k, K / 32);
+    size_t rb = (size_t)blk_bytes(k) * (size_t)(K / 32);
     for (int g = 0; 16 * g < n_rows; g++) {
         int n = n_rows - 16 * g < 16 ? n_rows - 16 * g : 16;
-        r16_pack_group(dst + g * gbytes, src + (size_t)16 * g * (gbytes / 16), n, K, k);
+        r16_pack_group(dst + 16 * rb * g, src + 16 * rb * g, n, K, k);
     }
 }
 
@@ -122,11 +122,11 @@ INL __m512i bcast4(const int8_t *p)
 /* acc[t] over all blocks of one group for TT tokens; lane r = row r of the group. When pf is
  * set, the same bytes of the next group are prefetched block by block (the weight stream). */
 #define R16_GROUP(TT, KIND)                                                                        \
-    static void r16_##KIND##_##TT(__m512 *res, const uint8_t *g, int nb,                           \
-                                  const uint8_t *const *ap, const kcpu_q8_layout *L, size_t pf)    \
+    static void r16_##KIND##_##TT(__m512 *res, const uint8_t *g, int nb, const uint8_t *const *ap, \
+                                  const kcpu_q8_layout *L, size_t pf)                              \
     {                                                                                              \
         const rkind k = KIND;                                                                      \
-        const size_t gb = k == R_Q4_0 ? 288 : k == R_Q4_1 ? 320 : 544;                             \
+        const size_t gb = 16 * (size_t)blk_bytes(k);                                               \
         const __m512i lo4 = _mm512_set1_epi8(0x0f);                                                \
         __m512 acc[TT];                                                                            \
         _Pragma("GCC unroll 16") for (int t = 0; t < TT; t++) acc[t] = _mm512_setzero_ps();        \
@@ -150,15 +150,14 @@ INL __m512i bcast4(const int8_t *p)
                     W[4 + j] = _mm512_and_si512(_mm512_srli_epi16(v, 4), lo4);                     \
                 }                                                                                  \
                 d = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(p + 256)));               \
-                mn = k == R_Q4_1                                                                   \
-                         ? _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(p + 288)))         \
-                         : _mm512_mul_ps(d, _mm512_set1_ps(-8.0f));                                \
+                mn = k == R_Q4_1 ? _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(p + 288))) \
+                                 : _mm512_mul_ps(d, _mm512_set1_ps(-8.0f));                        \
             }                                                                                      \
             _Pragma("GCC unroll 16") for (int t = 0; t < TT; t++)                                  \
             {                                                                                      \
                 const int8_t *q = (const int8_t *)(ap[t] + L->q) + 32 * b;                         \
-                __m512i s0 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), W[0], bcast4(q));        \
-                __m512i s1 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), W[4], bcast4(q + 16));   \
+                __m512i s0 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), W[0], bcast4(q));         \
+                __m512i s1 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), W[4], bcast4(q + 16));    \
                 _Pragma("GCC unroll 4") for (int j = 1; j < 4; j++)                                \
                 {                                                                                  \
                     s0 = _mm512_dpbusd_epi32(s0, W[j], bcast4(q + 4 * j));                         \
@@ -194,14 +193,15 @@ R16_KIND(R_Q4_0)
 R16_KIND(R_Q4_1)
 R16_KIND(R_Q8_0)
 
-/* Rows [n0, n1) from packed groups at w (group g at w + 16 g ws), or, when src is set, from
- * file rows (src, ws bytes each) packed one group at a time into scratch. */
+/* Rows [n0, n1): from packed groups at w (group g at w + 16 g ws), or, when not packed, from
+ * the file rows at w (ws bytes each) packed one group at a time into scratch. */
 static void r16_rows(float *out, int ldo, const uint8_t *act, size_t as, int T, const uint8_t *w,
                      size_t ws, int n0, int n1, int K, void *scratch, rkind k, int packed)
 {
     kcpu_q8_layout L = kcpu_q8_layout_for(K);
-    const r16_fn *tab = k == R_Q4_0 ? r16_tab_R_Q4_0 : k == R_Q4_1 ? r16_tab_R_Q4_1
-                                                                    : r16_tab_R_Q8_0;
+    const r16_fn *tab = k == R_Q4_0   ? r16_tab_R_Q4_0
+                        : k == R_Q4_1 ? r16_tab_R_Q4_1
+                                      : r16_tab_R_Q8_0;
     int nb = K / 32;
     size_t gbytes = 16 * ws;
     int g_last = (ldo - 1) / 16;
