@@ -253,10 +253,10 @@ int main(int argc, char **argv)
     double bound_tps = bw * 1e9 / wbytes;
 
     /* tree forward cost: T nodes of a random tree over a 32-token committed prefix, with the
-     * logits of every node (what verification needs). One block of runs per T, smallest first,
-     * each after a discarded warm-up run: a 1-node forward right after a long wide one runs
-     * ~35% slower here (the core comes out of the wide one slowed), which would flatter the
-     * ratios. */
+     * logits of every node (what verification needs). The T values take turns within every
+     * repetition, so the load other tenants put on the machine weighs on all of them alike;
+     * each timed run follows an untimed run of the same T (a 1-node forward right after a
+     * 64-node one runs ~35% slower here, which would flatter the ratios). */
     kv_truncate(kv, 32);
     static const int Ts[] = {1, 2, 4, 8, 16, 32, 64};
     enum { NT = sizeof Ts / sizeof Ts[0] };
@@ -267,15 +267,16 @@ int main(int argc, char **argv)
         parents[i] = i == 0 ? -1 : (int)(((uint64_t)i * 2654435761u) % (uint64_t)i);
         out[i] = i;
     }
-    for (int k = 0; k < NT; k++)
-        for (int i = -1; i < reps; i++) {
-            double t0 = clock_now_s();
-            if ((e = model_forward(m, r, kv, toks + 32, parents, Ts[k], out, Ts[k], logits)))
-                die("tree forward", e);
-            if (i >= 0)
-                tt[k * reps + i] = clock_now_s() - t0;
-            kv_clear_pending(kv);
-        }
+    for (int i = 0; i < reps; i++)
+        for (int k = 0; k < NT; k++)
+            for (int timed = 0; timed < 2; timed++) {
+                double t0 = clock_now_s();
+                if ((e = model_forward(m, r, kv, toks + 32, parents, Ts[k], out, Ts[k], logits)))
+                    die("tree forward", e);
+                if (timed)
+                    tt[k * reps + i] = clock_now_s() - t0;
+                kv_clear_pending(kv);
+            }
     for (int k = 0; k < NT; k++)
         cost[k] = median(tt + k * reps, reps);
     free(tt);
@@ -302,7 +303,7 @@ int main(int argc, char **argv)
            decode_tps, 100.0 * decode_tps / bound_tps, step * 1e3, step_best * 1e3,
            100.0 * (wbytes / (bw_best * 1e9)) / step_best);
     printf("prefill (%d)     %.1f tok/s\n", NP, prefill_tps);
-    printf("tree forward cost relative to T=1 (%.2f ms), median of %d runs each:\n",
+    printf("tree forward cost relative to T=1 (%.2f ms), median of %d interleaved runs:\n",
            cost[0] * 1e3, reps);
     for (int k = 0; k < NT; k++) {
         printf("  T=%-3d %7.2f ms  %5.2fx", Ts[k], cost[k] * 1e3, cost[k] / cost[0]);
