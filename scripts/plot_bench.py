@@ -27,6 +27,10 @@ cost = [float(eng[f"tree_cost_T{t}"]) for t in ts]
 plt.figure(figsize=(5.5, 3.6))
 plt.plot(ts, cost, "o-", label="specd (measured)")
 plt.plot(ts, ts, ":", color="grey", label="T x (no batching gain)")
+if all(f"tree_floor_T{t}" in eng for t in ts):
+    floor = [max(1.0, float(eng[f"tree_floor_T{t}"])) for t in ts]
+    plt.plot(ts, floor, "--", color="tab:green", lw=1,
+             label="int8 dot-product floor (VNNI peak, measured)")
 plt.axhline(1.5, color="tab:red", ls="--", lw=1, label="issue target at T=16 (1.5x)")
 plt.xscale("log", base=2)
 plt.yscale("log", base=2)
