@@ -72,8 +72,9 @@ typedef struct {
     size_t (*prep_stride)(int K); /* bytes of one record, a multiple of 64 */
     size_t scratch_per_k;         /* bytes of scratch per element of K */
     int row_tile;                 /* preferred multiple for the rows given to one task */
-    /* Optional packed layout (the backend's own copy of the weights, same bytes per row):
-     * pack converts n_rows file rows; rows_packed reads them, bitwise equal to rows. */
+    /* Optional packed layout (the backend's own copy of the weights, made once at load):
+     * pack converts n_rows file rows into packed_bytes(t, n_rows, K) bytes; rows_packed reads
+     * them (w = the packed copy, w_stride = the file's row bytes), bitwise equal to rows. */
     void (*pack)(uint8_t *dst, const uint8_t *src, int n_rows, int K);
     kcpu_rows_fn rows_packed;
     size_t (*packed_bytes)(sd_dtype t, int N, int K); /* size of the packed copy */
