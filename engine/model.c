@@ -262,14 +262,19 @@ static void model_mats(model *m, kern_mat **mats, int *N, int *K)
 #undef MAT
 }
 
+/* The 7 matrices of a layer, in model_mats order. */
+#define LAYER_MATS(L)                                                                              \
+    {                                                                                              \
+        &(L)->wq, &(L)->wk, &(L)->wv, &(L)->wo, &(L)->w_gate, &(L)->w_up, &(L)->w_down             \
+    }
+
 /* The packed copy `sh` holds of the same rows as w, or NULL. */
 static const void *packed_in(const model *sh, const kern_mat *w)
 {
     if (sh->output.data == w->data && sh->output.type == w->type)
         return sh->output.packed;
     for (int l = 0; l < sh->cfg.n_layer; l++) {
-        const model_layer *L = &sh->layers[l];
-        const kern_mat *ms[7] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->w_gate, &L->w_up, &L->w_down};
+        const kern_mat *ms[7] = LAYER_MATS(&sh->layers[l]);
         for (int i = 0; i < 7; i++)
             if (ms[i]->data == w->data && ms[i]->type == w->type)
                 return ms[i]->packed;
@@ -413,6 +418,17 @@ uint64_t model_weight_bytes(const model *m)
 {
     return m->weight_bytes;
 }
+int model_packed_mats(const model *m)
+{
+    int n = m->output.packed != NULL;
+    for (int l = 0; l < m->cfg.n_layer; l++) {
+        const kern_mat *ms[7] = LAYER_MATS(&m->layers[l]);
+        for (int i = 0; i < 7; i++)
+            n += ms[i]->packed != NULL;
+    }
+    return n;
+}
+
 uint64_t model_packed_bytes(const model *m)
 {
     return m->pack_bytes;

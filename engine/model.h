@@ -71,6 +71,9 @@ kern_backend *model_backend(const model *m);
 uint64_t model_weight_bytes(const model *m);
 /* Bytes of the backend's packed weight copies this model made (0: none, or shared). */
 uint64_t model_packed_bytes(const model *m);
+/* How many of the matrices a forward multiplies by (1 + 7 per layer) the backend reads from a
+ * packed copy, this model's own or one it shares. */
+int model_packed_mats(const model *m);
 
 /* A KV cache shaped for this model. n_ctx <= 0: the model's training context. */
 sd_err model_kv_init(const model *m, kv_cache **out, int n_ctx);

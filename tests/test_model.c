@@ -37,8 +37,8 @@ typedef struct {
     char path[256];
 } fixture;
 
-static void open_variant_opts(fixture *f, const variant *v, unsigned flags, int threads,
-                              int t_max, int no_pack)
+static void open_variant_opts(fixture *f, const variant *v, unsigned flags, int threads, int t_max,
+                              int no_pack)
 {
     tiny_model_opts o = tiny_model_defaults();
     o.arch = v->arch;
@@ -239,6 +239,37 @@ static void test_packed_weights(void **state)
         assert_int_equal(model_forward(a.m, a.r, kv, toks, NULL, 16, out, 16, la), SD_OK);
         assert_memory_equal(la, lb, sizeof(float) * 16 * (size_t)a.V);
         kv_free(kv);
+
+        /* a layer-subset model on the same file (self-drafting) reads a's packed copies: it
+         * packs nothing itself, every matrix is packed, and its logits are bitwise those of the
+         * same subset reading the stored rows */
+        const int layers[1] = {1};
+        model *sa, *sb;
+        model_opts so = {
+            .backend = model_backend(a.m), .layers = layers, .n_layers = 1, .share_packed = a.m};
+        assert_int_equal(model_init(&sa, model_gguf(a.m), &so), SD_OK);
+        so.share_packed = NULL;
+        so.no_pack = 1;
+        assert_int_equal(model_init(&sb, model_gguf(a.m), &so), SD_OK);
+        assert_int_equal(model_packed_bytes(sa), 0);
+        assert_int_equal(model_packed_mats(sb), 0);
+        if (model_packed_bytes(a.m))
+            assert_int_equal(model_packed_mats(sa), 1 + 7);
+        model_run *ra, *rb;
+        assert_int_equal(model_run_init(&ra, sa, 16), SD_OK);
+        assert_int_equal(model_run_init(&rb, sb, 16), SD_OK);
+        kv_cache *ka, *kb;
+        assert_int_equal(model_kv_init(sa, &ka, 64), SD_OK);
+        assert_int_equal(model_kv_init(sb, &kb, 64), SD_OK);
+        assert_int_equal(model_forward(sa, ra, ka, toks, NULL, 16, out, 16, la), SD_OK);
+        assert_int_equal(model_forward(sb, rb, kb, toks, NULL, 16, out, 16, lb), SD_OK);
+        assert_memory_equal(la, lb, sizeof(float) * 16 * (size_t)a.V);
+        kv_free(ka);
+        kv_free(kb);
+        model_run_free(ra);
+        model_run_free(rb);
+        model_free(sa);
+        model_free(sb);
         free(la);
         free(lb);
         close_fixture(&a);
@@ -336,10 +367,8 @@ static void test_bad_models(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_batch_invariance),
-        cmocka_unit_test(test_thread_invariance),
-        cmocka_unit_test(test_packed_weights),
-        cmocka_unit_test(test_bad_input),
+        cmocka_unit_test(test_batch_invariance), cmocka_unit_test(test_thread_invariance),
+        cmocka_unit_test(test_packed_weights),   cmocka_unit_test(test_bad_input),
         cmocka_unit_test(test_bad_models),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
