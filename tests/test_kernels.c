@@ -141,8 +141,8 @@ static int block_of(sd_dtype t)
 }
 
 /* matmul on weights in the file layout (no packed copy) */
-static void mm(kern_backend *b, float *out, const float *x, const void *w, sd_dtype t, int T,
-               int N, int K)
+static void mm(kern_backend *b, float *out, const float *x, const void *w, sd_dtype t, int T, int N,
+               int K)
 {
     kern_mat m = {w, t, NULL};
     b->matmul(b->ctx, out, x, &m, T, N, K);
@@ -398,8 +398,9 @@ static void test_matmul_packed(void **state)
                     kern_backend *b = bs[tu_below(&r, 3)];
                     int bs_ = block_of(t);
                     /* K: 16-block groups, tails of 1..15 blocks and the model's 576 and 1536 */
-                    int K = cs == 0 ? 576 : cs == 1 ? 1536
-                                                    : bs_ * (1 + (int)tu_below(&r, bs_ == 256 ? 6 : 60));
+                    int K = cs == 0   ? 576
+                            : cs == 1 ? 1536
+                                      : bs_ * (1 + (int)tu_below(&r, bs_ == 256 ? 6 : 60));
                     int N = 1 + (int)tu_below(&r, 90);
                     int T = cs < 2 ? Ts[tu_below(&r, sizeof Ts / sizeof Ts[0])]
                                    : 1 + (int)tu_below(&r, 70);
@@ -437,6 +438,73 @@ static void test_matmul_packed(void **state)
             for (int i = 0; i < 3; i++)
                 kern_free(bs[i]);
         }
+}
+
+/* ---- multi-query attention ops: bitwise the single-query ones ---- */
+
+static void test_attention_multi_query(void **state)
+{
+    (void)state;
+    tu_rng r;
+    tu_rng_init(&r, tu_seed() ^ 0x45);
+    static const int dhs[] = {12, 16, 40, 64, 65, 128};
+    int n_multi = 0;
+    for (int li = 0; li < n_levels; li++) {
+        int lv = strcmp(levels[li].name, "cpu-portable") == 0 ? KCPU_LEVEL_PORTABLE
+                 : strcmp(levels[li].name, "cpu-avx2") == 0   ? KCPU_LEVEL_AVX2
+                                                              : KCPU_LEVEL_AVX512;
+        kcpu_attn_ops ao;
+        kcpu_ew_ops eo;
+        assert_int_equal(kcpu_ops_for_level(lv, &ao, &eo), 0);
+        assert_true(!ao.dot4_m == !ao.wsum_m);
+        if (!ao.dot4_m)
+            continue;
+        n_multi++;
+        for (int c = 0; c < 60; c++) {
+            int Dh = dhs[tu_below(&r, 6)], m = 1 + (int)tu_below(&r, 4);
+            int np = (int)tu_below(&r, 40), na = (int)tu_below(&r, 6), n = np + na;
+            int S = np + 8, Hkv = 1 + (int)tu_below(&r, 3);
+            size_t row = (size_t)Hkv * Dh;
+            float *q = malloc(sizeof(float) * 4 * Dh), *k = malloc(sizeof(float) * 4 * Dh);
+            float *v = malloc(sizeof(float) * S * row), *p = malloc(sizeof(float) * 4 * (n + 1));
+            float *o1 = malloc(sizeof(float) * 4 * Dh), *o2 = malloc(sizeof(float) * 4 * Dh);
+            int anc[6];
+            assert_true(q && k && v && p && o1 && o2);
+            rand_x(&r, q, 4 * (size_t)Dh);
+            rand_x(&r, k, 4 * (size_t)Dh);
+            rand_x(&r, v, (size_t)S * row);
+            rand_x(&r, p, 4 * (size_t)(n + 1));
+            for (int i = 0; i < na; i++)
+                anc[i] = np + (int)tu_below(&r, 8);
+            const float *qs[4] = {q, q + Dh, q + 2 * Dh, q + 3 * Dh};
+            float s1[16], s2[16], inv[4];
+            ao.dot4_m(s2, 4, qs, m, k, k + Dh, k + 2 * Dh, k + 3 * Dh, Dh);
+            for (int j = 0; j < m; j++)
+                ao.dot4(s1 + 4 * j, qs[j], k, k + Dh, k + 2 * Dh, k + 3 * Dh, Dh);
+            assert_memory_equal(s1, s2, sizeof(float) * 4 * m);
+            float *os1[4], *os2[4];
+            for (int j = 0; j < 4; j++) {
+                os1[j] = o1 + (size_t)j * Dh;
+                os2[j] = o2 + (size_t)j * Dh;
+                inv[j] = 0.5f + tu_uniform(&r);
+            }
+            const float *vb = v + (size_t)tu_below(&r, (uint32_t)Hkv) * Dh;
+            ao.wsum_m(os2, p, (size_t)(n + 1), m, vb, row, np, anc, n, Dh, inv);
+            for (int j = 0; j < m; j++)
+                ao.wsum(os1[j], p + (size_t)j * (n + 1), vb, row, np, anc, n, Dh, inv[j]);
+            if (memcmp(o1, o2, sizeof(float) * (size_t)m * Dh) != 0) {
+                fprintf(stderr, "wsum_m differs: %s Dh=%d m=%d n=%d\n", levels[li].name, Dh, m, n);
+                fail();
+            }
+            free(q);
+            free(k);
+            free(v);
+            free(p);
+            free(o1);
+            free(o2);
+        }
+    }
+    fprintf(stderr, "[kernels] multi-query attention ops on %d level(s): bitwise equal\n", n_multi);
 }
 
 /* ---- SIMD vs portable ---- */
@@ -949,6 +1017,7 @@ int main(void)
         cmocka_unit_test(test_matmul_packed),
         cmocka_unit_test(test_matmul_simd_vs_portable),
         cmocka_unit_test(test_attention),
+        cmocka_unit_test(test_attention_multi_query),
         cmocka_unit_test(test_rope),
         cmocka_unit_test(test_rmsnorm),
         cmocka_unit_test(test_exp),

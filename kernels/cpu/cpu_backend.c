@@ -640,7 +640,7 @@ typedef struct {
     float *out;
     const float *q, *kc, *vc;
     const int *anc, *anc_off;
-    int n_prefix, T, H, Hkv, Dh, group;
+    int n_prefix, T, H, Hkv, Dh, group, nb, hb; /* per task: nb nodes x hb query heads */
     float scale;
 } attn_job;
 
@@ -697,35 +697,67 @@ static void wsum_ref(float *o, const float *p, const float *v, size_t row, int n
         o[d] *= inv;
 }
 
-/* One (t, h): scores in key order, scaled, max subtracted, exp, summed (softmax); out is the
- * p-weighted sum of the values in key order, divided by the sum at the end (wsum). */
-static void attn_task(void *arg, int task, int tid)
+/* Up to 4 query heads h0 .. h0+m-1 of node t, all reading KV head kvh: scores in key order,
+ * scaled, max subtracted, exp, summed (softmax); out is the p-weighted sum of the values in key
+ * order, divided by the sum at the end (wsum). Each query's arithmetic is that of the query
+ * alone (the level's multi-query ops only interleave the queries). sc: m x nk floats. */
+static void attn_queries(const attn_job *j, int t, int h0, int m, float *sc)
 {
-    attn_job *j = arg;
-    int t = task / j->H, h = task % j->H, kvh = h / j->group;
-    int Dh = j->Dh;
+    int kvh = h0 / j->group, Dh = j->Dh;
     size_t row = (size_t)j->Hkv * Dh;
-    const float *q = j->q + ((size_t)t * j->H + h) * Dh;
-    float *o = j->out + ((size_t)t * j->H + h) * Dh;
     int a0 = j->anc_off[t], a1 = j->anc_off[t + 1];
-    int nk = j->n_prefix + (a1 - a0);
-    float *sc = (float *)j->c->scr[tid];
-    const kcpu_attn_ops *ops = &j->c->attn;
-    const float *kb = j->kc + (size_t)kvh * Dh;
-    int i = 0, np = j->n_prefix;
+    int np = j->n_prefix, nk = np + (a1 - a0);
     const int *anc = j->anc + a0;
+    const kcpu_attn_ops *ops = &j->c->attn;
+    const float *kb = j->kc + (size_t)kvh * Dh, *vb = j->vc + (size_t)kvh * Dh;
+    const float *q[4];
+    float *o[4], inv[4];
+    for (int u = 0; u < m; u++) {
+        q[u] = j->q + ((size_t)t * j->H + h0 + u) * Dh;
+        o[u] = j->out + ((size_t)t * j->H + h0 + u) * Dh;
+    }
+    int i = 0;
     /* four keys per call, prefix slots and ancestors alike (each dot as if alone) */
     for (; i + 4 <= nk; i += 4) {
         const float *k4[4];
         for (int u = 0; u < 4; u++)
             k4[u] = kb + (size_t)(i + u < np ? i + u : anc[i + u - np]) * row;
-        ops->dot4(sc + i, q, k4[0], k4[1], k4[2], k4[3], Dh);
+        if (ops->dot4_m)
+            ops->dot4_m(sc + i, (size_t)nk, q, m, k4[0], k4[1], k4[2], k4[3], Dh);
+        else
+            for (int u = 0; u < m; u++)
+                ops->dot4(sc + (size_t)u * nk + i, q[u], k4[0], k4[1], k4[2], k4[3], Dh);
     }
     for (; i < nk; i++)
-        sc[i] = ops->dot(q, kb + (size_t)(i < np ? i : anc[i - np]) * row, Dh);
-    float sum = ops->softmax(sc, nk, j->scale);
-    float inv = nk > 0 ? 1.0f / sum : 0.0f;
-    ops->wsum(o, sc, j->vc + (size_t)kvh * Dh, row, j->n_prefix, j->anc + a0, nk, Dh, inv);
+        for (int u = 0; u < m; u++)
+            sc[(size_t)u * nk + i] =
+                ops->dot(q[u], kb + (size_t)(i < np ? i : anc[i - np]) * row, Dh);
+    for (int u = 0; u < m; u++) {
+        float sum = ops->softmax(sc + (size_t)u * nk, nk, j->scale);
+        inv[u] = nk > 0 ? 1.0f / sum : 0.0f;
+    }
+    if (ops->wsum_m)
+        ops->wsum_m(o, sc, (size_t)nk, m, vb, row, np, anc, nk, Dh, inv);
+    else
+        for (int u = 0; u < m; u++)
+            ops->wsum(o[u], sc + (size_t)u * nk, vb, row, np, anc, nk, Dh, inv[u]);
+}
+
+/* A task is one KV head, a block of nodes and a block of the query heads that read that KV
+ * head (all of them unless that leaves too few tasks), up to 4 queries at a time: the keys and
+ * values are read from memory once per task and then from this core's cache. */
+static void attn_task(void *arg, int task, int tid)
+{
+    attn_job *j = arg;
+    int nblk = (j->T + j->nb - 1) / j->nb, nhb = (j->group + j->hb - 1) / j->hb;
+    int hbi = task % nhb, blk = task / nhb % nblk, g = task / nhb / nblk;
+    int t0 = blk * j->nb, t1 = t0 + j->nb < j->T ? t0 + j->nb : j->T;
+    int h0 = g * j->group + hbi * j->hb, h1 = h0 + j->hb;
+    if (h1 > (g + 1) * j->group)
+        h1 = (g + 1) * j->group;
+    for (int t = t0; t < t1; t++)
+        for (int h = h0; h < h1; h += 4)
+            attn_queries(j, t, h, h1 - h < 4 ? h1 - h : 4, (float *)j->c->scr[tid]);
 }
 
 static void cpu_attention(void *vctx, float *out, const float *q, const float *kc, const float *vc,
@@ -740,12 +772,22 @@ static void cpu_attention(void *vctx, float *out, const float *q, const float *k
         int n = n_prefix + anc_off[t + 1] - anc_off[t];
         maxk = n > maxk ? n : maxk;
     }
-    if (Hkv <= 0 || H % Hkv || ensure_scratch(c, (size_t)maxk * 4 + 64) != 0) {
+    if (Hkv <= 0 || H % Hkv || ensure_scratch(c, (size_t)maxk * 16 + 64) != 0) {
         fill_nan(out, (size_t)T * (size_t)H * (size_t)Dh);
         return;
     }
-    attn_job j = {c, out, q, kc, vc, anc, anc_off, n_prefix, T, H, Hkv, Dh, H / Hkv, scale};
-    kcpu_pool_run(c->pool, attn_task, &j, T * H);
+    /* about 4 tasks per thread: blocks of nodes per KV head, or, when there are too few nodes
+     * for that, blocks of the KV head's query heads */
+    int want = 4 * c->nt, group = H / Hkv;
+    int nb = (T * Hkv + want - 1) / want, hb = group;
+    if (T * Hkv < want) {
+        nb = 1;
+        hb = (T * H + want - 1) / want;
+        hb = hb < group ? hb : group;
+    }
+    attn_job j = {c, out, q, kc, vc, anc, anc_off, n_prefix, T, H, Hkv, Dh, group, nb, hb, scale};
+    int n_tasks = Hkv * ((T + nb - 1) / nb) * ((group + hb - 1) / hb);
+    kcpu_pool_run(c->pool, attn_task, &j, n_tasks);
 }
 
 /* ---- elementwise ---- */
@@ -820,7 +862,7 @@ int kcpu_ops_for_level(int level, kcpu_attn_ops *a, kcpu_ew_ops *e)
 {
     if (level < KCPU_LEVEL_PORTABLE || level >= KCPU_LEVEL_N || level > cpu_best_level())
         return -1;
-    *a = (kcpu_attn_ops){dot_dh, dot4_dh, softmax_ref, wsum_ref};
+    *a = (kcpu_attn_ops){.dot = dot_dh, .dot4 = dot4_dh, .softmax = softmax_ref, .wsum = wsum_ref};
     *e = (kcpu_ew_ops){silu_mul_ref, add_ref, rmsnorm_row, exp_ref, rope_ref};
     if (level >= KCPU_LEVEL_AVX2) {
         kcpu_attn_avx2(a);

@@ -486,8 +486,59 @@ static void a5_dot4(float *s, const float *q, const float *k0, const float *k1, 
     s[3] = _mm512_reduce_add_ps(a3);
 }
 
+/* dot4 for M queries: per (query, key) the accumulator and operations of a5_dot4 (and so of
+ * a5_dot), the queries interleaved. */
+#define DOT4_M(M)                                                                                  \
+    static void a5_dot4_##M(float *s, size_t ss, const float *const *q, const float *const *k,     \
+                            int n)                                                                 \
+    {                                                                                              \
+        __m512 a[M][4];                                                                            \
+        _Pragma("GCC unroll 4") for (int j = 0; j < M; j++)                                        \
+            _Pragma("GCC unroll 4") for (int u = 0; u < 4; u++) a[j][u] = _mm512_setzero_ps();     \
+        int i = 0;                                                                                 \
+        for (; i + 16 <= n; i += 16) {                                                             \
+            __m512 kv[4];                                                                          \
+            _Pragma("GCC unroll 4") for (int u = 0; u < 4; u++) kv[u] = _mm512_loadu_ps(k[u] + i); \
+            _Pragma("GCC unroll 4") for (int j = 0; j < M; j++)                                    \
+            {                                                                                      \
+                __m512 x = _mm512_loadu_ps(q[j] + i);                                              \
+                _Pragma("GCC unroll 4") for (int u = 0; u < 4; u++) a[j][u] =                      \
+                    _mm512_fmadd_ps(x, kv[u], a[j][u]);                                            \
+            }                                                                                      \
+        }                                                                                          \
+        if (i < n) {                                                                               \
+            __mmask16 mk = (__mmask16)((1u << (n - i)) - 1);                                       \
+            __m512 kv[4];                                                                          \
+            _Pragma("GCC unroll 4") for (int u = 0; u < 4; u++) kv[u] =                            \
+                _mm512_maskz_loadu_ps(mk, k[u] + i);                                               \
+            _Pragma("GCC unroll 4") for (int j = 0; j < M; j++)                                    \
+            {                                                                                      \
+                __m512 x = _mm512_maskz_loadu_ps(mk, q[j] + i);                                    \
+                _Pragma("GCC unroll 4") for (int u = 0; u < 4; u++) a[j][u] =                      \
+                    _mm512_fmadd_ps(x, kv[u], a[j][u]);                                            \
+            }                                                                                      \
+        }                                                                                          \
+        _Pragma("GCC unroll 4") for (int j = 0; j < M; j++)                                        \
+            _Pragma("GCC unroll 4") for (int u = 0; u < 4; u++) s[(size_t)j * ss + u] =            \
+                _mm512_reduce_add_ps(a[j][u]);                                                     \
+    }
+DOT4_M(1)
+DOT4_M(2)
+DOT4_M(3)
+DOT4_M(4)
+
+static void a5_dot4_m(float *s, size_t ss, const float *const *q, int m, const float *k0,
+                      const float *k1, const float *k2, const float *k3, int n)
+{
+    const float *k[4] = {k0, k1, k2, k3};
+    static void (*const f[5])(float *, size_t, const float *const *, const float *const *,
+                              int) = {NULL, a5_dot4_1, a5_dot4_2, a5_dot4_3, a5_dot4_4};
+    f[m](s, ss, q, k, n);
+}
+
 void kcpu_attn_avx512(kcpu_attn_ops *ops)
 {
     ops->dot = a5_dot;
     ops->dot4 = a5_dot4;
+    ops->dot4_m = a5_dot4_m;
 }

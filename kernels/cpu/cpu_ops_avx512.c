@@ -210,10 +210,61 @@ static void a5_rope(float *x, const float *cs, const float *sn, int k0, int n, i
     }
 }
 
+/* a5_wsum for M queries over the same keys: each value row loaded once, per (query, column)
+ * the operations of a5_wsum. */
+#define WSUM_M(M)                                                                                  \
+    static void a5_wsum_##M(float *const *o, const float *p, size_t ps, const float *v,            \
+                            size_t row, int np, const int *anc, int n, int Dh, const float *inv)   \
+    {                                                                                              \
+        for (int d0 = 0; d0 < Dh; d0 += 64) {                                                      \
+            int w = Dh - d0 < 64 ? Dh - d0 : 64;                                                   \
+            __mmask16 mk[4];                                                                       \
+            for (int u = 0; u < 4; u++) {                                                          \
+                int k = w - 16 * u;                                                                \
+                mk[u] = k >= 16 ? (__mmask16)0xffff : k > 0 ? tail_mask(k) : 0;                    \
+            }                                                                                      \
+            __m512 a[M][4];                                                                        \
+            _Pragma("GCC unroll 4") for (int j = 0; j < M; j++)                                    \
+                _Pragma("GCC unroll 4") for (int u = 0; u < 4; u++) a[j][u] = _mm512_setzero_ps(); \
+            for (int i = 0; i < n; i++) {                                                          \
+                const float *vi = v + (size_t)(i < np ? i : anc[i - np]) * row + d0;               \
+                __m512 vv[4];                                                                      \
+                _Pragma("GCC unroll 4") for (int u = 0; u < 4; u++) vv[u] =                        \
+                    _mm512_maskz_loadu_ps(mk[u], vi + 16 * u);                                     \
+                _Pragma("GCC unroll 4") for (int j = 0; j < M; j++)                                \
+                {                                                                                  \
+                    __m512 vp = _mm512_set1_ps(p[(size_t)j * ps + i]);                             \
+                    _Pragma("GCC unroll 4") for (int u = 0; u < 4; u++) a[j][u] =                  \
+                        _mm512_add_ps(a[j][u], _mm512_mul_ps(vp, vv[u]));                          \
+                }                                                                                  \
+            }                                                                                      \
+            _Pragma("GCC unroll 4") for (int j = 0; j < M; j++)                                    \
+            {                                                                                      \
+                __m512 vi = _mm512_set1_ps(inv[j]);                                                \
+                _Pragma("GCC unroll 4") for (int u = 0; u < 4; u++)                                \
+                    _mm512_mask_storeu_ps(o[j] + d0 + 16 * u, mk[u], _mm512_mul_ps(a[j][u], vi));  \
+            }                                                                                      \
+        }                                                                                          \
+    }
+WSUM_M(1)
+WSUM_M(2)
+WSUM_M(3)
+WSUM_M(4)
+
+static void a5_wsum_m(float *const *o, const float *p, size_t ps, int m, const float *v, size_t row,
+                      int np, const int *anc, int n, int Dh, const float *inv)
+{
+    static void (*const f[5])(float *const *, const float *, size_t, const float *, size_t, int,
+                              const int *, int, int,
+                              const float *) = {NULL, a5_wsum_1, a5_wsum_2, a5_wsum_3, a5_wsum_4};
+    f[m](o, p, ps, v, row, np, anc, n, Dh, inv);
+}
+
 void kcpu_ops_avx512(kcpu_attn_ops *a, kcpu_ew_ops *e)
 {
     a->softmax = a5_softmax;
     a->wsum = a5_wsum;
+    a->wsum_m = a5_wsum_m;
     e->silu_mul = a5_silu_mul;
     e->add = a5_add;
     e->rms_row = a5_rms_row;
