@@ -1,9 +1,10 @@
 /* bench/engine: prefill and decode speed of the engine on a model, against the memory-bandwidth
  * bound measured in the same run, and the cost of one forward over T = 1..64 tree nodes relative
- * to T = 1 (what makes wide verification pay). Prints a table and writes CSV.
+ * to T = 1 (what makes wide verification pay), over a short prefix and over a long one. Prints a
+ * table and writes CSV.
  *
  *   bench_engine --model PATH [--threads N] [--reps R] [--csv FILE] [--f32-act] [--portable]
- *   (bench_engine --help lists them) */
+ *                [--long-ctx N]   (bench_engine --help lists them) */
 #include <immintrin.h>
 #include <pthread.h>
 #include <stddef.h>
@@ -150,7 +151,7 @@ static void die(const char *what, sd_err e)
 
 typedef struct {
     const char *model, *csv;
-    int threads, reps, f32_act, portable;
+    int threads, reps, f32_act, portable, long_ctx;
 } bench_opts;
 
 #define F(x) offsetof(bench_opts, x)
@@ -161,19 +162,54 @@ static const opt_def bench_defs[] = {
     {"csv", 0, OPT_STR, F(csv), OPT_NOBOUNDS, "bench/out/engine.csv", "FILE", "CSV output"},
     {"f32-act", 0, OPT_FLAG, F(f32_act), OPT_NOBOUNDS, NULL, NULL, "f32 activations"},
     {"portable", 0, OPT_FLAG, F(portable), OPT_NOBOUNDS, NULL, NULL, "plain-C kernels only"},
+    {"long-ctx", 0, OPT_INT, F(long_ctx), 0, 8192, "1024", "N",
+     "also tree costs over an N-token prefix (0 = skip)"},
 };
 #undef F
+
+/* Median time of a forward over Ts[k] nodes of a random tree (the logits of every node, what
+ * verification needs) on top of the first `prefix` committed positions of kv, for each k. The
+ * T values take turns within every repetition, so the load other tenants put on the machine
+ * weighs on all of them alike; each timed run follows an untimed run of the same T (a 1-node
+ * forward right after a 64-node one runs ~35% slower here, which would flatter the ratios). */
+static void tree_costs(model *m, model_run *r, kv_cache *kv, int prefix, const int32_t *toks,
+                       const int *Ts, int nT, int reps, float *logits, double *cost)
+{
+    int parents[64], out[64];
+    for (int i = 0; i < 64; i++) {
+        parents[i] = i == 0 ? -1 : (int)(((uint64_t)i * 2654435761u) % (uint64_t)i);
+        out[i] = i;
+    }
+    double *tt = malloc(sizeof(double) * (size_t)reps * (size_t)nT);
+    if (!tt)
+        die("allocating", SD_ENOMEM);
+    kv_truncate(kv, prefix);
+    for (int i = 0; i < reps; i++)
+        for (int k = 0; k < nT; k++)
+            for (int timed = 0; timed < 2; timed++) {
+                double t0 = clock_now_s();
+                sd_err e = model_forward(m, r, kv, toks, parents, Ts[k], out, Ts[k], logits);
+                if (e)
+                    die("tree forward", e);
+                if (timed)
+                    tt[k * reps + i] = clock_now_s() - t0;
+                kv_clear_pending(kv);
+            }
+    for (int k = 0; k < nT; k++)
+        cost[k] = median(tt + k * reps, reps);
+    free(tt);
+}
 
 int main(int argc, char **argv)
 {
     bench_opts bo = {0};
-    opt_defaults(bench_defs, 6, &bo);
-    sd_err e = opt_parse(bench_defs, 6, &bo, argc - 1, argv + 1);
+    opt_defaults(bench_defs, 7, &bo);
+    sd_err e = opt_parse(bench_defs, 7, &bo, argc - 1, argv + 1);
     if (e || !bo.model) {
         if (e != SD_ECANCELED)
             fprintf(stderr, "bench_engine: %s\n", e ? sd_errmsg() : "--model is required");
         printf("usage: bench_engine --model PATH [options]\n");
-        opt_usage(stdout, bench_defs, 6);
+        opt_usage(stdout, bench_defs, 7);
         return e == SD_ECANCELED ? 0 : 2;
     }
     const char *path = bo.model, *csv = bo.csv;
@@ -190,7 +226,7 @@ int main(int argc, char **argv)
         threads = (int)sysconf(_SC_NPROCESSORS_ONLN);
     kv_cache *kv;
     model_run *r;
-    if ((e = model_kv_init(m, &kv, 1024)) || (e = model_run_init(&r, m, 128)))
+    if ((e = model_kv_init(m, &kv, bo.long_ctx + 1024)) || (e = model_run_init(&r, m, 128)))
         die("allocating", e);
     float *logits = malloc(sizeof(float) * (size_t)V * 64);
     int32_t toks[256];
@@ -198,6 +234,13 @@ int main(int argc, char **argv)
     for (int i = 0; i < 256; i++) {
         rs = rs * 6364136223846793005ull + 1442695040888963407ull;
         toks[i] = (int32_t)((rs >> 33) % (uint64_t)V);
+    }
+    int32_t *big = malloc(sizeof(int32_t) * (size_t)(bo.long_ctx + 64));
+    if (!big)
+        die("allocating", SD_ENOMEM);
+    for (int i = 0; i < bo.long_ctx + 64; i++) {
+        rs = rs * 6364136223846793005ull + 1442695040888963407ull;
+        big[i] = (int32_t)((rs >> 33) % (uint64_t)V);
     }
     fprintf(stderr, "bench_engine: %s, backend %s, %d threads, features: %s\n", path,
             model_backend(m)->name, threads, kern_cpu_features());
@@ -252,41 +295,29 @@ int main(int argc, char **argv)
     double decode_tps = 1.0 / step;
     double bound_tps = bw * 1e9 / wbytes;
 
-    /* tree forward cost: T nodes of a random tree over a 32-token committed prefix, with the
-     * logits of every node (what verification needs). The T values take turns within every
-     * repetition, so the load other tenants put on the machine weighs on all of them alike;
-     * each timed run follows an untimed run of the same T (a 1-node forward right after a
-     * 64-node one runs ~35% slower here, which would flatter the ratios). */
-    kv_truncate(kv, 32);
-    static const int Ts[] = {1, 2, 4, 8, 16, 32, 64};
-    enum { NT = sizeof Ts / sizeof Ts[0] };
-    double cost[NT];
-    double *tt = malloc(sizeof(double) * (size_t)reps * NT);
-    int parents[64], out[64];
-    for (int i = 0; i < 64; i++) {
-        parents[i] = i == 0 ? -1 : (int)(((uint64_t)i * 2654435761u) % (uint64_t)i);
-        out[i] = i;
+    /* tree forward cost over the 32-token prefix decoded above, and over a long prompt */
+    static const int Ts[] = {1, 2, 4, 8, 16, 32, 64}, TsL[] = {1, 4, 16};
+    enum { NT = sizeof Ts / sizeof Ts[0], NTL = sizeof TsL / sizeof TsL[0] };
+    double cost[NT], costL[NTL];
+    tree_costs(m, r, kv, 32, toks + 32, Ts, NT, reps, logits, cost);
+    int LC = bo.long_ctx;
+    if (LC > 0) {
+        kv_truncate(kv, 0);
+        for (int c0 = 0; c0 < LC; c0 += 128) {
+            int n = LC - c0 < 128 ? LC - c0 : 128;
+            if ((e = model_forward(m, r, kv, big + c0, NULL, n, NULL, 0, NULL)))
+                die("long prefill", e);
+            kv_commit_all(kv);
+        }
+        tree_costs(m, r, kv, LC, big + LC, TsL, NTL, reps < 10 ? reps : 10, logits, costL);
     }
-    for (int i = 0; i < reps; i++)
-        for (int k = 0; k < NT; k++)
-            for (int timed = 0; timed < 2; timed++) {
-                double t0 = clock_now_s();
-                if ((e = model_forward(m, r, kv, toks + 32, parents, Ts[k], out, Ts[k], logits)))
-                    die("tree forward", e);
-                if (timed)
-                    tt[k * reps + i] = clock_now_s() - t0;
-                kv_clear_pending(kv);
-            }
-    for (int k = 0; k < NT; k++)
-        cost[k] = median(tt + k * reps, reps);
-    free(tt);
 
     /* what a T-node forward cannot beat on this CPU: its multiply-adds at the peak rate of the
      * int8 dot-product instruction (all threads), next to the 1-node forward measured above */
     int D = c->n_embd, Qd = c->n_head * c->head_dim, KVd = c->n_head_kv * c->head_dim;
-    double macs = (double)c->n_layer * ((double)D * Qd * 2 + (double)D * KVd * 2 +
-                                        (double)D * c->n_ff * 3) +
-                  (double)D * V;
+    double macs =
+        (double)c->n_layer * ((double)D * Qd * 2 + (double)D * KVd * 2 + (double)D * c->n_ff * 3) +
+        (double)D * V;
     double peak = vnni_peak(threads);
 
     printf("model            %s (%s, %d layers, D=%d, V=%d)\n", path, c->arch, c->n_layer,
@@ -316,6 +347,13 @@ int main(int argc, char **argv)
         printf("int8 dot products: %.2f G VPDPBUSD/s peak with %d threads (measured now); "
                "%.1f M per node\n",
                peak / 1e9, threads, macs / 64 / 1e6);
+    if (LC > 0) {
+        printf("over a %d-token prefix (attention reads the whole prefix per node), relative to "
+               "its T=1 (%.2f ms):\n",
+               LC, costL[0] * 1e3);
+        for (int k = 0; k < NTL; k++)
+            printf("  T=%-3d %7.2f ms  %5.2fx\n", TsL[k], costL[k] * 1e3, costL[k] / costL[0]);
+    }
 
     FILE *f = fopen(csv, "w");
     if (f) {
@@ -330,6 +368,11 @@ int main(int argc, char **argv)
         fprintf(f, "tree_T1_ms,%.4f\nvnni_peak_gops,%.3f\n", cost[0] * 1e3, peak / 1e9);
         for (int k = 0; k < NT && peak > 0; k++)
             fprintf(f, "tree_floor_T%d,%.4f\n", Ts[k], Ts[k] * macs / 64 / peak / cost[0]);
+        if (LC > 0) {
+            fprintf(f, "long_ctx,%d\nlong_T1_ms,%.4f\n", LC, costL[0] * 1e3);
+            for (int k = 0; k < NTL; k++)
+                fprintf(f, "long_cost_T%d,%.4f\n", TsL[k], costL[k] / costL[0]);
+        }
         fclose(f);
         fprintf(stderr, "bench_engine: wrote %s\n", csv);
     } else {
@@ -337,6 +380,7 @@ int main(int argc, char **argv)
     }
     free(td);
     free(tb);
+    free(big);
     free(logits);
     model_run_free(r);
     kv_free(kv);
