@@ -440,7 +440,7 @@ static void test_matmul_packed(void **state)
         }
 }
 
-/* ---- multi-query attention ops: bitwise the single-query ones ---- */
+/* ---- the attention ops that share work (dot16, wsum_m): bitwise the plain ones ---- */
 
 static void test_attention_multi_query(void **state)
 {
@@ -456,8 +456,8 @@ static void test_attention_multi_query(void **state)
         kcpu_attn_ops ao;
         kcpu_ew_ops eo;
         assert_int_equal(kcpu_ops_for_level(lv, &ao, &eo), 0);
-        assert_true(!ao.dot4_m == !ao.wsum_m);
-        if (!ao.dot4_m)
+        assert_true(!ao.dot16 == !ao.wsum_m);
+        if (!ao.dot16)
             continue;
         n_multi++;
         for (int c = 0; c < 60; c++) {
@@ -465,23 +465,30 @@ static void test_attention_multi_query(void **state)
             int np = (int)tu_below(&r, 40), na = (int)tu_below(&r, 6), n = np + na;
             int S = np + 8, Hkv = 1 + (int)tu_below(&r, 3);
             size_t row = (size_t)Hkv * Dh;
-            float *q = malloc(sizeof(float) * 4 * Dh), *k = malloc(sizeof(float) * 4 * Dh);
+            float *q = malloc(sizeof(float) * 4 * Dh), *k = malloc(sizeof(float) * 16 * Dh);
             float *v = malloc(sizeof(float) * S * row), *p = malloc(sizeof(float) * 4 * (n + 1));
             float *o1 = malloc(sizeof(float) * 4 * Dh), *o2 = malloc(sizeof(float) * 4 * Dh);
             int anc[6];
             assert_true(q && k && v && p && o1 && o2);
             rand_x(&r, q, 4 * (size_t)Dh);
-            rand_x(&r, k, 4 * (size_t)Dh);
+            rand_x(&r, k, 16 * (size_t)Dh);
             rand_x(&r, v, (size_t)S * row);
             rand_x(&r, p, 4 * (size_t)(n + 1));
             for (int i = 0; i < na; i++)
                 anc[i] = np + (int)tu_below(&r, 8);
             const float *qs[4] = {q, q + Dh, q + 2 * Dh, q + 3 * Dh};
             float s1[16], s2[16], inv[4];
-            ao.dot4_m(s2, 4, qs, m, k, k + Dh, k + 2 * Dh, k + 3 * Dh, Dh);
-            for (int j = 0; j < m; j++)
-                ao.dot4(s1 + 4 * j, qs[j], k, k + Dh, k + 2 * Dh, k + 3 * Dh, Dh);
-            assert_memory_equal(s1, s2, sizeof(float) * 4 * m);
+            const float *ks[16];
+            int nk = 1 + (int)tu_below(&r, 16); /* 16 keys, or a short group */
+            for (int u = 0; u < 16; u++)
+                ks[u] = k + (size_t)((u * 7) % 16) * Dh;
+            ao.dot16(s2, qs[0], ks, nk, Dh);
+            for (int u = 0; u < nk; u++)
+                s1[u] = ao.dot(qs[0], ks[u], Dh);
+            if (memcmp(s1, s2, sizeof(float) * nk) != 0) {
+                fprintf(stderr, "dot16 differs: %s Dh=%d nk=%d\n", levels[li].name, Dh, nk);
+                fail();
+            }
             float *os1[4], *os2[4];
             for (int j = 0; j < 4; j++) {
                 os1[j] = o1 + (size_t)j * Dh;
@@ -504,7 +511,8 @@ static void test_attention_multi_query(void **state)
             free(o2);
         }
     }
-    fprintf(stderr, "[kernels] multi-query attention ops on %d level(s): bitwise equal\n", n_multi);
+    fprintf(stderr, "[kernels] dot16 / wsum_m on %d level(s): bitwise equal to dot / wsum\n",
+            n_multi);
 }
 
 /* ---- SIMD vs portable ---- */

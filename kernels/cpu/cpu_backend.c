@@ -699,8 +699,9 @@ static void wsum_ref(float *o, const float *p, const float *v, size_t row, int n
 
 /* Up to 4 query heads h0 .. h0+m-1 of node t, all reading KV head kvh: scores in key order,
  * scaled, max subtracted, exp, summed (softmax); out is the p-weighted sum of the values in key
- * order, divided by the sum at the end (wsum). Each query's arithmetic is that of the query
- * alone (the level's multi-query ops only interleave the queries). sc: m x nk floats. */
+ * order, divided by the sum at the end (wsum). Each score and output is bitwise what the
+ * level's dot / wsum give for the query alone (dot16 and wsum_m only share work between keys
+ * and queries). sc: m x nk floats. */
 static void attn_queries(const attn_job *j, int t, int h0, int m, float *sc)
 {
     int kvh = h0 / j->group, Dh = j->Dh;
@@ -717,16 +718,22 @@ static void attn_queries(const attn_job *j, int t, int h0, int m, float *sc)
         o[u] = j->out + ((size_t)t * j->H + h0 + u) * Dh;
     }
     int i = 0;
-    /* four keys per call, prefix slots and ancestors alike (each dot as if alone) */
+    if (ops->dot16) /* 16 keys per call, prefix slots and ancestors alike */
+        for (; i < nk; i += 16) {
+            const float *k16[16];
+            int n16 = nk - i < 16 ? nk - i : 16;
+            for (int u = 0; u < n16; u++)
+                k16[u] = kb + (size_t)(i + u < np ? i + u : anc[i + u - np]) * row;
+            for (int u = 0; u < m; u++)
+                ops->dot16(sc + (size_t)u * nk + i, q[u], k16, n16, Dh);
+        }
+    /* four keys per call (each dot as if alone) */
     for (; i + 4 <= nk; i += 4) {
         const float *k4[4];
         for (int u = 0; u < 4; u++)
             k4[u] = kb + (size_t)(i + u < np ? i + u : anc[i + u - np]) * row;
-        if (ops->dot4_m)
-            ops->dot4_m(sc + i, (size_t)nk, q, m, k4[0], k4[1], k4[2], k4[3], Dh);
-        else
-            for (int u = 0; u < m; u++)
-                ops->dot4(sc + (size_t)u * nk + i, q[u], k4[0], k4[1], k4[2], k4[3], Dh);
+        for (int u = 0; u < m; u++)
+            ops->dot4(sc + (size_t)u * nk + i, q[u], k4[0], k4[1], k4[2], k4[3], Dh);
     }
     for (; i < nk; i++)
         for (int u = 0; u < m; u++)

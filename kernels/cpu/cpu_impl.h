@@ -105,12 +105,11 @@ typedef struct {
     float (*softmax)(float *s, int n, float scale);
     void (*wsum)(float *o, const float *p, const float *v, size_t row, int np, const int *anc,
                  int n, int Dh, float inv);
-    /* Optional (NULL: the caller loops over the queries): the same for m <= 4 queries that
-     * share their keys (the query heads of one KV head), each query's results bitwise those of
-     * dot4 / wsum for it alone; the queries' independent chains keep the core busy.
-     * dot4_m: s[j * ss + u] = dot(q[j], k_u); wsum_m: o[j] from p + j * ps and inv[j]. */
-    void (*dot4_m)(float *s, size_t ss, const float *const *q, int m, const float *k0,
-                   const float *k1, const float *k2, const float *k3, int n);
+    /* Optional (NULL: the caller uses dot4 / wsum), each result bitwise what dot / wsum give:
+     * dot16: s[u] = dot(q, k[u]) for nk <= 16 keys (one transposed reduction for all);
+     * wsum_m: wsum for m <= 4 queries sharing their keys (the query heads of one KV head),
+     *   o[j] from p + j * ps and inv[j], each value row read once for all of them. */
+    void (*dot16)(float *s, const float *q, const float *const *k, int nk, int n);
     void (*wsum_m)(float *const *o, const float *p, size_t ps, int m, const float *v, size_t row,
                    int np, const int *anc, int n, int Dh, const float *inv);
 } kcpu_attn_ops;

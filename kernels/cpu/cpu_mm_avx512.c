@@ -486,59 +486,69 @@ static void a5_dot4(float *s, const float *q, const float *k0, const float *k1, 
     s[3] = _mm512_reduce_add_ps(a3);
 }
 
-/* dot4 for M queries: per (query, key) the accumulator and operations of a5_dot4 (and so of
- * a5_dot), the queries interleaved. */
-#define DOT4_M(M)                                                                                  \
-    static void a5_dot4_##M(float *s, size_t ss, const float *const *q, const float *const *k,     \
-                            int n)                                                                 \
-    {                                                                                              \
-        __m512 a[M][4];                                                                            \
-        _Pragma("GCC unroll 4") for (int j = 0; j < M; j++)                                        \
-            _Pragma("GCC unroll 4") for (int u = 0; u < 4; u++) a[j][u] = _mm512_setzero_ps();     \
-        int i = 0;                                                                                 \
-        for (; i + 16 <= n; i += 16) {                                                             \
-            __m512 kv[4];                                                                          \
-            _Pragma("GCC unroll 4") for (int u = 0; u < 4; u++) kv[u] = _mm512_loadu_ps(k[u] + i); \
-            _Pragma("GCC unroll 4") for (int j = 0; j < M; j++)                                    \
-            {                                                                                      \
-                __m512 x = _mm512_loadu_ps(q[j] + i);                                              \
-                _Pragma("GCC unroll 4") for (int u = 0; u < 4; u++) a[j][u] =                      \
-                    _mm512_fmadd_ps(x, kv[u], a[j][u]);                                            \
-            }                                                                                      \
-        }                                                                                          \
-        if (i < n) {                                                                               \
-            __mmask16 mk = (__mmask16)((1u << (n - i)) - 1);                                       \
-            __m512 kv[4];                                                                          \
-            _Pragma("GCC unroll 4") for (int u = 0; u < 4; u++) kv[u] =                            \
-                _mm512_maskz_loadu_ps(mk, k[u] + i);                                               \
-            _Pragma("GCC unroll 4") for (int j = 0; j < M; j++)                                    \
-            {                                                                                      \
-                __m512 x = _mm512_maskz_loadu_ps(mk, q[j] + i);                                    \
-                _Pragma("GCC unroll 4") for (int u = 0; u < 4; u++) a[j][u] =                      \
-                    _mm512_fmadd_ps(x, kv[u], a[j][u]);                                            \
-            }                                                                                      \
-        }                                                                                          \
-        _Pragma("GCC unroll 4") for (int j = 0; j < M; j++)                                        \
-            _Pragma("GCC unroll 4") for (int u = 0; u < 4; u++) s[(size_t)j * ss + u] =            \
-                _mm512_reduce_add_ps(a[j][u]);                                                     \
-    }
-DOT4_M(1)
-DOT4_M(2)
-DOT4_M(3)
-DOT4_M(4)
-
-static void a5_dot4_m(float *s, size_t ss, const float *const *q, int m, const float *k0,
-                      const float *k1, const float *k2, const float *k3, int n)
+/* Lane n of the result = _mm512_reduce_add_ps(v[n]), bitwise: the same pairings (lane i with
+ * i+8, then i+4, then i+2, then i+1; float addition is commutative), done for 16 vectors at
+ * once by a transposition (45 shuffles and adds instead of 16 x 7). */
+INL __m512 reduce16(const __m512 *v)
 {
-    const float *k[4] = {k0, k1, k2, k3};
-    static void (*const f[5])(float *, size_t, const float *const *, const float *const *,
-                              int) = {NULL, a5_dot4_1, a5_dot4_2, a5_dot4_3, a5_dot4_4};
-    f[m](s, ss, q, k, n);
+    __m512 x[8], y[4], z[2];
+    _Pragma("GCC unroll 8") for (int k = 0; k < 8; k++)
+    {
+        __m512 a = v[2 * k], b = v[2 * k + 1];
+        x[k] = _mm512_add_ps(_mm512_shuffle_f32x4(a, b, _MM_SHUFFLE(3, 2, 3, 2)),
+                             _mm512_shuffle_f32x4(a, b, _MM_SHUFFLE(1, 0, 1, 0)));
+    }
+    _Pragma("GCC unroll 4") for (int k = 0; k < 4; k++)
+    {
+        __m512 a = x[2 * k], b = x[2 * k + 1];
+        y[k] = _mm512_add_ps(_mm512_shuffle_f32x4(a, b, _MM_SHUFFLE(3, 1, 3, 1)),
+                             _mm512_shuffle_f32x4(a, b, _MM_SHUFFLE(2, 0, 2, 0)));
+    }
+    _Pragma("GCC unroll 2") for (int k = 0; k < 2; k++)
+    {
+        __m512 a = y[2 * k], b = y[2 * k + 1];
+        z[k] = _mm512_add_ps(_mm512_shuffle_ps(a, b, _MM_SHUFFLE(3, 2, 3, 2)),
+                             _mm512_shuffle_ps(a, b, _MM_SHUFFLE(1, 0, 1, 0)));
+    }
+    __m512 r = _mm512_add_ps(_mm512_shuffle_ps(z[0], z[1], _MM_SHUFFLE(3, 1, 3, 1)),
+                             _mm512_shuffle_ps(z[0], z[1], _MM_SHUFFLE(2, 0, 2, 0)));
+    const __m512i idx = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+    return _mm512_permutexvar_ps(idx, r);
+}
+
+/* s[u] = q . k[u] for u < nk <= 16, each bitwise a5_dot(q, k[u], n): the same accumulator and
+ * FMAs per key, the same reduction tree (reduce16). */
+static void a5_dot16(float *s, const float *q, const float *const *k, int nk, int n)
+{
+    __m512 a[16];
+    for (int u = 0; u < 16; u++)
+        a[u] = _mm512_setzero_ps();
+    int i = 0;
+    if (nk == 16) {
+        for (; i + 16 <= n; i += 16) {
+            __m512 x = _mm512_loadu_ps(q + i);
+            _Pragma("GCC unroll 16") for (int u = 0; u < 16; u++) a[u] =
+                _mm512_fmadd_ps(x, _mm512_loadu_ps(k[u] + i), a[u]);
+        }
+    } else {
+        for (; i + 16 <= n; i += 16) {
+            __m512 x = _mm512_loadu_ps(q + i);
+            for (int u = 0; u < nk; u++)
+                a[u] = _mm512_fmadd_ps(x, _mm512_loadu_ps(k[u] + i), a[u]);
+        }
+    }
+    if (i < n) {
+        __mmask16 m = (__mmask16)((1u << (n - i)) - 1);
+        __m512 x = _mm512_maskz_loadu_ps(m, q + i);
+        for (int u = 0; u < nk; u++)
+            a[u] = _mm512_fmadd_ps(x, _mm512_maskz_loadu_ps(m, k[u] + i), a[u]);
+    }
+    _mm512_mask_storeu_ps(s, (__mmask16)((1u << nk) - 1), reduce16(a));
 }
 
 void kcpu_attn_avx512(kcpu_attn_ops *ops)
 {
     ops->dot = a5_dot;
     ops->dot4 = a5_dot4;
-    ops->dot4_m = a5_dot4_m;
+    ops->dot16 = a5_dot16;
 }
