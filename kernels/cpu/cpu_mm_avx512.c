@@ -517,31 +517,26 @@ INL __m512 reduce16(const __m512 *v)
 }
 
 /* s[u] = q . k[u] for u < nk <= 16, each bitwise a5_dot(q, k[u], n): the same accumulator and
- * FMAs per key, the same reduction tree (reduce16). */
+ * FMAs per key, the same reduction tree (reduce16). A short group computes its first key in the
+ * missing lanes and does not store them. */
 static void a5_dot16(float *s, const float *q, const float *const *k, int nk, int n)
 {
-    __m512 a[16];
+    const float *kk[16];
     for (int u = 0; u < 16; u++)
-        a[u] = _mm512_setzero_ps();
+        kk[u] = k[u < nk ? u : 0];
+    __m512 a[16];
+    _Pragma("GCC unroll 16") for (int u = 0; u < 16; u++) a[u] = _mm512_setzero_ps();
     int i = 0;
-    if (nk == 16) {
-        for (; i + 16 <= n; i += 16) {
-            __m512 x = _mm512_loadu_ps(q + i);
-            _Pragma("GCC unroll 16") for (int u = 0; u < 16; u++) a[u] =
-                _mm512_fmadd_ps(x, _mm512_loadu_ps(k[u] + i), a[u]);
-        }
-    } else {
-        for (; i + 16 <= n; i += 16) {
-            __m512 x = _mm512_loadu_ps(q + i);
-            for (int u = 0; u < nk; u++)
-                a[u] = _mm512_fmadd_ps(x, _mm512_loadu_ps(k[u] + i), a[u]);
-        }
+    for (; i + 16 <= n; i += 16) {
+        __m512 x = _mm512_loadu_ps(q + i);
+        _Pragma("GCC unroll 16") for (int u = 0; u < 16; u++) a[u] =
+            _mm512_fmadd_ps(x, _mm512_loadu_ps(kk[u] + i), a[u]);
     }
     if (i < n) {
         __mmask16 m = (__mmask16)((1u << (n - i)) - 1);
         __m512 x = _mm512_maskz_loadu_ps(m, q + i);
-        for (int u = 0; u < nk; u++)
-            a[u] = _mm512_fmadd_ps(x, _mm512_maskz_loadu_ps(m, k[u] + i), a[u]);
+        _Pragma("GCC unroll 16") for (int u = 0; u < 16; u++) a[u] =
+            _mm512_fmadd_ps(x, _mm512_maskz_loadu_ps(m, kk[u] + i), a[u]);
     }
     _mm512_mask_storeu_ps(s, (__mmask16)((1u << nk) - 1), reduce16(a));
 }
