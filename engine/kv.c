@@ -15,18 +15,21 @@ static float *kv_alloc(size_t n)
     return p;
 }
 
-sd_err kv_init(kv_cache **out, int n_layer, int row, int n_ctx)
+sd_err kv_init(kv_cache **out, int n_layer, int n_head, int dh, int n_ctx)
 {
     *out = NULL;
-    if (n_layer <= 0 || row <= 0 || n_ctx <= 0)
-        return sd_fail(SD_EINVAL, "kv cache: bad shape (layers %d, row %d, context %d)", n_layer,
-                       row, n_ctx);
+    if (n_layer <= 0 || n_head <= 0 || dh <= 0 || n_ctx <= 0)
+        return sd_fail(SD_EINVAL, "kv cache: bad shape (layers %d, heads %d x %d, context %d)",
+                       n_layer, n_head, dh, n_ctx);
+    int row = n_head * dh;
     kv_cache *kv = calloc(1, sizeof *kv);
     if (!kv)
         return SD_ENOMEM;
     size_t n = (size_t)n_layer * (size_t)n_ctx * (size_t)row;
     kv->n_layer = n_layer;
     kv->n_ctx = n_ctx;
+    kv->n_head = n_head;
+    kv->dh = dh;
     kv->row = row;
     kv->k = kv_alloc(n * sizeof(float));
     kv->v = kv_alloc(n * sizeof(float));
@@ -88,17 +91,30 @@ sd_err kv_commit_path(kv_cache *kv, const int *path, int n)
         int src = base + path[i], dst = base + i;
         if (src == dst)
             continue;
-        for (int l = 0; l < kv->n_layer; l++) {
-            memcpy(kv_k(kv, l) + (size_t)dst * kv->row, kv_k(kv, l) + (size_t)src * kv->row,
-                   sizeof(float) * (size_t)kv->row);
-            memcpy(kv_v(kv, l) + (size_t)dst * kv->row, kv_v(kv, l) + (size_t)src * kv->row,
-                   sizeof(float) * (size_t)kv->row);
-        }
+        for (int l = 0; l < kv->n_layer; l++)
+            for (int h = 0; h < kv->n_head; h++) {
+                size_t o = (size_t)h * kv_head_stride(kv), dh = (size_t)kv->dh;
+                memcpy(kv_k(kv, l) + o + dst * dh, kv_k(kv, l) + o + src * dh, sizeof(float) * dh);
+                memcpy(kv_v(kv, l) + o + dst * dh, kv_v(kv, l) + o + src * dh, sizeof(float) * dh);
+            }
         kv->tok[dst] = kv->tok[src];
     }
     kv->n_committed += n;
     kv->n_pending = 0;
     return SD_OK;
+}
+
+void kv_put(kv_cache *kv, int layer, int slot0, const float *k, const float *v, int T)
+{
+    size_t dh = (size_t)kv->dh;
+    for (int h = 0; h < kv->n_head; h++) {
+        float *kd = kv_k(kv, layer) + (size_t)h * kv_head_stride(kv) + (size_t)slot0 * dh;
+        float *vd = kv_v(kv, layer) + (size_t)h * kv_head_stride(kv) + (size_t)slot0 * dh;
+        for (int t = 0; t < T; t++) {
+            memcpy(kd + (size_t)t * dh, k + ((size_t)t * kv->n_head + h) * dh, sizeof(float) * dh);
+            memcpy(vd + (size_t)t * dh, v + ((size_t)t * kv->n_head + h) * dh, sizeof(float) * dh);
+        }
+    }
 }
 
 sd_err kv_commit_all(kv_cache *kv)

@@ -18,8 +18,11 @@
 #include "../common/sd_err.h"
 
 typedef struct {
-    int n_layer, n_ctx, row; /* row = Hkv * Dh floats per slot and layer */
-    float *k, *v;            /* [n_layer][n_ctx][row] */
+    int n_layer, n_ctx, n_head, dh; /* n_head = Hkv, dh = Dh */
+    int row;                        /* Hkv * Dh floats per slot and layer */
+    /* [n_layer][n_head][n_ctx][dh]: head-major, so one KV head's keys (or values) for the whole
+     * sequence are contiguous, which attention reads front to back for every query */
+    float *k, *v;
     int n_committed;
     int n_pending;
     int *parent;  /* [n_ctx] pending node -> parent pending node or -1 */
@@ -27,9 +30,10 @@ typedef struct {
     int32_t *tok; /* [n_ctx] token at each slot (committed and pending) */
 } kv_cache;
 
-sd_err kv_init(kv_cache **out, int n_layer, int row, int n_ctx);
+sd_err kv_init(kv_cache **out, int n_layer, int n_head, int dh, int n_ctx);
 void kv_free(kv_cache *kv);
 
+/* Layer l's keys / values: element (slot, head, d) at [head * kv_head_stride + slot * dh + d]. */
 static inline float *kv_k(const kv_cache *kv, int layer)
 {
     return kv->k + (size_t)layer * kv->n_ctx * kv->row;
@@ -38,6 +42,12 @@ static inline float *kv_v(const kv_cache *kv, int layer)
 {
     return kv->v + (size_t)layer * kv->n_ctx * kv->row;
 }
+static inline size_t kv_head_stride(const kv_cache *kv)
+{
+    return (size_t)kv->n_ctx * kv->dh;
+}
+/* Store T positions' keys and values, given as [T][Hkv][Dh] rows, at slots slot0.. of layer l. */
+void kv_put(kv_cache *kv, int layer, int slot0, const float *k, const float *v, int T);
 
 /* Drop pending nodes and keep only the first n committed positions (n <= n_committed). */
 sd_err kv_truncate(kv_cache *kv, int n);

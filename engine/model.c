@@ -438,7 +438,7 @@ sd_err model_kv_init(const model *m, kv_cache **out, int n_ctx)
 {
     if (n_ctx <= 0)
         n_ctx = m->cfg.n_ctx_train;
-    return kv_init(out, m->cfg.n_layer, m->cfg.n_head_kv * m->cfg.head_dim, n_ctx);
+    return kv_init(out, m->cfg.n_layer, m->cfg.n_head_kv, m->cfg.head_dim, n_ctx);
 }
 
 sd_err model_run_init(model_run **out, const model *m, int t_max)
@@ -563,10 +563,10 @@ static void layer_forward(model *m, model_run *r, kv_cache *kv, int l, int first
     be->rope(bc, r->q, r->pos, T, c->n_head, c->head_dim, c->n_rot, c->rope_base, c->rope_neox);
     be->rope(bc, r->k, r->pos, T, c->n_head_kv, c->head_dim, c->n_rot, c->rope_base, c->rope_neox);
     size_t slot0 = (size_t)(kv->n_committed + first);
-    memcpy(kv_k(kv, l) + slot0 * KV, r->k, sizeof(float) * (size_t)T * KV);
-    memcpy(kv_v(kv, l) + slot0 * KV, r->v, sizeof(float) * (size_t)T * KV);
-    be->attention(bc, r->att, r->q, kv_k(kv, l), kv_v(kv, l), kv->n_committed, r->anc, r->anc_off,
-                  T, c->n_head, c->n_head_kv, c->head_dim, 1.0f / sqrtf((float)c->head_dim));
+    kv_put(kv, l, (int)slot0, r->k, r->v, T);
+    be->attention(bc, r->att, r->q, kv_k(kv, l), kv_v(kv, l), (size_t)c->head_dim,
+                  kv_head_stride(kv), kv->n_committed, r->anc, r->anc_off, T, c->n_head,
+                  c->n_head_kv, c->head_dim, 1.0f / sqrtf((float)c->head_dim));
     be->matmul(bc, r->tmp, r->att, &L->wo, T, D, Q);
     be->add(bc, r->x, r->tmp, T * D);
 
@@ -592,7 +592,7 @@ sd_err model_forward(model *m, model_run *r, kv_cache *kv, const int32_t *tokens
     int V = c->n_vocab, D = c->n_embd;
     if (T <= 0)
         return sd_fail(SD_EINVAL, "forward: empty batch");
-    if (kv->n_layer != c->n_layer || kv->row != c->n_head_kv * c->head_dim)
+    if (kv->n_layer != c->n_layer || kv->n_head != c->n_head_kv || kv->dh != c->head_dim)
         return sd_fail(SD_EINVAL, "forward: kv cache shaped for another model");
     int P = kv->n_pending;
     if ((long)kv->n_committed + P + T > kv->n_ctx)

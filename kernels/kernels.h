@@ -13,6 +13,7 @@
 #ifndef SD_KERNELS_H
 #define SD_KERNELS_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #include "../common/sd_err.h"
@@ -51,8 +52,7 @@ struct kern_backend {
     void (*pack)(void *ctx, void *dst, const void *w, sd_dtype wt, int N, int K);
 
     /* out[T][D] = x / sqrt(mean(x^2) + eps) * w[D]. out may alias x. */
-    void (*rmsnorm)(void *ctx, float *out, const float *x, const float *w, int T, int D,
-                    float eps);
+    void (*rmsnorm)(void *ctx, float *out, const float *x, const float *w, int T, int D, float eps);
 
     /* Rotary embedding in place on x[T][H][Dh] at positions pos[T]; the first n_rot dims of each
      * head rotate. neox = 0: pairs (2i, 2i+1); neox = 1: pairs (i, i + n_rot/2). */
@@ -62,11 +62,13 @@ struct kern_backend {
     /* Causal/tree attention. For position t, the keys are cache slots 0..n_prefix-1 followed by
      * the slots anc[anc_off[t] .. anc_off[t+1]-1] (its in-batch ancestors in root-to-node order,
      * then itself), in exactly that order — the order a token-by-token decode would see.
-     * q[T][H][Dh], kc/vc[S][Hkv][Dh], out[T][H][Dh]. Head h reads KV head h / (H/Hkv).
+     * q[T][H][Dh], out[T][H][Dh]; element d of slot s of KV head g at kc/vc[s * ld_slot +
+     * g * ld_head + d] (slot-major: ld_slot = Hkv * Dh, ld_head = Dh; the engine's cache is
+     * head-major: ld_slot = Dh, ld_head = capacity * Dh). Head h reads KV head h / (H/Hkv).
      * scale multiplies q·k (normally 1/sqrt(Dh)). */
     void (*attention)(void *ctx, float *out, const float *q, const float *kc, const float *vc,
-                      int n_prefix, const int *anc, const int *anc_off, int T, int H, int Hkv,
-                      int Dh, float scale);
+                      size_t ld_slot, size_t ld_head, int n_prefix, const int *anc,
+                      const int *anc_off, int T, int H, int Hkv, int Dh, float scale);
 
     /* gate[T*F] = silu(gate) * up, in place on gate. */
     void (*silu_mul)(void *ctx, float *gate, const float *up, int n);

@@ -648,7 +648,8 @@ static void test_attention(void **state)
             float scale = 1.0f / sqrtf((float)Dh);
             int lv = (int)tu_below(&r, (uint32_t)n_levels);
             kern_backend *b = bs[lv][tu_below(&r, 2)];
-            b->attention(b->ctx, out, q, kc, vc, np, tr.anc, tr.anc_off, T, H, Hkv, Dh, scale);
+            b->attention(b->ctx, out, q, kc, vc, row, (size_t)Dh, np, tr.anc, tr.anc_off, T, H, Hkv,
+                         Dh, scale);
             for (int t = 0; t < T; t++)
                 for (int h = 0; h < H; h++) {
                     int kvh = h / (H / Hkv);
@@ -684,14 +685,28 @@ static void test_attention(void **state)
                         }
                     }
                 }
-            /* batch invariance: each node alone (T=1, its own ancestor list) */
+            /* batch invariance: each node alone (T=1, its own ancestor list), reading the
+             * cache in the head-major layout (the engine's): bitwise the same */
+            float *kh = malloc(sizeof(float) * tr.S * row),
+                  *vh = malloc(sizeof(float) * tr.S * row);
+            assert_true(kh && vh);
+            for (size_t sl = 0; sl < (size_t)tr.S; sl++)
+                for (int g = 0; g < Hkv; g++) {
+                    memcpy(kh + ((size_t)g * tr.S + sl) * Dh, kc + sl * row + (size_t)g * Dh,
+                           sizeof(float) * Dh);
+                    memcpy(vh + ((size_t)g * tr.S + sl) * Dh, vc + sl * row + (size_t)g * Dh,
+                           sizeof(float) * Dh);
+                }
             for (int t = 0; t < T; t++) {
                 int off[2] = {0, tr.anc_off[t + 1] - tr.anc_off[t]};
                 kern_backend *b1 = bs[lv][tu_below(&r, 2)];
-                b1->attention(b1->ctx, o1, q + (size_t)t * H * Dh, kc, vc, np,
-                              tr.anc + tr.anc_off[t], off, 1, H, Hkv, Dh, scale);
+                b1->attention(b1->ctx, o1, q + (size_t)t * H * Dh, kh, vh, (size_t)Dh,
+                              (size_t)tr.S * Dh, np, tr.anc + tr.anc_off[t], off, 1, H, Hkv, Dh,
+                              scale);
                 assert_memory_equal(o1, out + (size_t)t * H * Dh, sizeof(float) * H * Dh);
             }
+            free(kh);
+            free(vh);
             tree_free(&tr);
             free(kc);
             free(vc);

@@ -322,7 +322,7 @@ static void test_bad_input(void **state)
     assert_int_equal(kv_truncate(kv, 13), SD_ERANGE);
     /* a cache shaped for another model */
     kv_cache *other;
-    assert_int_equal(kv_init(&other, 3, 32, 16), SD_OK);
+    assert_int_equal(kv_init(&other, 3, 2, 16, 16), SD_OK);
     assert_int_equal(model_forward(f.m, f.r, other, ok, NULL, 1, NULL, 1, lg), SD_EINVAL);
     kv_free(other);
     kv_free(kv);

@@ -639,6 +639,7 @@ typedef struct {
     cpu_ctx *c;
     float *out;
     const float *q, *kc, *vc;
+    size_t ld_slot, ld_head;
     const int *anc, *anc_off;
     int n_prefix, T, H, Hkv, Dh, group, nb, hb; /* per task: nb nodes x hb query heads */
     float scale;
@@ -705,12 +706,12 @@ static void wsum_ref(float *o, const float *p, const float *v, size_t row, int n
 static void attn_queries(const attn_job *j, int t, int h0, int m, float *sc)
 {
     int kvh = h0 / j->group, Dh = j->Dh;
-    size_t row = (size_t)j->Hkv * Dh;
+    size_t row = j->ld_slot;
     int a0 = j->anc_off[t], a1 = j->anc_off[t + 1];
     int np = j->n_prefix, nk = np + (a1 - a0);
     const int *anc = j->anc + a0;
     const kcpu_attn_ops *ops = &j->c->attn;
-    const float *kb = j->kc + (size_t)kvh * Dh, *vb = j->vc + (size_t)kvh * Dh;
+    const float *kb = j->kc + (size_t)kvh * j->ld_head, *vb = j->vc + (size_t)kvh * j->ld_head;
     const float *q[4];
     float *o[4], inv[4];
     for (int u = 0; u < m; u++) {
@@ -768,8 +769,8 @@ static void attn_task(void *arg, int task, int tid)
 }
 
 static void cpu_attention(void *vctx, float *out, const float *q, const float *kc, const float *vc,
-                          int n_prefix, const int *anc, const int *anc_off, int T, int H, int Hkv,
-                          int Dh, float scale)
+                          size_t ld_slot, size_t ld_head, int n_prefix, const int *anc,
+                          const int *anc_off, int T, int H, int Hkv, int Dh, float scale)
 {
     cpu_ctx *c = vctx;
     if (T <= 0)
@@ -792,7 +793,8 @@ static void cpu_attention(void *vctx, float *out, const float *q, const float *k
         hb = (T * H + want - 1) / want;
         hb = hb < group ? hb : group;
     }
-    attn_job j = {c, out, q, kc, vc, anc, anc_off, n_prefix, T, H, Hkv, Dh, group, nb, hb, scale};
+    attn_job j = {c,        out, q, kc,  vc, ld_slot, ld_head, anc, anc_off,
+                  n_prefix, T,   H, Hkv, Dh, group,   nb,      hb,  scale};
     int n_tasks = Hkv * ((T + nb - 1) / nb) * ((group + hb - 1) / hb);
     kcpu_pool_run(c->pool, attn_task, &j, n_tasks);
 }
