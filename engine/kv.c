@@ -4,11 +4,14 @@
 #include <string.h>
 #include <sys/mman.h>
 
-/* n bytes, 2 MiB aligned and advised for transparent huge pages: attention walks the whole
- * cache of a layer for every query, and with 4 KiB pages that walk misses the TLB. */
+/* n bytes; from 2 MiB up, 2 MiB aligned and advised for transparent huge pages: attention
+ * walks a layer's cache for every query, and with 4 KiB pages that walk misses the TLB. */
 static float *kv_alloc(size_t n)
 {
-    size_t huge = (size_t)2 << 20, len = (n + huge - 1) & ~(huge - 1);
+    size_t huge = (size_t)2 << 20;
+    if (n < huge)
+        return aligned_alloc(64, (n + 63) & ~(size_t)63);
+    size_t len = (n + huge - 1) & ~(huge - 1);
     void *p = aligned_alloc(huge, len);
     if (p)
         (void)madvise(p, len, MADV_HUGEPAGE); /* a hint: without it only slower */
