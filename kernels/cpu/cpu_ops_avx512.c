@@ -73,35 +73,6 @@ static float a5_softmax(float *s, int n, float scale)
     return _mm512_reduce_add_ps(acc);
 }
 
-/* 64 columns at a time in four registers (masked past Dh); keys in order, o = o + p*v with the
- * product rounded first, exactly like the portable loop. */
-static void a5_wsum(float *o, const float *p, const float *v, size_t row, int np, const int *anc,
-                    int n, int Dh, float inv)
-{
-    for (int d0 = 0; d0 < Dh; d0 += 64) {
-        int w = Dh - d0 < 64 ? Dh - d0 : 64;
-        __mmask16 m[4];
-        for (int j = 0; j < 4; j++) {
-            int k = w - 16 * j;
-            m[j] = k >= 16 ? (__mmask16)0xffff : k > 0 ? tail_mask(k) : 0;
-        }
-        __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-        for (int i = 0; i < n; i++) {
-            const float *vi = v + (size_t)(i < np ? i : anc[i - np]) * row + d0;
-            __m512 vp = _mm512_set1_ps(p[i]);
-            a0 = _mm512_add_ps(a0, _mm512_mul_ps(vp, _mm512_maskz_loadu_ps(m[0], vi)));
-            a1 = _mm512_add_ps(a1, _mm512_mul_ps(vp, _mm512_maskz_loadu_ps(m[1], vi + 16)));
-            a2 = _mm512_add_ps(a2, _mm512_mul_ps(vp, _mm512_maskz_loadu_ps(m[2], vi + 32)));
-            a3 = _mm512_add_ps(a3, _mm512_mul_ps(vp, _mm512_maskz_loadu_ps(m[3], vi + 48)));
-        }
-        __m512 vi = _mm512_set1_ps(inv);
-        _mm512_mask_storeu_ps(o + d0, m[0], _mm512_mul_ps(a0, vi));
-        _mm512_mask_storeu_ps(o + d0 + 16, m[1], _mm512_mul_ps(a1, vi));
-        _mm512_mask_storeu_ps(o + d0 + 32, m[2], _mm512_mul_ps(a2, vi));
-        _mm512_mask_storeu_ps(o + d0 + 48, m[3], _mm512_mul_ps(a3, vi));
-    }
-}
-
 /* ---- elementwise ---- */
 
 INL __m512 silu_mul16(__m512 g, __m512 u)
@@ -210,8 +181,9 @@ static void a5_rope(float *x, const float *cs, const float *sn, int k0, int n, i
     }
 }
 
-/* a5_wsum for M queries over the same keys: each value row loaded once, per (query, column)
- * the operations of a5_wsum. */
+/* wsum for M queries over the same keys: 64 columns at a time in four registers per query
+ * (masked past Dh), each value row loaded once for all of them; per (query, column) keys in
+ * order, o = o + p*v with the product rounded first, exactly like the portable loop. */
 #define WSUM_M(M)                                                                                  \
     static void a5_wsum_##M(float *const *o, const float *p, size_t ps, const float *v,            \
                             size_t row, int np, const int *anc, int n, int Dh, const float *inv)   \
@@ -258,6 +230,12 @@ static void a5_wsum_m(float *const *o, const float *p, size_t ps, int m, const f
                               const int *, int, int,
                               const float *) = {NULL, a5_wsum_1, a5_wsum_2, a5_wsum_3, a5_wsum_4};
     f[m](o, p, ps, v, row, np, anc, n, Dh, inv);
+}
+
+static void a5_wsum(float *o, const float *p, const float *v, size_t row, int np, const int *anc,
+                    int n, int Dh, float inv)
+{
+    a5_wsum_1(&o, p, 0, v, row, np, anc, n, Dh, &inv);
 }
 
 void kcpu_ops_avx512(kcpu_attn_ops *a, kcpu_ew_ops *e)
