@@ -94,4 +94,22 @@ void model_run_free(model_run *r);
 sd_err model_forward(model *m, model_run *r, kv_cache *kv, const int32_t *tokens,
                      const int *parents, int T, const int *out_idx, int n_out, float *logits);
 
+/* One sequence's part of a multi-sequence forward: the arguments of model_forward. */
+typedef struct {
+    kv_cache *kv;
+    const int32_t *tokens;
+    const int *parents;
+    int T;
+    const int *out_idx;
+    int n_out;
+    float *logits;
+} model_seq;
+
+/* Several sequences (distinct KV caches) in one forward (continuous batching): every matmul runs
+ * over all sequences' positions together, attention per sequence. Each sequence's logits and KV
+ * rows are bitwise those of model_forward on it alone. Every sequence is checked before anything
+ * is computed; on error nothing changes. The total of T may exceed the run's t_max (processed in
+ * chunks of whole positions, still bitwise equal). */
+sd_err model_forward_multi(model *m, model_run *r, const model_seq *seqs, int n_seq);
+
 #endif

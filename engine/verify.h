@@ -41,4 +41,26 @@ void verify_work_free(verify_work *w);
 sd_err verify_tree(model *m, model_run *r, kv_cache *kv, verify_work *w, int32_t last,
                    const tree *t, verify_mode mode, const sample_params *sp, verify_result *res);
 
+/* One sequence's verification inside a batch (verify_batch). The chain pre[0..n_pre) is appended
+ * first (the tokens the cache lacks up to and including the chunk's root token, i.e. the
+ * committed/assumed sequence's newest token), then the tree hangs under pre[n_pre-1]. Afterwards
+ * pre and the accepted path are committed to kv and res says what was accepted. t == NULL:
+ * prefill only (pre appended and committed, res untouched). err gets this job's result: a bad
+ * tree or token fails its own job only. */
+typedef struct {
+    kv_cache *kv;
+    verify_work *w;
+    const int32_t *pre;
+    int n_pre;
+    const tree *t;
+    verify_mode mode;
+    const sample_params *sp;
+    verify_result *res;
+    sd_err err;
+} verify_job;
+
+/* Verify several sequences with one model_forward_multi; each job's outcome is bitwise that of
+ * verifying it alone. Returns the first error that is not a single job's (e.g. SD_ENOMEM). */
+sd_err verify_batch(model *m, model_run *r, verify_job *jobs, int n);
+
 #endif
