@@ -1,0 +1,290 @@
+/* specd-worker: the target verifier daemon.
+ *
+ * Threads and queues:
+ *   main thread        config, start-up, then waits for SIGTERM/SIGINT (drain + exit 0) and
+ *                      watches the registration (a refusal by the coordinator exits 1).
+ *   gRPC server thread Worker.OpenSession / CloseSession / Health (net/rpc): session table
+ *                      changes under the core's lock (worker/wk.c).
+ *   UCX progress thread data plane (net/ucx): Prompt, Chunk, Commit, Cancel are decoded,
+ *                      validated and queued per session (wk_on_msg); verdicts go back from the
+ *                      compute thread through ucx_send's queue.
+ *   compute thread     takes the ready work of all sessions, one forward for all of it
+ *                      (continuous batching), sends the verdicts (wk.c).
+ *   registration       registers with the coordinator, heartbeats, re-registers (net/node.c).
+ */
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "../common/log.h"
+#include "../common/paths.h"
+#include "../engine/model.h"
+#include "../engine/tok.h"
+#include "../net/daemon.h"
+#include "../net/node.h"
+#include "../net/rpc.h"
+#include "../net/wire.h"
+#include "wk.h"
+
+typedef struct {
+    daemon_common c;
+    const char *coordinator, *host, *id, *model, *backend;
+    int port, ucx_port, threads, f32_act, no_pack, max_sessions, max_ctx, max_nodes,
+        max_batch_tokens, batching;
+    float forward_delay_ms;
+} worker_cfg;
+
+#define F(x) offsetof(worker_cfg, x)
+static const opt_def worker_defs[] = {
+    {"coordinator", 0, OPT_STR, F(coordinator), OPT_NOBOUNDS, "127.0.0.1:7700", "HOST:PORT",
+     "the coordinator's gRPC address"},
+    {"host", 0, OPT_STR, F(host), OPT_NOBOUNDS, "127.0.0.1", "ADDR",
+     "address this worker listens on and advertises (gRPC and UCX)"},
+    {"port", 0, OPT_INT, F(port), 0, 65535, "0", "N", "gRPC control port (0 = any free port)"},
+    {"ucx-port", 0, OPT_INT, F(ucx_port), 0, 65535, "0", "N",
+     "UCX data-plane port (0 = any free port)"},
+    {"id", 0, OPT_STR, F(id), OPT_NOBOUNDS, NULL, "NAME",
+     "node name (default worker-HOST-PID)"},
+    {"model", 0, OPT_STR, F(model), OPT_NOBOUNDS, NULL, "PATH",
+     "target model GGUF (default: the cached SmolLM2-135M-Instruct)"},
+    {"backend", 0, OPT_STR, F(backend), OPT_NOBOUNDS, "cpu", "NAME", "compute backend: cpu"},
+    {"threads", 0, OPT_INT, F(threads), 0, 1024, "0", "N", "compute threads (0 = all cores)"},
+    {"f32-act", 0, OPT_FLAG, F(f32_act), OPT_NOBOUNDS, NULL, NULL,
+     "f32 activations in matmuls (a different numerics fingerprint)"},
+    {"no-pack", 0, OPT_FLAG, F(no_pack), OPT_NOBOUNDS, NULL, NULL,
+     "read weights as stored (same output, slower)"},
+    {"max-sessions", 0, OPT_INT, F(max_sessions), 1, 1024, "16", "N",
+     "sessions held at once; more are refused with RESOURCE_EXHAUSTED"},
+    {"max-ctx", 0, OPT_INT, F(max_ctx), 16, 1 << 20, "4096", "N",
+     "largest context (prompt + generation + tree) of one session"},
+    {"max-nodes", 0, OPT_INT, F(max_nodes), 1, 1024, "64", "N", "largest chunk (tree nodes)"},
+    {"max-batch-tokens", 0, OPT_INT, F(max_batch_tokens), 1, 1 << 16, "512", "N",
+     "positions in one batched forward"},
+    {"batching", 0, OPT_INT, F(batching), 0, 1, "1", "0|1",
+     "1: one forward over the ready chunks of all sessions; 0: one forward per session"},
+    {"forward-delay-ms", 0, OPT_FLOAT, F(forward_delay_ms), 0, 60000, "0", "MS",
+     "EMULATION: extra time per forward, as if the target were larger (experiments)"},
+    DAEMON_COMMON_DEFS(worker_cfg, c),
+};
+#undef F
+#define N_DEFS (sizeof worker_defs / sizeof worker_defs[0])
+
+typedef struct {
+    wk *core;
+    const char *id, *numerics;
+} worker_app;
+
+static rpc_code on_open(void *ud, const uint8_t *req, size_t len, rpc_buf *resp, rpc_status *st)
+{
+    worker_app *a = ud;
+    ProtobufCMessage *m;
+    if (wire_unpack(&specd__open_session_request__descriptor, req, len, &m)) {
+        snprintf(st->msg, sizeof st->msg, "%s", sd_errmsg());
+        return RPC_INVALID_ARGUMENT;
+    }
+    Specd__OpenSessionRequest *q = (Specd__OpenSessionRequest *)m;
+    rpc_code code = RPC_OK;
+    if (q->protocol_version != WIRE_PROTOCOL_VERSION) {
+        snprintf(st->msg, sizeof st->msg, "protocol version %u, this worker speaks %u",
+                 q->protocol_version, WIRE_PROTOCOL_VERSION);
+        code = RPC_FAILED_PRECONDITION;
+    } else if (q->verify_mode != 0) {
+        snprintf(st->msg, sizeof st->msg, "verification mode %u is not supported by workers",
+                 q->verify_mode);
+        code = RPC_UNIMPLEMENTED;
+    } else {
+        sample_params sp = {0, 0, 1, 0};
+        if (q->sampling) {
+            sp.temp = q->sampling->temp;
+            sp.top_k = q->sampling->top_k;
+            sp.top_p = q->sampling->top_p > 0 ? q->sampling->top_p : 1.0f;
+            sp.seed = q->sampling->seed;
+        }
+        code = wk_open_session(a->core, q->session_id, &sp, q->max_ctx, q->max_nodes, st);
+    }
+    protobuf_c_message_free_unpacked(m, NULL);
+    if (code != RPC_OK)
+        return code;
+    Specd__OpenSessionReply r = SPECD__OPEN_SESSION_REPLY__INIT;
+    r.ok = 1;
+    return wire_pack(&r.base, &resp->data, &resp->len) ? RPC_INTERNAL : RPC_OK;
+}
+
+static rpc_code on_close(void *ud, const uint8_t *req, size_t len, rpc_buf *resp, rpc_status *st)
+{
+    worker_app *a = ud;
+    ProtobufCMessage *m;
+    if (wire_unpack(&specd__close_session_request__descriptor, req, len, &m)) {
+        snprintf(st->msg, sizeof st->msg, "%s", sd_errmsg());
+        return RPC_INVALID_ARGUMENT;
+    }
+    uint64_t id = ((Specd__CloseSessionRequest *)m)->session_id;
+    protobuf_c_message_free_unpacked(m, NULL);
+    Specd__CloseSessionReply r = SPECD__CLOSE_SESSION_REPLY__INIT;
+    r.ok = wk_close_session(a->core, id) == RPC_OK;
+    return wire_pack(&r.base, &resp->data, &resp->len) ? RPC_INTERNAL : RPC_OK;
+}
+
+static rpc_code on_health(void *ud, const uint8_t *req, size_t len, rpc_buf *resp,
+                          rpc_status *st)
+{
+    worker_app *a = ud;
+    wk_stats ws;
+    wk_get_stats(a->core, &ws);
+    Specd__HealthReply r = SPECD__HEALTH_REPLY__INIT;
+    r.id = (char *)a->id;
+    r.sessions = ws.sessions;
+    r.numerics = (char *)a->numerics;
+    return wire_pack(&r.base, &resp->data, &resp->len) ? RPC_INTERNAL : RPC_OK;
+}
+
+static void on_msg(void *ud, ucx_peer *from, unsigned id, const void *data, size_t len)
+{
+    wk_on_msg(((worker_app *)ud)->core, from, id, data, len);
+}
+
+static void on_down(void *ud, ucx_peer *p, const char *why)
+{
+    LOG_INFO("worker", "peer %s down: %s", ucx_peer_name(p), why);
+    wk_on_peer_down(((worker_app *)ud)->core, p);
+}
+
+static void load(void *ud, node_load *out)
+{
+    wk_stats ws;
+    wk_get_stats(((worker_app *)ud)->core, &ws);
+    out->sessions = ws.sessions;
+    out->forwards = ws.forwards;
+    out->batched_forwards = ws.batched_forwards;
+    out->verified_tokens = ws.verified_tokens;
+    out->batch_seqs_total = ws.batch_seqs_total;
+}
+
+int main(int argc, char **argv)
+{
+    daemon_signals_block();
+    worker_cfg c;
+    memset(&c, 0, sizeof c);
+    cfg_file *keep = NULL;
+    int rc = daemon_load_config("specd-worker", worker_defs, N_DEFS, &c, argc, argv, &keep);
+    if (rc >= 0)
+        return rc;
+    ucx_opts uo = {0};
+    if (daemon_common_apply(&c.c, "worker", &uo)) {
+        fprintf(stderr, "specd-worker: %s\n", sd_errmsg());
+        cfg_file_free(keep);
+        return 2;
+    }
+    if (strcmp(c.backend, "cpu")) {
+        fprintf(stderr, "specd-worker: backend: '%s' is not available (cpu)\n", c.backend);
+        cfg_file_free(keep);
+        return 2;
+    }
+    char model_path[4096], id[256], addr[300], ucx_addr[300], ident[256];
+    snprintf(model_path, sizeof model_path, "%s", c.model ? c.model : paths_default_model());
+    snprintf(id, sizeof id, "%s", c.id ? c.id : "");
+    if (!c.id)
+        snprintf(id, sizeof id, "worker-%s-%d", c.host, (int)getpid());
+
+    model_opts mo = {.n_threads = c.threads,
+                     .kern_flags = c.f32_act ? KERN_CPU_F32_ACT : 0u,
+                     .no_pack = c.no_pack};
+    model *m = NULL;
+    tok *tk = NULL;
+    wk *core = NULL;
+    rpc_server *srv = NULL;
+    ucx_ctx *ux = NULL;
+    node_reg *reg = NULL;
+    rc = 1;
+    if (model_open(&m, model_path, &mo)) {
+        LOG_ERROR("worker", "cannot load model '%s': %s", model_path, sd_errmsg());
+        goto out;
+    }
+    if (tok_load(&tk, model_gguf(m))) {
+        LOG_ERROR("worker", "tokenizer of '%s': %s", model_path, sd_errmsg());
+        goto out;
+    }
+    node_model_identity(model_gguf(m), ident, sizeof ident);
+    kern_backend *kb = model_backend(m);
+    char numerics[128];
+    snprintf(numerics, sizeof numerics, "%s/%s", kb->name, c.f32_act ? "act-f32" : "act-i8");
+    wk_opts wo = {.m = m,
+                  .max_sessions = c.max_sessions,
+                  .max_ctx = c.max_ctx,
+                  .max_nodes = c.max_nodes,
+                  .max_batch_tokens = c.max_batch_tokens,
+                  .batching = c.batching,
+                  .forward_delay_ms = c.forward_delay_ms};
+    if (wk_create(&core, &wo)) {
+        LOG_ERROR("worker", "%s", sd_errmsg());
+        goto out;
+    }
+    worker_app app = {core, id, numerics};
+    char listen[300];
+    snprintf(listen, sizeof listen, "%s:%d", c.host, c.ucx_port);
+    uo.listen_addr = listen;
+    uo.on_msg = on_msg;
+    uo.on_peer_down = on_down;
+    uo.ud = &app;
+    if (ucx_create(&ux, &uo)) {
+        LOG_ERROR("worker", "UCX on %s: %s", listen, sd_errmsg());
+        goto out;
+    }
+    snprintf(listen, sizeof listen, "%s:%d", c.host, c.port);
+    rpc_server_opts so = {.addr = listen};
+    int port = 0;
+    if (rpc_server_create(&srv, &so) ||
+        rpc_server_add_unary(srv, "/specd.Worker/OpenSession", on_open, &app) ||
+        rpc_server_add_unary(srv, "/specd.Worker/CloseSession", on_close, &app) ||
+        rpc_server_add_unary(srv, "/specd.Worker/Health", on_health, &app) ||
+        rpc_server_start(srv, &port)) {
+        LOG_ERROR("worker", "gRPC server on %s: %s", listen, sd_errmsg());
+        goto out;
+    }
+    snprintf(addr, sizeof addr, "%s:%d", c.host, port);
+    snprintf(ucx_addr, sizeof ucx_addr, "%s:%d", c.host, ucx_listen_port(ux));
+    node_reg_opts ro = {.coordinator = c.coordinator,
+                        .kind = SPECD__NODE_KIND__NODE_WORKER,
+                        .id = id,
+                        .addr = addr,
+                        .ucx_addr = ucx_addr,
+                        .model = ident,
+                        .numerics = numerics,
+                        .vocab_hash = node_vocab_hash(tk),
+                        .n_vocab = model_cfg(m)->n_vocab,
+                        .max_sessions = c.max_sessions,
+                        .load = load,
+                        .ud = &app};
+    if (node_reg_start(&reg, &ro)) {
+        LOG_ERROR("worker", "%s", sd_errmsg());
+        goto out;
+    }
+    LOG_INFO("worker", "%s ready: gRPC %s, UCX %s, model %s, numerics %s%s", id, addr, ucx_addr,
+             ident, numerics, c.forward_delay_ms > 0 ? " (EMULATED forward delay)" : "");
+    if (c.forward_delay_ms > 0)
+        LOG_WARN("worker", "emulation: +%.1f ms per forward", c.forward_delay_ms);
+    rc = 0;
+    for (;;) {
+        int sig = daemon_wait_signal(200);
+        const char *why;
+        if (sig) {
+            LOG_INFO("worker", "signal %d: draining", sig);
+            break;
+        }
+        if (node_reg_refused(reg, &why)) {
+            rc = 1;
+            break;
+        }
+    }
+out:
+    node_reg_stop(reg);
+    rpc_server_free(srv);
+    wk_free(core, 2000);
+    ucx_free(ux);
+    tok_free(tk);
+    model_free(m);
+    cfg_file_free(keep);
+    return rc;
+}
