@@ -52,3 +52,26 @@ void daemon_signals_block(void);
 int daemon_wait_signal(int timeout_ms);
 
 #endif
+
+/* The serving part of a node daemon (worker, drafter): UCX listener, gRPC control server
+ * (SERVICE/OpenSession, CloseSession, Health), registration with the coordinator, then wait for
+ * SIGTERM/SIGINT (returns 0) or a refusal by the coordinator (returns 1). Everything started is
+ * stopped before it returns; the caller then frees its core. */
+#include "node.h"
+#include "rpc.h"
+
+typedef struct {
+    const char *role;    /* "worker", "drafter" (logs, default id) */
+    const char *service; /* "specd.Worker" */
+    int kind;            /* SPECD__NODE_KIND__* */
+    const char *coordinator, *host, *id, *model_ident, *numerics;
+    int port, ucx_port, max_sessions, n_vocab;
+    uint64_t vocab_hash;
+    rpc_unary_fn open_session, close_session;
+    void (*on_msg)(void *ud, ucx_peer *from, unsigned msg_id, const void *data, size_t len);
+    void (*on_peer_down)(void *ud, ucx_peer *p);
+    void (*load)(void *ud, node_load *out);
+    void *ud;
+} daemon_node;
+
+int daemon_node_serve(const daemon_node *n, ucx_opts *uo);

@@ -73,7 +73,6 @@ static const opt_def worker_defs[] = {
 
 typedef struct {
     wk *core;
-    const char *id, *numerics;
 } worker_app;
 
 static rpc_code on_open(void *ud, const uint8_t *req, size_t len, rpc_buf *resp, rpc_status *st)
@@ -127,27 +126,13 @@ static rpc_code on_close(void *ud, const uint8_t *req, size_t len, rpc_buf *resp
     return wire_pack(&r.base, &resp->data, &resp->len) ? RPC_INTERNAL : RPC_OK;
 }
 
-static rpc_code on_health(void *ud, const uint8_t *req, size_t len, rpc_buf *resp,
-                          rpc_status *st)
-{
-    worker_app *a = ud;
-    wk_stats ws;
-    wk_get_stats(a->core, &ws);
-    Specd__HealthReply r = SPECD__HEALTH_REPLY__INIT;
-    r.id = (char *)a->id;
-    r.sessions = ws.sessions;
-    r.numerics = (char *)a->numerics;
-    return wire_pack(&r.base, &resp->data, &resp->len) ? RPC_INTERNAL : RPC_OK;
-}
-
 static void on_msg(void *ud, ucx_peer *from, unsigned id, const void *data, size_t len)
 {
     wk_on_msg(((worker_app *)ud)->core, from, id, data, len);
 }
 
-static void on_down(void *ud, ucx_peer *p, const char *why)
+static void on_down(void *ud, ucx_peer *p)
 {
-    LOG_INFO("worker", "peer %s down: %s", ucx_peer_name(p), why);
     wk_on_peer_down(((worker_app *)ud)->core, p);
 }
 
@@ -182,21 +167,14 @@ int main(int argc, char **argv)
         cfg_file_free(keep);
         return 2;
     }
-    char model_path[4096], id[256], addr[300], ucx_addr[300], ident[256];
+    char model_path[4096], ident[256], numerics[128];
     snprintf(model_path, sizeof model_path, "%s", c.model ? c.model : paths_default_model());
-    snprintf(id, sizeof id, "%s", c.id ? c.id : "");
-    if (!c.id)
-        snprintf(id, sizeof id, "worker-%s-%d", c.host, (int)getpid());
-
     model_opts mo = {.n_threads = c.threads,
                      .kern_flags = c.f32_act ? KERN_CPU_F32_ACT : 0u,
                      .no_pack = c.no_pack};
     model *m = NULL;
     tok *tk = NULL;
     wk *core = NULL;
-    rpc_server *srv = NULL;
-    ucx_ctx *ux = NULL;
-    node_reg *reg = NULL;
     rc = 1;
     if (model_open(&m, model_path, &mo)) {
         LOG_ERROR("worker", "cannot load model '%s': %s", model_path, sd_errmsg());
@@ -207,9 +185,8 @@ int main(int argc, char **argv)
         goto out;
     }
     node_model_identity(model_gguf(m), ident, sizeof ident);
-    kern_backend *kb = model_backend(m);
-    char numerics[128];
-    snprintf(numerics, sizeof numerics, "%s/%s", kb->name, c.f32_act ? "act-f32" : "act-i8");
+    snprintf(numerics, sizeof numerics, "%s/%s", model_backend(m)->name,
+             c.f32_act ? "act-f32" : "act-i8");
     wk_opts wo = {.m = m,
                   .max_sessions = c.max_sessions,
                   .max_ctx = c.max_ctx,
@@ -221,68 +198,32 @@ int main(int argc, char **argv)
         LOG_ERROR("worker", "%s", sd_errmsg());
         goto out;
     }
-    worker_app app = {core, id, numerics};
-    char listen[300];
-    snprintf(listen, sizeof listen, "%s:%d", c.host, c.ucx_port);
-    uo.listen_addr = listen;
-    uo.on_msg = on_msg;
-    uo.on_peer_down = on_down;
-    uo.ud = &app;
-    if (ucx_create(&ux, &uo)) {
-        LOG_ERROR("worker", "UCX on %s: %s", listen, sd_errmsg());
-        goto out;
-    }
-    snprintf(listen, sizeof listen, "%s:%d", c.host, c.port);
-    rpc_server_opts so = {.addr = listen};
-    int port = 0;
-    if (rpc_server_create(&srv, &so) ||
-        rpc_server_add_unary(srv, "/specd.Worker/OpenSession", on_open, &app) ||
-        rpc_server_add_unary(srv, "/specd.Worker/CloseSession", on_close, &app) ||
-        rpc_server_add_unary(srv, "/specd.Worker/Health", on_health, &app) ||
-        rpc_server_start(srv, &port)) {
-        LOG_ERROR("worker", "gRPC server on %s: %s", listen, sd_errmsg());
-        goto out;
-    }
-    snprintf(addr, sizeof addr, "%s:%d", c.host, port);
-    snprintf(ucx_addr, sizeof ucx_addr, "%s:%d", c.host, ucx_listen_port(ux));
-    node_reg_opts ro = {.coordinator = c.coordinator,
-                        .kind = SPECD__NODE_KIND__NODE_WORKER,
-                        .id = id,
-                        .addr = addr,
-                        .ucx_addr = ucx_addr,
-                        .model = ident,
-                        .numerics = numerics,
-                        .vocab_hash = node_vocab_hash(tk),
-                        .n_vocab = model_cfg(m)->n_vocab,
-                        .max_sessions = c.max_sessions,
-                        .load = load,
-                        .ud = &app};
-    if (node_reg_start(&reg, &ro)) {
-        LOG_ERROR("worker", "%s", sd_errmsg());
-        goto out;
-    }
-    LOG_INFO("worker", "%s ready: gRPC %s, UCX %s, model %s, numerics %s%s", id, addr, ucx_addr,
-             ident, numerics, c.forward_delay_ms > 0 ? " (EMULATED forward delay)" : "");
     if (c.forward_delay_ms > 0)
-        LOG_WARN("worker", "emulation: +%.1f ms per forward", c.forward_delay_ms);
-    rc = 0;
-    for (;;) {
-        int sig = daemon_wait_signal(200);
-        const char *why;
-        if (sig) {
-            LOG_INFO("worker", "signal %d: draining", sig);
-            break;
-        }
-        if (node_reg_refused(reg, &why)) {
-            rc = 1;
-            break;
-        }
-    }
+        LOG_WARN("worker", "EMULATION: +%.1f ms per forward (a larger target)",
+                 c.forward_delay_ms);
+    worker_app app = {core};
+    daemon_node dn = {.role = "worker",
+                      .service = "specd.Worker",
+                      .kind = SPECD__NODE_KIND__NODE_WORKER,
+                      .coordinator = c.coordinator,
+                      .host = c.host,
+                      .id = c.id,
+                      .model_ident = ident,
+                      .numerics = numerics,
+                      .port = c.port,
+                      .ucx_port = c.ucx_port,
+                      .max_sessions = c.max_sessions,
+                      .n_vocab = model_cfg(m)->n_vocab,
+                      .vocab_hash = node_vocab_hash(tk),
+                      .open_session = on_open,
+                      .close_session = on_close,
+                      .on_msg = on_msg,
+                      .on_peer_down = on_down,
+                      .load = load,
+                      .ud = &app};
+    rc = daemon_node_serve(&dn, &uo);
 out:
-    node_reg_stop(reg);
-    rpc_server_free(srv);
     wk_free(core, 2000);
-    ucx_free(ux);
     tok_free(tk);
     model_free(m);
     cfg_file_free(keep);
