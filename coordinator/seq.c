@@ -181,6 +181,15 @@ int seq_inflight(const seq *s)
     return k;
 }
 
+double seq_oldest_inflight_ms(const seq *s, double now_ms)
+{
+    double age = 0;
+    for (int i = 0; i < s->c.max_inflight; i++)
+        if (s->ch[i].active && !s->ch[i].held && now_ms - s->ch[i].t_sent > age)
+            age = now_ms - s->ch[i].t_sent;
+    return age;
+}
+
 /* ---- tree ---- */
 
 static sd_err tree_append(seq *s, uint32_t first_id, const int32_t *parent, const int32_t *tok,

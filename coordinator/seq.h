@@ -110,6 +110,8 @@ const seq_stats *seq_get_stats(const seq *s);
 /* The committed sequence (prompt included). */
 const int32_t *seq_committed(const seq *s, int *n);
 int seq_inflight(const seq *s);
+/* How long the oldest chunk in flight has waited for its verdict (0 with none). */
+double seq_oldest_inflight_ms(const seq *s, double now_ms);
 seq_mode seq_get_mode(const seq *s);
 uint32_t seq_epoch(const seq *s);
 int seq_tree_size(const seq *s);

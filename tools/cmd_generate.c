@@ -102,28 +102,6 @@ static int fail(const char *what, sd_err e)
     return 1;
 }
 
-/* Tokenize the prompt (raw, or as a chat turn). *ids is malloc'd. */
-static sd_err encode_prompt(const tok *tk, const gen_opts *o, int32_t **ids, size_t *n)
-{
-    size_t cap = strlen(o->prompt) + (o->system ? strlen(o->system) : 0) + 256;
-    *ids = malloc(sizeof(int32_t) * cap);
-    if (!*ids)
-        return SD_ENOMEM;
-    sd_err e;
-    if (o->chat) {
-        tok_chat_msg msgs[2];
-        size_t nm = 0;
-        if (o->system)
-            msgs[nm++] = (tok_chat_msg){"system", o->system};
-        msgs[nm++] = (tok_chat_msg){"user", o->prompt};
-        e = tok_chat_encode(tk, msgs, nm, TOK_CHAT_ADD_ASSISTANT, *ids, cap, n);
-    } else {
-        e = tok_encode(tk, o->prompt, strlen(o->prompt),
-                       TOK_PARSE_SPECIAL | (tok_wants_bos(tk) ? TOK_ADD_BOS : 0), *ids, cap, n);
-    }
-    return e;
-}
-
 int cmd_generate(int argc, char **argv)
 {
     gen_opts o = {0};
@@ -188,7 +166,7 @@ int cmd_generate(int argc, char **argv)
         fprintf(stderr, "specd generate: tokenizer has %d tokens, model %d\n", tok_n_vocab(tk), V);
         goto out;
     }
-    if ((e = encode_prompt(tk, &o, &ids, &n_prompt))) {
+    if ((e = tok_encode_prompt(tk, o.prompt, o.system, o.chat, &ids, &n_prompt))) {
         rc = fail("prompt", e);
         goto out;
     }
