@@ -15,14 +15,6 @@
 #include "../engine/tok.h"
 #include "specd.h"
 
-typedef struct {
-    const char *model, *prompt, *system, *log_level, *draft, *tree, *verify;
-    int n_predict, threads, ctx, chat, f32_act, portable, no_pack, ignore_eos, top_k, compare,
-        max_nodes;
-    float temp, top_p;
-    unsigned long long seed;
-} gen_opts;
-
 #define F(x) offsetof(gen_opts, x)
 static const opt_def gen_defs[] = {
     {"model", 'm', OPT_STR, F(model), OPT_NOBOUNDS, NULL, "PATH",
@@ -61,6 +53,12 @@ static const opt_def gen_defs[] = {
      "read weights as stored (default: the backend repacks them at load; same output)"},
     {"log-level", 0, OPT_STR, F(log_level), OPT_NOBOUNDS, "warn", "LEVEL",
      "error, warn, info or debug"},
+    {"coordinator", 0, OPT_STR, F(coordinator), OPT_NOBOUNDS, NULL, "HOST:PORT",
+     "generate through a specd cluster (no local model needed unless --compare)"},
+    {"mode", 0, OPT_STR, F(mode), OPT_NOBOUNDS, "si", "MODE",
+     "with --coordinator: ar (target only), si, async or dsi"},
+    {"timeout", 0, OPT_INT, F(timeout_s), 1, 86400, "600", "S",
+     "with --coordinator: give up after S seconds"},
 };
 #undef F
 #define N_DEFS (sizeof gen_defs / sizeof gen_defs[0])
@@ -128,6 +126,8 @@ int cmd_generate(int argc, char **argv)
     }
     log_set_role("generate");
     log_set_level((log_level)lvl);
+    if (o.coordinator && !o.compare)
+        return cli_remote_generate(&o, NULL, NULL);
     if (!o.model)
         o.model = cli_default_model();
 
@@ -216,7 +216,7 @@ int cmd_generate(int argc, char **argv)
         rc = fail("--tree", e);
         goto out;
     }
-    if (strcmp(o.draft, "none")) {
+    if (strcmp(o.draft, "none") && !o.coordinator) {
         draft_opts dop = {.max_ctx = ctx,
                           .max_nodes = o.max_nodes,
                           .sample_children = vm == VERIFY_SPECINFER && o.temp > 0,
@@ -229,13 +229,19 @@ int cmd_generate(int argc, char **argv)
         sc.drafter = dr;
     }
     spec_stats st, base;
-    if ((e = spec_generate(&sc, ids, (int)n_prompt, &st))) {
-        rc = fail("generation", e);
-        goto out;
+    if (o.coordinator) { /* --compare: the cluster's output against local target-only */
+        if (cli_remote_generate(&o, sink_token, &out_sink))
+            goto out;
+        memset(&st, 0, sizeof st);
+    } else {
+        if ((e = spec_generate(&sc, ids, (int)n_prompt, &st))) {
+            rc = fail("generation", e);
+            goto out;
+        }
+        printf("\n");
+        fflush(stdout);
+        spec_stats_print(&st, dr ? dr->kind : "target");
     }
-    printf("\n");
-    fflush(stdout);
-    spec_stats_print(&st, dr ? dr->kind : "target");
     if (o.compare) {
         gen_sink ref = {.keep = 1};
         sc.drafter = NULL;
@@ -250,10 +256,14 @@ int cmd_generate(int argc, char **argv)
             out_sink.n == ref.n && !memcmp(out_sink.ids, ref.ids, sizeof(int32_t) * (size_t)ref.n);
         double a = st.n_gen / (st.t_total - st.t_prefill),
                b = base.n_gen / (base.t_total - base.t_prefill);
-        fprintf(stderr,
-                "[compare] output %s target-only (%d vs %d tokens); speedup %.2fx "
-                "(%.1f vs %.1f tok/s)\n",
-                same ? "identical to" : "DIFFERS from", out_sink.n, ref.n, a / b, a, b);
+        if (o.coordinator)
+            fprintf(stderr, "[compare] cluster output %s local target-only (%d vs %d tokens)\n",
+                    same ? "identical to" : "DIFFERS from", out_sink.n, ref.n);
+        else
+            fprintf(stderr,
+                    "[compare] output %s target-only (%d vs %d tokens); speedup %.2fx "
+                    "(%.1f vs %.1f tok/s)\n",
+                    same ? "identical to" : "DIFFERS from", out_sink.n, ref.n, a / b, a, b);
         free(ref.ids);
         if (!same)
             goto out;
@@ -267,3 +277,12 @@ out:
     model_free(m);
     return rc;
 }
+
+#ifndef SPECD_NET
+int cli_remote_generate(const gen_opts *o, int (*on_token)(void *ud, int32_t tok), void *ud)
+{
+    fprintf(stderr, "specd generate: --coordinator: this build has no distributed runtime (gRPC, "
+                    "protobuf-c and UCX were not found at build time)\n");
+    return 2;
+}
+#endif

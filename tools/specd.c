@@ -13,7 +13,11 @@ static const struct {
     int (*run)(int argc, char **argv);
     const char *help;
 } cli_cmds[] = {
-    {"generate", cmd_generate, "generate text from a prompt with a local model"},
+    {"generate", cmd_generate, "generate text from a prompt (a local model or a cluster)"},
+#ifdef SPECD_NET
+    {"status", cmd_status, "nodes, sessions and their statistics of a running cluster"},
+    {"local", cmd_local, "start a coordinator, a drafter and workers on this machine"},
+#endif
 };
 
 const char *cli_default_model(void)
