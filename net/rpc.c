@@ -249,6 +249,11 @@ struct rpc_stream {
     void *ud;
     rpc_stream *prev, *next; /* server list, under srv->list_mu */
     int listed;
+    /* on_cancel in progress (on cb_thread): rpc_stream_finish from another thread waits, so
+     * that on_cancel never runs after finish has returned. */
+    int cb_running;
+    pthread_t cb_thread;
+    pthread_cond_t cb_cv;
 };
 
 static void stream_free(rpc_stream *s)
@@ -258,6 +263,7 @@ static void stream_free(rpc_stream *s)
     if (s->have_fin_msg)
         grpc_slice_unref(s->fin_msg);
     pthread_mutex_destroy(&s->mu);
+    pthread_cond_destroy(&s->cb_cv);
     free(s);
 }
 
@@ -412,6 +418,8 @@ void rpc_stream_finish(rpc_stream *s, rpc_code code, const char *msg)
     if (!s)
         return;
     pthread_mutex_lock(&s->mu);
+    while (s->cb_running && !pthread_equal(s->cb_thread, pthread_self()))
+        pthread_cond_wait(&s->cb_cv, &s->mu);
     if (s->app_done) { /* a double finish is a caller bug; do not double-unref */
         pthread_mutex_unlock(&s->mu);
         LOG_ERROR("rpc", "rpc_stream_finish called twice");
@@ -442,7 +450,20 @@ static int stream_mark_cancelled(rpc_stream *s)
     if (s->cancel_fired || s->app_done)
         return 0;
     s->cancel_fired = 1;
+    s->cb_running = 1;
+    s->cb_thread = pthread_self();
     return 1;
+}
+
+/* After stream_mark_cancelled returned 1: run on_cancel (without the lock). */
+static void stream_fire_cancel(rpc_stream *s)
+{
+    if (s->m->on_cancel)
+        s->m->on_cancel(s->m->ud, s);
+    pthread_mutex_lock(&s->mu);
+    s->cb_running = 0;
+    pthread_cond_broadcast(&s->cb_cv);
+    pthread_mutex_unlock(&s->mu);
 }
 
 static void stream_event(rpc_stream *s, tag_kind k, int ok)
@@ -465,8 +486,8 @@ static void stream_event(rpc_stream *s, tag_kind k, int ok)
             s->cancelled = 1; /* call over: nothing more can be sent */
     }
     pthread_mutex_unlock(&s->mu);
-    if (fire && s->m->on_cancel)
-        s->m->on_cancel(s->m->ud, s);
+    if (fire)
+        stream_fire_cancel(s);
     stream_settle(s);
     stream_unref(s); /* the batch's reference */
 }
@@ -576,12 +597,14 @@ static void handle_stream(rpc_server *srv, srv_method *m, grpc_call *call, const
     s->m = m;
     s->call = call;
     pthread_mutex_init(&s->mu, NULL);
+    pthread_cond_init(&s->cb_cv, NULL);
     s->refs = 1; /* application */
 
     pthread_mutex_lock(&srv->list_mu);
     if (atomic_load(&srv->stopping)) {
         pthread_mutex_unlock(&srv->list_mu);
         pthread_mutex_destroy(&s->mu);
+        pthread_cond_destroy(&s->cb_cv);
         free(s);
         oneshot_reply(srv, call, TAG_UNARY, RPC_UNAVAILABLE, "server shutting down", NULL);
         return;
@@ -852,40 +875,42 @@ void rpc_server_shutdown(rpc_server *s)
 {
     if (!s || !s->started || s->stopped)
         return;
+    /* Every stream the application has not finished is cancelled first, with its on_cancel,
+     * before anything else can fail its sends; new streams are refused from here on. */
     pthread_mutex_lock(&s->list_mu);
+    size_t n = 0, cap = 0;
+    rpc_stream **all = NULL;
+    for (rpc_stream *x = s->streams; x; x = x->next) {
+        if (n == cap) {
+            cap = cap ? 2 * cap : 16;
+            rpc_stream **a = realloc(all, cap * sizeof *a);
+            if (!a)
+                break; /* the rest is released as its batches complete */
+            all = a;
+        }
+        pthread_mutex_lock(&x->mu);
+        x->refs++;
+        pthread_mutex_unlock(&x->mu);
+        all[n++] = x;
+    }
     atomic_store(&s->stopping, 1);
     pthread_mutex_unlock(&s->list_mu);
+    for (size_t i = 0; i < n; i++) {
+        pthread_mutex_lock(&all[i]->mu);
+        int fire = stream_mark_cancelled(all[i]);
+        pthread_mutex_unlock(&all[i]->mu);
+        if (fire)
+            stream_fire_cancel(all[i]);
+    }
     grpc_server_shutdown_and_notify(s->srv, s->cq, &s->shutdown_tag);
     grpc_server_cancel_all_calls(s->srv);
-    /* Streams whose client is already gone and whose application has not finished them hold a
-     * call with nothing outstanding: release those here (the others release as their batches
+    /* Streams with nothing outstanding release their call here (the others as their batches
      * complete), so the shutdown never waits on the application. */
-    for (;;) {
-        rpc_stream *pick = NULL;
-        pthread_mutex_lock(&s->list_mu);
-        for (rpc_stream *x = s->streams; x; x = x->next) {
-            pthread_mutex_lock(&x->mu);
-            int idle = x->call && x->pending == 0;
-            if (idle)
-                x->refs++;
-            pthread_mutex_unlock(&x->mu);
-            if (idle) {
-                pick = x;
-                break;
-            }
-        }
-        pthread_mutex_unlock(&s->list_mu);
-        if (!pick)
-            break;
-        int fire = 0;
-        pthread_mutex_lock(&pick->mu);
-        fire = stream_mark_cancelled(pick);
-        pthread_mutex_unlock(&pick->mu);
-        if (fire && pick->m->on_cancel)
-            pick->m->on_cancel(pick->m->ud, pick);
-        stream_settle(pick); /* unlinks it: the loop terminates */
-        stream_unref(pick);
+    for (size_t i = 0; i < n; i++) {
+        stream_settle(all[i]);
+        stream_unref(all[i]);
     }
+    free(all);
     pthread_mutex_lock(&s->list_mu);
     while (!s->shutdown_seen)
         pthread_cond_wait(&s->shutdown_cv, &s->list_mu);
