@@ -6,11 +6,14 @@
  * SD_TEST_LABELS: net */
 #include <math.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "../common/clock.h"
 #include "../net/linkemu.h"
@@ -348,6 +351,58 @@ static void test_peer_down(void **state)
     ucx_free(c);
 }
 
+/* The other side dies without closing anything (SIGKILL): in mode PEER the transport notices
+ * and on_peer_down fires once. The other side is this test binary started again as a child. */
+static const char *self_exe;
+
+static int child_main(const char *addr)
+{
+    ucx_opts o = {.err_mode_peer = 1};
+    ucx_ctx *c;
+    ucx_peer *p;
+    if (ucx_create(&c, &o) != SD_OK || ucx_connect(c, addr, &p) != SD_OK)
+        return 2;
+    ucx_send(p, 1, "child", 5);
+    sleep(30); /* killed long before */
+    return 0;
+}
+
+static void test_peer_killed(void **state)
+{
+    sink s;
+    sink_init(&s);
+    ucx_opts o = {.listen_addr = "127.0.0.1:0",
+                  .err_mode_peer = 1,
+                  .on_msg = on_msg,
+                  .on_peer_up = on_up,
+                  .on_peer_down = on_down,
+                  .ud = &s};
+    ucx_ctx *c;
+    assert_int_equal(ucx_create(&c, &o), SD_OK);
+    char addr[64];
+    snprintf(addr, sizeof addr, "127.0.0.1:%d", ucx_listen_port(c));
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        execl("/proc/self/exe", self_exe, "--peer-child", addr, (char *)NULL);
+        _exit(127);
+    }
+    assert_int_equal(wait_count(&s, 1, 15000), 1);
+    assert_memory_equal(s.m[0].data, "child", 5);
+    assert_int_equal(atomic_load(&s.ups), 1);
+    kill(pid, SIGKILL);
+    int status;
+    waitpid(pid, &status, 0);
+    double t0 = clock_now_s();
+    assert_int_equal(wait_atomic(&s.downs, 1, 15000), 1);
+    fprintf(stderr, "killed peer: \"%s\" after %.0f ms\n", s.reason, (clock_now_s() - t0) * 1e3);
+    assert_int_equal(ucx_send(s.up_peer, 1, "x", 1), SD_ECANCELED);
+    sleep_ms(50);
+    assert_int_equal(atomic_load(&s.downs), 1);
+    ucx_free(c);
+    sink_free(&s);
+}
+
 static void run_close(int peer_mode)
 {
     pair p;
@@ -583,18 +638,17 @@ static void test_link_reorder(void **state)
     assert_memory_equal(o1, o2, sizeof o1);
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
+    if (argc == 3 && strcmp(argv[1], "--peer-child") == 0)
+        return child_main(argv[2]);
+    self_exe = argv[0];
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_linkemu_model),
-        cmocka_unit_test(test_both_directions_peer),
-        cmocka_unit_test(test_both_directions_none),
-        cmocka_unit_test(test_peer_down),
-        cmocka_unit_test(test_close_peer),
-        cmocka_unit_test(test_close_none),
-        cmocka_unit_test(test_oversized),
-        cmocka_unit_test(test_link_delay),
-        cmocka_unit_test(test_link_bandwidth),
+        cmocka_unit_test(test_linkemu_model),        cmocka_unit_test(test_both_directions_peer),
+        cmocka_unit_test(test_both_directions_none), cmocka_unit_test(test_peer_down),
+        cmocka_unit_test(test_peer_killed),          cmocka_unit_test(test_close_peer),
+        cmocka_unit_test(test_close_none),           cmocka_unit_test(test_oversized),
+        cmocka_unit_test(test_link_delay),           cmocka_unit_test(test_link_bandwidth),
         cmocka_unit_test(test_link_reorder),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
