@@ -212,19 +212,23 @@ static sd_err job_fail(verify_job *j, sd_err e)
 static sd_err check_job(const model *m, verify_job *jobs, int idx)
 {
     verify_job *j = &jobs[idx];
-    int V = model_cfg(m)->n_vocab;
-    if (!j->kv || !j->w || (j->t && (!j->res || !j->sp)) || (j->n_pre > 0 && !j->pre))
+    const model_config *c = model_cfg(m);
+    int V = c->n_vocab;
+    if (!j->kv || (j->t && (!j->w || !j->res || !j->sp)) || (j->n_pre > 0 && !j->pre))
         return sd_fail(SD_EINVAL, "verify: job %d lacks a kv cache, work area, result or params",
                        idx);
-    if (j->w->V != V)
+    if (j->kv->n_layer != c->n_layer || j->kv->n_head != c->n_head_kv || j->kv->dh != c->head_dim)
+        return sd_fail(SD_EINVAL, "verify: kv cache shaped for another model");
+    if (j->t && j->w->V != V)
         return sd_fail(SD_EINVAL, "verify: work area sized for a vocabulary of %d, model has %d",
                        j->w->V, V);
+    /* a prefill-only job reads nothing of w: only jobs with a tree need their own */
     for (int u = 0; u < idx; u++) {
         if (jobs[u].err)
             continue;
         if (jobs[u].kv == j->kv)
             return sd_fail(SD_EINVAL, "verify: job %d uses the kv cache of job %d", idx, u);
-        if (jobs[u].w == j->w)
+        if (j->t && jobs[u].t && jobs[u].w == j->w)
             return sd_fail(SD_EINVAL, "verify: job %d uses the work area of job %d", idx, u);
     }
     if (j->kv->n_pending)

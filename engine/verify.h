@@ -48,8 +48,9 @@ sd_err verify_tree(model *m, model_run *r, kv_cache *kv, verify_work *w, int32_t
  * prefill only (pre appended and committed, res untouched; n_pre == 0 then does nothing). err
  * gets this job's result and errmsg its message: a bad tree or token, pending nodes in kv, a
  * batch that would overflow kv's context, a kv or w another job of the batch uses, bad sample
- * params — each fails its own job only, before anything is computed, and leaves its kv as it
- * was. Each job needs its own kv and w. */
+ * params, a kv shaped for another model — each fails its own job only, before anything is
+ * computed, and leaves its kv as it was. Each job needs its own kv, and each job with a tree
+ * its own w (a prefill-only job does not use w; it may be NULL). */
 typedef struct {
     kv_cache *kv;
     verify_work *w;

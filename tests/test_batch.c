@@ -369,7 +369,7 @@ static void make_tree(session *s, int V, tu_rng *r)
 
 /* Bad jobs, each with its own cache (or a session's, for the shared-cache case). */
 typedef struct {
-    kv_cache *kv;
+    kv_cache *kv, *other;
     verify_work *w;
     verify_result *res;
     tree t;
@@ -411,6 +411,7 @@ static void check_verify(const variant *v, unsigned flags, int threads, tu_rng *
 
     bad_job bad;
     assert_int_equal(model_kv_init(f.m, &bad.kv, 16), SD_OK);
+    assert_int_equal(kv_init(&bad.other, 3, 2, 16, 16), SD_OK);
     assert_int_equal(verify_work_init(&bad.w, f.m, MAX_NODES), SD_OK);
     bad.res = malloc(sizeof(verify_result));
     assert_int_equal(tree_init(&bad.t, MAX_NODES, 0), SD_OK);
@@ -440,7 +441,8 @@ static void check_verify(const variant *v, unsigned flags, int threads, tu_rng *
                 make_tree(x, V, rng);
             }
             jobs[nj] = (verify_job){.kv = ka,
-                                    .w = x->w[0],
+                                    /* a prefill-only job needs no work area */
+                                    .w = x->prefill && tu_below(rng, 2) ? NULL : x->w[0],
                                     .pre = x->pre,
                                     .n_pre = x->n_pre,
                                     .t = x->prefill ? NULL : &x->t,
@@ -455,7 +457,7 @@ static void check_verify(const variant *v, unsigned flags, int threads, tu_rng *
         int bad_committed = 0, bad_pending = 0;
         int32_t bad_pre[2] = {1, 2};
         if (step % 2 && nj < 8) {
-            bad_kind = (int)tu_below(rng, 6);
+            bad_kind = (int)tu_below(rng, 7);
             assert_int_equal(kv_truncate(bad.kv, 0), SD_OK);
             int32_t fill[16] = {0};
             tree_clear(&bad.t);
@@ -500,6 +502,10 @@ static void check_verify(const variant *v, unsigned flags, int threads, tu_rng *
                 b.n_pre = 0; /* a tree with no token to hang under */
                 bad_want = SD_EINVAL;
                 break;
+            case 6:
+                b.kv = bad.other; /* a cache shaped for another model */
+                bad_want = SD_EINVAL;
+                break;
             }
             bad_at = bad_kind == 4 ? nj : (int)tu_below(rng, (uint32_t)nj + 1);
             memmove(&jobs[bad_at + 1], &jobs[bad_at], sizeof jobs[0] * (size_t)(nj - bad_at));
@@ -522,7 +528,7 @@ static void check_verify(const variant *v, unsigned flags, int threads, tu_rng *
                     fail_msg("step %d: bad job kind %d: %s '%s', want %s", step, bad_kind,
                              sd_strerror(jobs[k].err), jobs[k].errmsg, sd_strerror(bad_want));
                 n_bad++;
-                if (bad_kind != 4) {
+                if (bad_kind != 4 && bad_kind != 6) {
                     assert_int_equal(bad.kv->n_committed, bad_committed);
                     assert_int_equal(bad.kv->n_pending, bad_pending);
                 }
@@ -578,6 +584,7 @@ static void check_verify(const variant *v, unsigned flags, int threads, tu_rng *
         tree_free(&x->t);
     }
     kv_free(bad.kv);
+    kv_free(bad.other);
     verify_work_free(bad.w);
     free(bad.res);
     tree_free(&bad.t);
