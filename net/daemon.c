@@ -42,7 +42,7 @@ int daemon_load_config(const char *prog, const opt_def *defs, size_t n, void *ta
                        char **argv, cfg_file **keep)
 {
     cfg_file *f = NULL;
-    sd_err e = cfg_load(defs, n, target, argc, argv, &f);
+    sd_err e = cfg_load(defs, n, target, argc - 1, argv + 1, &f); /* argv[0] is the program */
     if (e == SD_ECANCELED) {
         cfg_usage(stdout, prog, defs, n);
         cfg_file_free(f);

@@ -1,0 +1,79 @@
+# Shared by the cluster tests (tests/test_cluster*.sh): start a real local cluster (`specd local
+# --serve`), wait for it, check outputs against local target-only generation, stop it and make
+# sure no daemon is left behind. Every wait is bounded.
+SPECD="$SPECD_BIN/specd"
+M="$SPECD_MODEL"
+fails=0
+passes=0
+CL_PID=
+CL_ADDR=
+CL_DIR=
+SEED=${SD_SEED:-$(( $(date +%s%N) % 1000000007 ))}
+echo "[seed] SD_SEED=$SEED"
+RANDOM=$((SEED % 32768))
+
+check() { # name, condition-result (0 = pass)
+    if [ "$2" = 0 ]; then passes=$((passes + 1)); else echo "FAIL: $1"; fails=$((fails + 1)); fi
+}
+ok_if() { "$@" >/dev/null 2>&1 && echo 0 || echo 1; }
+
+# cluster_start NAME [specd local options...]: sets CL_PID, CL_ADDR, CL_DIR
+cluster_start() {
+    local name=$1
+    shift
+    CL_DIR=$(mktemp -d "${TMPDIR:-/tmp}/specd-test-$name.XXXXXX")
+    "$SPECD" local --serve --dir "$CL_DIR/c" "$@" >"$CL_DIR/addr" 2>"$CL_DIR/local.err" &
+    CL_PID=$!
+    for _ in $(seq 1 600); do
+        CL_ADDR=$(head -n1 "$CL_DIR/addr" 2>/dev/null || true)
+        [ -n "$CL_ADDR" ] && return 0
+        kill -0 "$CL_PID" 2>/dev/null || break
+        sleep 0.2
+    done
+    echo "cluster $name did not start:"
+    cat "$CL_DIR/local.err" "$CL_DIR"/c/*.log 2>/dev/null | tail -40
+    return 1
+}
+
+# cluster_stop: SIGTERM the launcher, wait (bounded), check it exited 0 and left no daemon
+cluster_stop() {
+    [ -n "$CL_PID" ] || return 0
+    kill -TERM "$CL_PID" 2>/dev/null
+    local rc=0
+    for _ in $(seq 1 150); do
+        kill -0 "$CL_PID" 2>/dev/null || break
+        sleep 0.2
+    done
+    if kill -0 "$CL_PID" 2>/dev/null; then
+        echo "FAIL: specd local did not stop"; fails=$((fails + 1)); kill -9 "$CL_PID"
+    fi
+    wait "$CL_PID" 2>/dev/null; rc=$?
+    check "specd local exits 0 on SIGTERM (rc $rc)" $([ $rc = 0 ] && echo 0 || echo 1)
+    sleep 0.3
+    local left
+    left=$(pgrep -f "$CL_DIR/c/" || true)
+    check "no daemon left behind" $([ -z "$left" ] && echo 0 || echo 1)
+    [ -n "$left" ] && kill -9 $left 2>/dev/null
+    CL_PID=
+    [ "$fails" = 0 ] && rm -rf "$CL_DIR"
+}
+
+# same_as_local NAME [specd generate options...]: the cluster's output equals local target-only
+same_as_local() {
+    local name=$1
+    shift
+    local err
+    err=$(timeout 300 "$SPECD" generate --coordinator "$CL_ADDR" --model "$M" --compare "$@" \
+          2>&1 >/dev/null)
+    if echo "$err" | grep -q "cluster output identical to local target-only"; then
+        passes=$((passes + 1))
+    else
+        echo "FAIL: $name: $*"; echo "$err" | tail -8; fails=$((fails + 1))
+    fi
+}
+
+finish() {
+    cluster_stop
+    echo "$passes passed, $fails failed"
+    [ "$fails" = 0 ]
+}
