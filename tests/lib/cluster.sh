@@ -22,7 +22,7 @@ cluster_start() {
     local name=$1
     shift
     CL_DIR=$(mktemp -d "${TMPDIR:-/tmp}/specd-test-$name.XXXXXX")
-    "$SPECD" local --serve --dir "$CL_DIR/c" "$@" >"$CL_DIR/addr" 2>"$CL_DIR/local.err" &
+    $SPECD local --serve --dir "$CL_DIR/c" "$@" >"$CL_DIR/addr" 2>"$CL_DIR/local.err" &
     CL_PID=$!
     for _ in $(seq 1 600); do
         CL_ADDR=$(head -n1 "$CL_DIR/addr" 2>/dev/null || true)
@@ -63,7 +63,7 @@ same_as_local() {
     local name=$1
     shift
     local err
-    err=$(timeout 300 "$SPECD" generate --coordinator "$CL_ADDR" --model "$M" --compare "$@" \
+    err=$(timeout 300 $SPECD generate --coordinator "$CL_ADDR" --model "$M" --compare "$@" \
           2>&1 >/dev/null)
     if echo "$err" | grep -q "cluster output identical to local target-only"; then
         passes=$((passes + 1))
@@ -76,4 +76,52 @@ finish() {
     cluster_stop
     echo "$passes passed, $fails failed"
     [ "$fails" = 0 ]
+}
+
+# ---- daemons started one by one (fault tests kill them individually) ----
+D_PIDS=()
+
+# daemon_start NAME BINARY CFGFILE: background, log in $CL_DIR/NAME.log; echo the pid
+daemon_start() {
+    "$SPECD_BIN/$2" --config "$3" >"$CL_DIR/$1.log" 2>&1 &
+    local p=$!
+    D_PIDS+=($p)
+    echo $p
+}
+
+# write_cfg FILE "key = value;" ...
+write_cfg() {
+    local f=$1
+    shift
+    printf '%s\n' "$@" >"$f"
+}
+
+# wait_nodes WORKERS DRAFTERS [seconds]: until the coordinator at CL_ADDR lists them
+wait_nodes() {
+    local w=$1 d=$2 t=${3:-60} st
+    for _ in $(seq 1 $((t * 5))); do
+        st=$($SPECD status --coordinator "$CL_ADDR" --timeout 1 2>/dev/null || true)
+        if [ "$(echo "$st" | grep -c '^worker ')" -ge "$w" ] &&
+           [ "$(echo "$st" | grep -c '^drafter ')" -ge "$d" ]; then
+            return 0
+        fi
+        sleep 0.2
+    done
+    echo "nodes did not register: $st"
+    return 1
+}
+
+daemons_stop() {
+    for p in "${D_PIDS[@]}"; do kill -TERM "$p" 2>/dev/null; done
+    for p in "${D_PIDS[@]}"; do
+        for _ in $(seq 1 100); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+        kill -9 "$p" 2>/dev/null
+        wait "$p" 2>/dev/null
+    done
+    D_PIDS=()
+}
+
+# free_port: a TCP port nothing listens on now
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
 }
