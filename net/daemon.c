@@ -41,6 +41,11 @@ sd_err daemon_common_apply(const daemon_common *c, const char *role, ucx_opts *u
 int daemon_load_config(const char *prog, const opt_def *defs, size_t n, void *target, int argc,
                        char **argv, cfg_file **keep)
 {
+    for (int i = 1; i < argc; i++)
+        if (!strcmp(argv[i], "--config-markdown")) { /* docs/configuration.md is made of these */
+            cfg_write_markdown(stdout, prog, defs, n);
+            return 0;
+        }
     cfg_file *f = NULL;
     sd_err e = cfg_load(defs, n, target, argc - 1, argv + 1, &f); /* argv[0] is the program */
     if (e == SD_ECANCELED) {

@@ -41,7 +41,8 @@ typedef struct {
 sd_err daemon_common_apply(const daemon_common *c, const char *role, ucx_opts *uo);
 
 /* Load a daemon's config (cfg_load), printing --help or the error as the daemons do: returns -1
- * to go on, or the exit status (0 after --help, 2 after an error). */
+ * to go on, or the exit status (0 after --help, 2 after an error). --config-markdown prints the
+ * table as the Markdown of the configuration reference instead. */
 int daemon_load_config(const char *prog, const opt_def *defs, size_t n, void *target, int argc,
                        char **argv, cfg_file **keep);
 
