@@ -273,10 +273,12 @@ sd_err seq_tree_extend(seq *s, uint32_t epoch, uint32_t first_id, const int32_t 
             pend_drop(p);
             return SD_ENOMEM;
         }
-        memcpy(p->parent, parent, sizeof(int32_t) * (size_t)n);
-        memcpy(p->tok, tok, sizeof(int32_t) * (size_t)n);
-        if (logp)
-            memcpy(p->logp, logp, sizeof(float) * (size_t)n);
+        if (n > 0) { /* NULL arrays with n = 0 are allowed */
+            memcpy(p->parent, parent, sizeof(int32_t) * (size_t)n);
+            memcpy(p->tok, tok, sizeof(int32_t) * (size_t)n);
+            if (logp)
+                memcpy(p->logp, logp, sizeof(float) * (size_t)n);
+        }
         p->used = 1;
         p->epoch = epoch;
         p->first_id = first_id;
@@ -523,7 +525,8 @@ sd_err seq_verdict(seq *s, uint64_t id, const int32_t *path, int n_path, int32_t
         c->held_path = malloc(sizeof(int32_t) * (size_t)(n_path ? n_path : 1));
         if (!c->held_path)
             return SD_ENOMEM;
-        memcpy(c->held_path, path, sizeof(int32_t) * (size_t)n_path);
+        if (n_path > 0)
+            memcpy(c->held_path, path, sizeof(int32_t) * (size_t)n_path);
         c->held_n = n_path;
         c->held_next = next;
         c->held = 1;
