@@ -24,7 +24,7 @@ build:
 	cmake --build $(BUILD) -j $(JOBS)
 
 demo: setup build
-	$(BUILD)/specd generate --model $(MODEL) --chat -n 160 \
+	$(BUILD)/specd local --chat -n 160 \
 	    --prompt "Explain in three sentences why the sky is blue."
 
 test: setup build
