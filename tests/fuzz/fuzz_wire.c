@@ -49,7 +49,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t len)
                             x->n_logp ? x->logp : NULL, (int)x->n_token, 2);
         } else if (id == SPECD__DATA_MSG_ID__DATA_MSG_VERDICT) {
             Specd__Verdict *v = (Specd__Verdict *)m;
-            seq_verdict(s, v->chunk_id, v->path, (int)v->n_path, v->next, 2);
+            seq_verdict(s, v->chunk_id, 0, v->path, (int)v->n_path, v->next, 2);
         }
         seq_free(s);
     }
