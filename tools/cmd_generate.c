@@ -59,6 +59,8 @@ static const opt_def gen_defs[] = {
      "with --coordinator: ar (target only), si, async or dsi"},
     {"timeout", 0, OPT_INT, F(timeout_s), 1, 86400, "600", "S",
      "with --coordinator: give up after S seconds"},
+    {"max-inflight", 0, OPT_INT, F(max_inflight), 0, 16, "0", "N",
+     "with --mode dsi: chunks in flight on different workers (0 = the coordinator's default)"},
 };
 #undef F
 #define N_DEFS (sizeof gen_defs / sizeof gen_defs[0])

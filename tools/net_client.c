@@ -76,6 +76,7 @@ int cli_remote_generate(const gen_opts *o, int (*on_token)(void *ud, int32_t tok
     q.tree = (char *)o->tree;
     q.max_nodes = o->max_nodes;
     q.ignore_eos = o->ignore_eos;
+    q.max_inflight = o->max_inflight;
     uint8_t *b;
     size_t len;
     if (wire_pack(&q.base, &b, &len))

@@ -15,7 +15,7 @@ int cmd_local(int argc, char **argv);
 typedef struct {
     const char *model, *prompt, *system, *log_level, *draft, *tree, *verify, *coordinator, *mode;
     int n_predict, threads, ctx, chat, f32_act, portable, no_pack, ignore_eos, top_k, compare,
-        max_nodes, timeout_s;
+        max_nodes, timeout_s, max_inflight;
     float temp, top_p;
     unsigned long long seed;
 } gen_opts;
