@@ -45,7 +45,7 @@ typedef struct co_sess {
     int mode; /* SPECD__MODE__* as requested (resolved) */
     sample_params sp;
     int n_predict, max_nodes, max_ctx, ignore_eos;
-    char draft[512], tree[128];
+    char draft[4096], tree[128];
     int32_t *prompt;
     int n_prompt;
     char utf8[8]; /* incomplete UTF-8 sequence carried to the next token event */

@@ -84,7 +84,8 @@ int cli_remote_generate(const gen_opts *o, int (*on_token)(void *ud, int32_t tok
     rpc_global_init();
     rpc_client *c = NULL;
     rpc_call *call = NULL;
-    int rc = 1, got_summary = 0;
+    int rc = 1, got_summary = 0, n_ids = 0, cap_ids = 0;
+    int32_t *ids = NULL; /* --tokens-out without a sink of the caller's */
     if (rpc_client_create(&c, o->coordinator, 0) ||
         rpc_call_stream(c, "/specd.Coordinator/Generate", b, len, o->timeout_s * 1000, 1,
                         &call)) {
@@ -111,6 +112,16 @@ int cli_remote_generate(const gen_opts *o, int (*on_token)(void *ud, int32_t tok
                 fputs(ev->tokens->text, stdout);
                 fflush(stdout);
             }
+            for (size_t i = 0; !on_token && o->tokens_out && i < ev->tokens->n_tokens; i++) {
+                if (n_ids == cap_ids) {
+                    cap_ids = cap_ids ? 2 * cap_ids : 256;
+                    int32_t *p = realloc(ids, sizeof(int32_t) * (size_t)cap_ids);
+                    if (!p)
+                        break;
+                    ids = p;
+                }
+                ids[n_ids++] = ev->tokens->tokens[i];
+            }
         } else if (ev->ev_case == SPECD__GENERATE_EVENT__EV_SUMMARY) {
             printf("\n");
             fflush(stdout);
@@ -127,8 +138,11 @@ int cli_remote_generate(const gen_opts *o, int (*on_token)(void *ud, int32_t tok
         rc = st.code == RPC_INVALID_ARGUMENT || st.code == RPC_OUT_OF_RANGE ? 2 : 1;
     } else {
         rc = got_summary ? 0 : 1;
+        if (!rc && !on_token && o->tokens_out)
+            rc = cli_write_tokens(o->tokens_out, ids, n_ids);
     }
 out:
+    free(ids);
     free(b);
     rpc_call_free(call);
     rpc_client_free(c);

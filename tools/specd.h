@@ -13,7 +13,8 @@ int cmd_local(int argc, char **argv);
 
 /* The options of `specd generate` (tools/cmd_generate.c's table). */
 typedef struct {
-    const char *model, *prompt, *system, *log_level, *draft, *tree, *verify, *coordinator, *mode;
+    const char *model, *prompt, *system, *log_level, *draft, *tree, *verify, *coordinator, *mode,
+        *tokens_out;
     int n_predict, threads, ctx, chat, f32_act, portable, no_pack, ignore_eos, top_k, compare,
         max_nodes, timeout_s, max_inflight;
     float temp, top_p;
@@ -24,5 +25,8 @@ typedef struct {
 /* Generate through a coordinator (tools/net_client.c): streams the text to stdout (or hands each
  * token to on_token when set), prints the session summary to stderr. Returns the exit status. */
 int cli_remote_generate(const gen_opts *o, int (*on_token)(void *ud, int32_t tok), void *ud);
+
+/* --tokens-out: the generated token ids, one line, space-separated. Returns 0 or prints why. */
+int cli_write_tokens(const char *path, const int32_t *ids, int n);
 
 #endif
