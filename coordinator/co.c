@@ -53,6 +53,7 @@ typedef struct co_sess {
     double t_start, t_first, t_end;
     char events[CO_MAX_EVENTS][200];
     int n_events;
+    int emit_failed; /* a token event could not be queued for the client */
 } co_sess;
 
 typedef struct co_task {
@@ -317,9 +318,9 @@ static void io_emit(void *ud, const int32_t *tok, int n)
     uint8_t *b;
     size_t bl;
     if (s->stream && wire_pack(&ev.base, &b, &bl) == SD_OK) {
-        if (rpc_stream_send(s->stream, b, bl))
-            LOG_DEBUG("coordinator", "session %llu: token event not sent: %s",
-                      (unsigned long long)s->id, sd_errmsg());
+        sd_err e = rpc_stream_send(s->stream, b, bl);
+        if (e && e != SD_ECANCELED) /* gone clients are handled by on_cancel */
+            s->emit_failed = 1;
         free(b);
     }
     free(raw);
@@ -473,13 +474,24 @@ static void sess_fail(co *c, co_sess *s, rpc_code code, const char *fmt, ...)
         sess_destroy(s);
 }
 
+/* After the sequencer ran: a client that cannot take the stream fails the session (never a
+ * silent gap in its text); a finished sequencer finishes it. */
+static void sess_check(co *c, co_sess *s)
+{
+    if (s->emit_failed)
+        sess_fail(c, s, RPC_RESOURCE_EXHAUSTED,
+                  "the client does not read the stream fast enough (%d token events queued)",
+                  1024);
+    else if (seq_get_state(s->sq) != SEQ_RUNNING)
+        sess_finish(c, s);
+}
+
 static void sess_pump(co *c, co_sess *s)
 {
     if (s->state != CS_RUNNING)
         return;
     seq_pump(s->sq, now_ms());
-    if (seq_get_state(s->sq) != SEQ_RUNNING)
-        sess_finish(c, s);
+    sess_check(c, s);
 }
 
 static co_sess *sess_by_id(co *c, uint64_t id)
@@ -513,8 +525,7 @@ static void on_msg(void *ud, ucx_peer *from, unsigned id, const void *data, size
             if (e)
                 LOG_WARN("coordinator", "session %llu: tree extension from %s rejected: %s",
                          (unsigned long long)s->id, n->id, sd_errmsg());
-            if (seq_get_state(s->sq) != SEQ_RUNNING)
-                sess_finish(c, s);
+            sess_check(c, s);
         }
     } else if (id == SPECD__DATA_MSG_ID__DATA_MSG_VERDICT) {
         Specd__Verdict *v = (Specd__Verdict *)m;
@@ -532,8 +543,8 @@ static void on_msg(void *ud, ucx_peer *from, unsigned id, const void *data, size
             }
             if (e)
                 sess_fail(c, s, RPC_INTERNAL, "worker %s: %s", n->id, sd_errmsg());
-            else if (seq_get_state(s->sq) != SEQ_RUNNING)
-                sess_finish(c, s);
+            else
+                sess_check(c, s);
         }
     } else {
         LOG_WARN("coordinator", "unexpected %s from %s", wire_data_name(id),
