@@ -24,7 +24,7 @@ typedef struct co_node {
     int refs; /* the registry + sessions using it */
     int kind, alive, max_sessions, sessions;
     char id[128], addr[256], ucx_addr[256], numerics[128];
-    double last_seen;
+    double last_seen, registered;
     ucx_peer *peer;
     rpc_client *ctl;
     int64_t forwards, batched_forwards, verified_tokens, batch_seqs_total;
@@ -526,6 +526,9 @@ static void on_msg(void *ud, ucx_peer *from, unsigned id, const void *data, size
                 LOG_WARN("coordinator", "session %llu: tree extension from %s rejected: %s",
                          (unsigned long long)s->id, n->id, sd_errmsg());
             sess_check(c, s);
+        } else if (!n || n->kind != SPECD__NODE_KIND__NODE_DRAFTER) { /* not late: misdirected */
+            LOG_WARN("coordinator", "ignored a TreeExtend from %s: not a drafter",
+                     n ? n->id : ucx_peer_name(from));
         }
     } else if (id == SPECD__DATA_MSG_ID__DATA_MSG_VERDICT) {
         Specd__Verdict *v = (Specd__Verdict *)m;
@@ -545,6 +548,9 @@ static void on_msg(void *ud, ucx_peer *from, unsigned id, const void *data, size
                 sess_fail(c, s, RPC_INTERNAL, "worker %s: %s", n->id, sd_errmsg());
             else
                 sess_check(c, s);
+        } else if (!n || n->kind != SPECD__NODE_KIND__NODE_WORKER) { /* not late: misdirected */
+            LOG_WARN("coordinator", "ignored a Verdict from %s: not a worker",
+                     n ? n->id : ucx_peer_name(from));
         }
     } else {
         LOG_WARN("coordinator", "unexpected %s from %s", wire_data_name(id),
@@ -834,8 +840,18 @@ static void *timer_main(void *arg)
             last_reap = t;
             for (co_node *n = c->nodes, *nx; n; n = nx) {
                 nx = n->next;
-                if (t - n->last_seen > c->o.node_timeout_ms)
+                if (t - n->last_seen > c->o.node_timeout_ms) {
                     node_lost(c, n, "no heartbeat");
+                } else if (n->peer && !ucx_peer_is_up(n->peer) &&
+                           t - n->registered > c->o.node_timeout_ms) {
+                    /* its connection can fail before on_register has made the node the peer's
+                     * ud (on_peer_down cannot drop it then); a node that heartbeats but is
+                     * unreachable on the data plane would be placed on forever */
+                    char why[300];
+                    snprintf(why, sizeof why, "its data plane (UCX %s) is not connected",
+                             n->ucx_addr);
+                    node_lost(c, n, why);
+                }
             }
         }
     }
@@ -901,7 +917,7 @@ static rpc_code on_register(void *ud, const uint8_t *req, size_t len, rpc_buf *r
         snprintf(n->addr, sizeof n->addr, "%s", q->addr);
         snprintf(n->ucx_addr, sizeof n->ucx_addr, "%s", q->ucx_addr);
         snprintf(n->numerics, sizeof n->numerics, "%s", q->numerics ? q->numerics : "");
-        n->last_seen = now_ms();
+        n->last_seen = n->registered = now_ms();
         e = ucx_connect(c->ux, n->ucx_addr, &n->peer);
     }
     protobuf_c_message_free_unpacked(m, NULL);

@@ -119,9 +119,14 @@ rpc_code dn_open_session(dn *d, uint64_t id, int mode, const char *spec, const c
                  d->o.max_sessions);
         return RPC_RESOURCE_EXHAUSTED;
     }
-    if (max_nodes < 1 || max_nodes > d->o.max_tree || max_ctx < 2) {
-        snprintf(st->msg, sizeof st->msg, "tree of %d nodes outside 1..%d, or context %d",
-                 max_nodes, d->o.max_tree, max_ctx);
+    if (max_nodes < 1 || max_nodes > d->o.max_tree) {
+        snprintf(st->msg, sizeof st->msg, "tree of %d nodes outside 1..%d (drafter max_tree)",
+                 max_nodes, d->o.max_tree);
+        return RPC_OUT_OF_RANGE;
+    }
+    if (max_ctx < 2 || max_ctx > d->o.max_ctx) { /* the drafter's state is sized by it */
+        snprintf(st->msg, sizeof st->msg, "context %d outside 2..%d (drafter max_ctx)", max_ctx,
+                 d->o.max_ctx);
         return RPC_OUT_OF_RANGE;
     }
     if (!strncmp(spec, "model:", 6) && !path_allowed(d->o.model_dir, spec + 6)) {
@@ -236,7 +241,7 @@ void dn_on_msg(dn *d, ucx_peer *from, unsigned msg_id, const void *data, size_t 
     dn_sess *s = bad ? NULL : find(d, sid);
     if (!bad && !s)
         bad = "unknown session";
-    if (!bad && q->n_committed > s->max_ctx)
+    if (!bad && (q->n_committed < 0 || q->n_committed > s->max_ctx))
         bad = "sequence beyond the session's context";
     int queued = 0;
     for (dn_msg *x = s ? s->head : NULL; x; x = x->next)

@@ -24,6 +24,7 @@ typedef struct {
     model *target; /* its vocabulary; its weights for layerskip drafters */
     int max_sessions;
     int max_tree;           /* nodes per epoch */
+    int max_ctx;            /* longest sequence of a session (its drafter state is sized by it) */
     const char *model_dir;  /* model:PATH drafters must live under this directory */
     double draft_delay_ms;  /* EMULATION: extra time per drafted node */
 } dn_opts;

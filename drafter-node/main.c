@@ -29,7 +29,7 @@
 typedef struct {
     daemon_common c;
     const char *coordinator, *host, *id, *model, *model_dir;
-    int port, ucx_port, threads, max_sessions, max_tree;
+    int port, ucx_port, threads, max_sessions, max_tree, max_ctx;
     float draft_delay_ms;
 } drafter_cfg;
 
@@ -53,6 +53,8 @@ static const opt_def drafter_defs[] = {
     {"max-sessions", 0, OPT_INT, F(max_sessions), 1, 1024, "16", "N", "sessions held at once"},
     {"max-tree", 0, OPT_INT, F(max_tree), 1, 1024, "128", "N",
      "draft nodes per session between two commits"},
+    {"max-ctx", 0, OPT_INT, F(max_ctx), 16, 1 << 20, "4096", "N",
+     "longest context (prompt + generation + tree) of one session; larger opens are refused"},
     {"draft-delay-ms", 0, OPT_FLOAT, F(draft_delay_ms), 0, 60000, "0", "MS",
      "EMULATION: extra time per drafted node, as if the drafter were slower (experiments)"},
     DAEMON_COMMON_DEFS(drafter_cfg, c),
@@ -152,6 +154,7 @@ int main(int argc, char **argv)
     dn_opts o = {.target = m,
                  .max_sessions = c.max_sessions,
                  .max_tree = c.max_tree,
+                 .max_ctx = c.max_ctx,
                  .model_dir = c.model_dir ? c.model_dir : dirname(dir),
                  .draft_delay_ms = c.draft_delay_ms};
     if (dn_create(&core, &o)) {

@@ -87,8 +87,8 @@ sd_err wire_check_nodes(const int32_t *parent, size_t n_parent, const int32_t *t
         return e;
     for (size_t i = 0; i < n_parent; i++)
         if (parent[i] < -1 || (int64_t)parent[i] >= (int64_t)first_id + (int64_t)i)
-            return sd_fail(SD_EPROTO, "%s: node %zu has parent %d (must be -1..%zu)", what,
-                           first_id + i, parent[i], first_id + i - 1);
+            return sd_fail(SD_EPROTO, "%s: node %zu has parent %d (must be -1..%lld)", what,
+                           first_id + i, parent[i], (long long)first_id + (long long)i - 1);
     return SD_OK;
 }
 

@@ -300,7 +300,7 @@ void wk_on_msg(wk *w, ucx_peer *from, unsigned msg_id, const void *data, size_t 
     if (!bad && it->kind == WK_CHUNK && it->n_nodes > s->max_nodes)
         bad = "chunk larger than the session's tree limit";
     if (!bad && it->kind == WK_CHUNK &&
-        (int64_t)it->base_pos + it->n_tok + it->n_nodes > s->max_ctx)
+        (it->base_pos < 0 || (int64_t)it->base_pos + it->n_tok + it->n_nodes > s->max_ctx))
         bad = "chunk beyond the session's context";
     if (!bad && it->kind == WK_PREFILL && it->n_tok + 1 > s->max_ctx)
         bad = "prompt longer than the session's context";
