@@ -42,7 +42,7 @@ for samp in greedy sampled; do
         --max-inflight 3 -p "1, 2, 3, 4, 5, 6, 7, 8," -n 120 --ignore-eos "${extra[@]}" \
         >/dev/null 2>"$CL_DIR/g.err" &
     g=$!
-    sleep 1.2
+    wait_generating 1
     st=$($SPECD status --coordinator "$CL_ADDR")
     victim=$(echo "$st" | awk '$1 ~ /^[0-9]+$/ {print $(NF-2); exit}' | sed 's|.*-||')
     [ -n "$victim" ] && kill -9 "$victim"

@@ -29,7 +29,8 @@ gen() { # OUTFILE ERRFILE args...: background generation with --compare
 # 1. the drafter dies mid-generation
 gen "$CL_DIR/g1.out" "$CL_DIR/g1.err" --mode async -p "def quicksort(xs):" -n 160 --ignore-eos &
 g1=$!
-sleep 1.5
+wait_generating 1
+sleep 0.3
 kill -9 "$d1"
 wait "$g1"; rc=$?
 check "drafter killed: the session still succeeds (rc $rc)" $([ $rc = 0 ] && echo 0 || echo 1)
@@ -42,10 +43,10 @@ grep "event:" "$CL_DIR/g1.err"
 # 2. a worker dies mid-generation; the other worker's session is untouched
 gen "$CL_DIR/a.out" "$CL_DIR/a.err" --mode ar -p "Once upon a time" -n 200 --ignore-eos &
 ga=$!
-sleep 0.5
+wait_generating 1
 gen "$CL_DIR/b.out" "$CL_DIR/b.err" --mode ar -p "In a distant galaxy" -n 200 --ignore-eos &
 gb=$!
-sleep 1.5
+wait_generating 2
 st=$("$SPECD" status --coordinator "$CL_ADDR")
 victim=$(echo "$st" | awk '$1 ~ /^[0-9]+$/ {print $(NF-2); exit}' | sed 's|.*-||')
 echo "killing worker pid $victim"

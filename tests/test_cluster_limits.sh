@@ -22,7 +22,7 @@ gen() { timeout 120 $SPECD generate --coordinator "$CL_ADDR" "$@"; }
 gen --model "$M" --compare --mode si -p "Count: one, two, three," -n 120 --ignore-eos \
     >/dev/null 2>"$CL_DIR/long.err" &
 long=$!
-sleep 1
+wait_generating 1
 gen -p "hello" -n 8 >/dev/null 2>"$CL_DIR/second.err"; rc=$?
 check "second session over the worker's cap: RESOURCE_EXHAUSTED (rc $rc)" \
     $(ok_if grep -q "RESOURCE_EXHAUSTED" "$CL_DIR/second.err")
@@ -47,7 +47,7 @@ check "draft model outside the drafter's model-dir: PERMISSION_DENIED (rc $rc)" 
 # SIGTERM drains the coordinator: a long session ends with a status, the coordinator exits 0
 gen -p "Count slowly:" --mode ar -n 400 --ignore-eos >/dev/null 2>"$CL_DIR/drain.err" &
 g=$!
-sleep 1
+wait_generating 1
 kill -TERM "$co"
 wait "$co"; rc=$?
 check "coordinator exits 0 after SIGTERM (rc $rc)" $([ $rc = 0 ] && echo 0 || echo 1)

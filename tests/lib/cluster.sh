@@ -125,3 +125,17 @@ daemons_stop() {
 free_port() {
     python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
 }
+
+# wait_generating [COUNT] [seconds]: until the coordinator lists COUNT sessions that have
+# committed tokens (clients start slowly on a loaded machine: never race them with a sleep)
+wait_generating() {
+    local want=${1:-1} t=${2:-60} st k
+    for _ in $(seq 1 $((t * 10))); do
+        st=$($SPECD status --coordinator "$CL_ADDR" --timeout 1 2>/dev/null || true)
+        k=$(echo "$st" | awk '$1 ~ /^[0-9]+$/ && $3 > 0' | wc -l)
+        [ "$k" -ge "$want" ] && return 0
+        sleep 0.1
+    done
+    echo "no session generating after $t s"
+    return 1
+}
