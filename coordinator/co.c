@@ -54,6 +54,7 @@ typedef struct co_sess {
     char events[CO_MAX_EVENTS][200];
     int n_events;
     int emit_failed; /* a token event could not be queued for the client */
+    char who_workers[300], who_drafter[128], who_numerics[128]; /* for the summary */
 } co_sess;
 
 typedef struct co_task {
@@ -414,6 +415,9 @@ static void fill_summary(co_sess *s, Specd__SessionSummary *m, char **ev, int32_
         m->accepted_by_depth_took = took;
         m->stop_reason = (char *)stop_reason(seq_get_state(s->sq));
     }
+    m->worker = s->who_workers;
+    m->drafter = s->who_drafter;
+    m->numerics = s->who_numerics;
     double end = s->t_end ? s->t_end : now_ms();
     m->ttft_ms = s->t_first ? s->t_first - s->t_start : 0;
     m->total_ms = end - s->t_start;
@@ -775,8 +779,14 @@ static void place(co *c, co_sess *s)
         return;
     }
     s->state = CS_RUNNING;
-    for (int i = 0; i < s->n_workers; i++)
+    for (int i = 0; i < s->n_workers; i++) {
+        size_t l = strlen(s->who_workers);
+        snprintf(s->who_workers + l, sizeof s->who_workers - l, "%s%s", i ? "," : "",
+                 s->workers[i]->id);
         send_prompt(s->workers[i], s);
+    }
+    snprintf(s->who_numerics, sizeof s->who_numerics, "%s", s->workers[0]->numerics);
+    snprintf(s->who_drafter, sizeof s->who_drafter, "%s", s->drafter ? s->drafter->id : "");
     if (s->drafter)
         send_prompt(s->drafter, s);
     sess_pump(c, s);
@@ -1084,7 +1094,7 @@ static rpc_code on_generate(void *ud, const uint8_t *req, size_t len, rpc_stream
     if (!strcmp(s->draft, "none"))
         s->mode = SPECD__MODE__MODE_AR;
     tree_shape shape;
-    if (q->mode > SPECD__MODE__MODE_DSI) {
+    if ((int)q->mode < 0 || q->mode > SPECD__MODE__MODE_DSI) {
         snprintf(st->msg, sizeof st->msg, "mode %d is not ar, si, async or dsi", q->mode);
         goto out;
     }

@@ -287,11 +287,11 @@ sd_err seq_tree_extend(seq *s, uint32_t epoch, uint32_t first_id, const int32_t 
         p->n = n;
     } else {
         e = tree_append(s, first_id, parent, tok, logp, n);
-        if (!e)
+        if (!e) {
             pend_apply(s);
+            s->got_extend = 1; /* a held extension is no answer yet */
+        }
     }
-    if (!e)
-        s->got_extend = 1;
     seq_pump(s, now_ms);
     return e;
 }

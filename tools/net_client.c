@@ -49,6 +49,10 @@ static void print_summary(const Specd__SessionSummary *s)
     else
         fprintf(stderr, "[cluster %s] %lld chunks | chunk round trip %.2f ms\n",
                 mode_name(s->mode), (long long)s->chunks, s->chunk_rtt_ms_mean);
+    if (s->worker && *s->worker)
+        fprintf(stderr, "[cluster %s] worker(s) %s, drafter %s, numerics %s\n", mode_name(s->mode),
+                s->worker, s->drafter && *s->drafter ? s->drafter : "-",
+                s->numerics ? s->numerics : "?");
     for (size_t i = 0; i < s->n_events; i++)
         fprintf(stderr, "[cluster] event: %s\n", s->events[i]);
 }
