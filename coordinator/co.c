@@ -44,7 +44,8 @@ typedef struct co_sess {
     co_node *drafter;
     int mode; /* SPECD__MODE__* as requested (resolved) */
     sample_params sp;
-    int n_predict, max_nodes, max_ctx, ignore_eos;
+    int n_predict, max_nodes, max_ctx, ignore_eos, no_adapt;
+    tree_shape shape;
     char draft[4096], tree[128];
     int32_t *prompt;
     int n_prompt;
@@ -771,7 +772,9 @@ static void place(co *c, co_sess *s)
                      .max_ctx = s->max_ctx,
                      .draft_wait_ms = c->o.draft_wait_ms,
                      .eog = c->eog,
-                     .n_eog = s->ignore_eos ? 0 : c->n_eog};
+                     .n_eog = s->ignore_eos ? 0 : c->n_eog,
+                     .adaptive = !s->no_adapt,
+                     .shape = &s->shape};
     seq_io io = {io_chunk, io_cancel, io_commit, io_emit, s};
     if (seq_init(&s->sq, &sc, &io, s->prompt, s->n_prompt)) {
         sess_fail(c, s, RPC_INTERNAL, "%s", sd_errmsg());
@@ -1093,7 +1096,8 @@ static rpc_code on_generate(void *ud, const uint8_t *req, size_t len, rpc_stream
     snprintf(s->tree, sizeof s->tree, "%s", q->tree && *q->tree ? q->tree : c->o.default_tree);
     if (!strcmp(s->draft, "none"))
         s->mode = SPECD__MODE__MODE_AR;
-    tree_shape shape;
+    s->no_adapt = q->no_adapt;
+    tree_shape *shape = &s->shape;
     if ((int)q->mode < 0 || q->mode > SPECD__MODE__MODE_DSI) {
         snprintf(st->msg, sizeof st->msg, "mode %d is not ar, si, async or dsi", q->mode);
         goto out;
@@ -1117,7 +1121,7 @@ static rpc_code on_generate(void *ud, const uint8_t *req, size_t len, rpc_stream
         snprintf(st->msg, sizeof st->msg, "sampling: %s", sd_errmsg());
         goto out;
     }
-    if (tree_shape_parse(&shape, s->tree, s->max_nodes)) {
+    if (tree_shape_parse(shape, s->tree, s->max_nodes)) {
         snprintf(st->msg, sizeof st->msg, "tree: %s", sd_errmsg());
         goto out;
     }

@@ -38,6 +38,8 @@ typedef struct {
     int *depth;      /* depth within the chunk (0 = child of the root) */
     int leaf;        /* chunk index of the most probable leaf, -1 without nodes */
     double t_sent;
+    double t_draft_ms; /* how long the session waited for the drafter before this chunk */
+    int budget;        /* the controller's budget for it (-1: not adaptive) */
     int retries;
     /* a verdict that arrived before earlier chunks were applied */
     int held;
@@ -73,6 +75,9 @@ struct seq {
     /* scratch */
     int32_t *s_tok, *s_par, *s_base;
     int *s_map;
+    int adaptive;
+    adapt ad;
+    int budget_asked; /* adapt_nodes was asked for the chunk waiting to go out */
 };
 
 static int is_eog(const seq *s, int32_t t)
@@ -131,6 +136,17 @@ sd_err seq_init(seq **out, const seq_config *c, const seq_io *io, const int32_t 
     s->n_com = s->n_prompt = n;
     s->drafter_alive = c->mode != SEQ_AR;
     s->next_id = 1;
+    if (c->adaptive && c->shape && c->mode != SEQ_AR && c->max_nodes > 0) {
+        adapt_config ac;
+        adapt_config_defaults(&ac, c->max_nodes);
+        adapt_config_shape(&ac, c->shape, c->max_nodes);
+        sd_err e = adapt_init(&s->ad, &ac);
+        if (e) {
+            seq_free(s);
+            return e;
+        }
+        s->adaptive = 1;
+    }
     /* the worker is sent the prompt (all but its newest token) with the session */
     for (int w = 0; w < c->n_workers; w++) {
         memcpy(s->wtok[w], prompt, sizeof(int32_t) * (size_t)(n - 1));
@@ -168,6 +184,11 @@ const seq_stats *seq_get_stats(const seq *s) { return &s->st; }
 seq_mode seq_get_mode(const seq *s) { return s->drafter_alive ? s->c.mode : SEQ_AR; }
 uint32_t seq_epoch(const seq *s) { return s->epoch; }
 int seq_tree_size(const seq *s) { return s->n_tree; }
+
+const adapt *seq_adapt(const seq *s)
+{
+    return s->adaptive ? &s->ad : NULL;
+}
 
 const int32_t *seq_committed(const seq *s, int *n)
 {
@@ -301,6 +322,9 @@ sd_err seq_tree_extend(seq *s, uint32_t epoch, uint32_t first_id, const int32_t 
 static int tree_reroot(seq *s, int root)
 {
     int kept = 0;
+    /* read before the compaction below may overwrite the root's slot */
+    int root_depth = root >= 0 ? s->tree[root].depth : 0;
+    float root_logp = root >= 0 ? s->tree[root].logp : 0;
     for (int i = 0; i < s->n_tree; i++) {
         seq_node *d = &s->tree[i];
         int np = -2;
@@ -315,8 +339,8 @@ static int tree_reroot(seq *s, int root)
         s->s_map[i] = kept;
         seq_node nd = *d;
         nd.parent = np;
-        nd.depth = d->depth - s->tree[root].depth - 1;
-        nd.logp = d->logp - s->tree[root].logp;
+        nd.depth = d->depth - root_depth - 1;
+        nd.logp = d->logp - root_logp;
         s->tree[kept++] = nd; /* kept <= i: in-place compaction is safe */
     }
     s->n_tree = kept;
@@ -375,17 +399,38 @@ static void apply_verdict(seq *s, seq_chunk_st *c, const int32_t *path, int n_pa
         nt[k++] = t;
     }
     /* per-depth acceptance (as in-process spec_stats) */
-    for (int d = 0, node = -1; d <= n_path && d < SEQ_MAX_DEPTH; d++) {
+    int n_tried = 0, n_took = 0;
+    for (int d = 0, node = -1; d <= n_path; d++) {
         int has = 0;
         for (int j = 0; j < c->n && !has; j++)
             has = c->parent[j] == node;
         if (!has)
             break;
-        s->st.tried[d]++;
+        n_tried++;
+        if (d < SEQ_MAX_DEPTH)
+            s->st.tried[d]++;
         if (d == n_path)
             break;
-        s->st.took[d]++;
+        n_took++;
+        if (d < SEQ_MAX_DEPTH)
+            s->st.took[d]++;
         node = path[d];
+    }
+    if (s->adaptive && c->budget >= 0) {
+        int levels = 0;
+        for (int j = 0; j < c->n; j++)
+            if (c->depth[j] + 1 > levels)
+                levels = c->depth[j] + 1;
+        /* the step's cost as the session saw it: waiting for the drafter, then the chunk's
+         * round trip (forward, network, queueing) */
+        adapt_step as = {.budget = c->budget,
+                         .n_nodes = c->n,
+                         .n_levels = levels,
+                         .n_tried = n_tried,
+                         .n_took = n_took,
+                         .t_draft = c->t_draft_ms / 1e3,
+                         .t_verify = (now_ms - c->t_sent) / 1e3};
+        adapt_observe(&s->ad, &as);
     }
     s->st.steps++;
     s->st.accepted += n_path;
@@ -640,7 +685,13 @@ void seq_pump(seq *s, double now_ms)
     }
     while (s->state == SEQ_RUNNING) {
         int n_act = seq_inflight(s);
-        if (n_act >= s->c.max_inflight)
+        int cap = s->c.max_inflight;
+        if (s->adaptive && cap > 1 && s->st.steps > 0) { /* dsi: chunks in flight that pay */
+            double rtt = s->st.rtt_ms_sum / s->st.steps / 1e3;
+            int k = adapt_inflight(&s->ad, cap, rtt);
+            cap = k < cap ? k : cap;
+        }
+        if (n_act >= cap)
             return;
         seq_chunk_st *last = NULL, *slot = NULL;
         for (int i = 0; i < s->c.max_inflight; i++) {
@@ -667,8 +718,17 @@ void seq_pump(seq *s, double now_ms)
         int *ids = malloc(sizeof(int) * (size_t)(s->c.max_nodes > 0 ? s->c.max_nodes : 1));
         if (!ids)
             return;
-        int n = use_tree ? collect(s, root, s->c.max_nodes, ids) : 0;
-        if (root < 0 && use_tree) {
+        /* the controller's budget for this chunk, asked only once it would go out */
+        int budget = s->adaptive && use_tree ? s->ad.last_budget : s->c.max_nodes;
+        int fresh = s->adaptive && use_tree && !s->budget_asked;
+        if (fresh) {
+            budget = adapt_nodes(&s->ad);
+            s->budget_asked = 1;
+            if (budget > s->c.max_nodes)
+                budget = s->c.max_nodes;
+        }
+        int n = use_tree && budget > 0 ? collect(s, root, budget, ids) : 0;
+        if (root < 0 && use_tree && budget > 0) {
             int ready = s->c.mode == SEQ_SI ? s->got_extend : (n > 0 || s->got_extend);
             if (!ready && now_ms - s->wait_since < s->c.draft_wait_ms) {
                 free(ids);
@@ -679,6 +739,7 @@ void seq_pump(seq *s, double now_ms)
             free(ids);
             return;
         }
+        s->budget_asked = 0; /* this chunk goes out: the next one asks again */
         seq_chunk_st *c = slot;
         memset(c, 0, sizeof *c);
         int depth = root >= 0 ? s->tree[root].depth + 1 : 0;
@@ -695,6 +756,9 @@ void seq_pump(seq *s, double now_ms)
         c->active = 1;
         c->id = s->next_id++;
         c->worker = w;
+        c->budget = s->adaptive && use_tree ? budget : -1;
+        c->t_draft_ms = root < 0 && now_ms > s->wait_since ? now_ms - s->wait_since : 0;
+        s->st.zero_budget += s->adaptive && use_tree && budget == 0;
         c->n_com0 = s->n_com;
         c->n_apath = path_tokens(s, root, c->apath);
         c->root_pos = s->n_com - 1 + c->n_apath;

@@ -17,6 +17,8 @@
 #include <stdint.h>
 
 #include "../common/sd_err.h"
+#include "../engine/adapt.h"
+#include "../engine/tree.h"
 
 typedef enum { SEQ_AR = 1, SEQ_SI = 2, SEQ_ASYNC = 3, SEQ_DSI = 4 } seq_mode;
 
@@ -34,6 +36,12 @@ typedef struct {
     double draft_wait_ms; /* si/async: dispatch without a tree after waiting this long */
     const int32_t *eog; /* tokens that end generation (not emitted) */
     int n_eog;
+    /* How much to speculate adapts per session (engine/adapt.h) from the measured acceptance
+     * by depth, chunk round trips and waits for the drafter: each chunk is cut to the
+     * controller's budget (0: an empty chunk at once, without waiting for the drafter) and, in
+     * dsi, the chunks in flight to its SP degree. NULL shape or adaptive = 0: fixed. */
+    int adaptive;
+    const tree_shape *shape;
 } seq_config;
 
 typedef struct {
@@ -70,6 +78,7 @@ typedef enum { SEQ_RUNNING = 0, SEQ_DONE_EOS, SEQ_DONE_LENGTH, SEQ_DONE_CONTEXT 
 typedef struct {
     int n_gen, steps;
     long chunks, cancelled, stale_extends, tree_hits, late_verdicts, redispatched;
+    long zero_budget; /* chunks the controller sent without speculation */
     long proposed, accepted;
     long tried[SEQ_MAX_DEPTH], took[SEQ_MAX_DEPTH];
     double rtt_ms_sum;
@@ -94,6 +103,9 @@ sd_err seq_tree_extend(seq *s, uint32_t epoch, uint32_t first_id, const int32_t 
  * is not a root-to-node path of the chunk (nothing changes). */
 sd_err seq_verdict(seq *s, uint64_t id, int worker, const int32_t *path, int n_path,
                    int32_t next, double now_ms);
+
+/* The adaptive controller's state (NULL when the session does not adapt). */
+const adapt *seq_adapt(const seq *s);
 
 /* The worker rejected chunk id (reason logged by the caller): it is re-sent with its full base
  * when possible; SD_EPROTO when the same chunk failed twice. */

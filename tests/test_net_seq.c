@@ -271,6 +271,9 @@ static void run_case(uint64_t seed, seq_mode mode, int n_workers, int inflight, 
             break;
         ref[np + n_ref++] = t;
     }
+    int adaptive = (int)tu_below(&w->rng, 2); /* the controller changes timing, not tokens */
+    tree_shape shape;
+    assert_int_equal(tree_shape_parse(&shape, "chain:8", 16), SD_OK);
     seq_config c = {.mode = mode,
                     .n_workers = n_workers,
                     .max_inflight = inflight,
@@ -280,7 +283,9 @@ static void run_case(uint64_t seed, seq_mode mode, int n_workers, int inflight, 
                     .max_ctx = CTX,
                     .draft_wait_ms = 5,
                     .eog = &eog,
-                    .n_eog = with_eog};
+                    .n_eog = with_eog,
+                    .adaptive = adaptive,
+                    .shape = &shape};
     seq_io io = {io_chunk, io_cancel, io_commit, io_emit, w};
     assert_int_equal(seq_init(&w->s, &c, &io, prompt, np), SD_OK);
     memcpy(w->dcom, prompt, sizeof(int32_t) * (size_t)np);
