@@ -49,6 +49,7 @@ typedef struct co_sess {
     char utf8[8]; /* incomplete UTF-8 sequence carried to the next token event */
     int n_utf8;
     double t_start, t_first, t_end;
+    double compute_us_sum; /* Verdict.compute_us of the verdicts the sequencer applied */
     char events[CO_MAX_EVENTS][200];
     int n_events;
 } co_sess;
@@ -375,6 +376,7 @@ static void fill_summary(co_sess *s, Specd__SessionSummary *m, char **ev, int32_
         m->cancelled_chunks = st->cancelled;
         m->tree_hits = st->tree_hits;
         m->chunk_rtt_ms_mean = st->steps ? st->rtt_ms_sum / st->steps : 0;
+        m->compute_ms_mean = st->steps ? s->compute_us_sum / 1e3 / st->steps : 0;
         int nd = 0;
         while (nd < SEQ_MAX_DEPTH && st->tried[nd]) {
             tried[nd] = (int32_t)st->tried[nd];
@@ -500,7 +502,10 @@ static void on_msg(void *ud, ucx_peer *from, unsigned id, const void *data, size
                          v->error);
                 e = seq_chunk_failed(s->sq, v->chunk_id, t);
             } else {
+                int steps = seq_get_stats(s->sq)->steps;
                 e = seq_verdict(s->sq, v->chunk_id, v->path, (int)v->n_path, v->next, t);
+                if (seq_get_stats(s->sq)->steps > steps) /* applied: counted in rtt_ms_sum */
+                    s->compute_us_sum += v->compute_us;
             }
             if (e)
                 sess_fail(c, s, RPC_INTERNAL, "worker %s: %s", n->id, sd_errmsg());
