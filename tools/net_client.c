@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../common/clock.h"
 #include "../common/opt.h"
 #include "../net/rpc.h"
 #include "../net/wire.h"
@@ -47,8 +48,12 @@ static void print_summary(const Specd__SessionSummary *s)
                 (long long)s->chunks, (long long)s->cancelled_chunks, (long long)s->tree_hits,
                 s->chunk_rtt_ms_mean);
     else
-        fprintf(stderr, "[cluster %s] %lld chunks | chunk round trip %.2f ms\n",
-                mode_name(s->mode), (long long)s->chunks, s->chunk_rtt_ms_mean);
+        fprintf(stderr, "[cluster %s] %lld chunks | chunk round trip %.2f ms\n", mode_name(s->mode),
+                (long long)s->chunks, s->chunk_rtt_ms_mean);
+    if (s->chunks)
+        fprintf(stderr, "[cluster %s] worker compute %.2f ms per chunk, network path %.1f us\n",
+                mode_name(s->mode), s->compute_ms_mean,
+                (s->chunk_rtt_ms_mean - s->compute_ms_mean) * 1e3);
     for (size_t i = 0; i < s->n_events; i++)
         fprintf(stderr, "[cluster] event: %s\n", s->events[i]);
 }
@@ -78,15 +83,20 @@ int cli_remote_generate(const gen_opts *o, int (*on_token)(void *ud, int32_t tok
     q.ignore_eos = o->ignore_eos;
     uint8_t *b;
     size_t len;
+    FILE *timing = NULL;
     if (wire_pack(&q.base, &b, &len))
         return 1;
+    if (o->timing && !(timing = timing_open(o->timing))) {
+        free(b);
+        return 1;
+    }
+    double t0 = clock_now_s();
     rpc_global_init();
     rpc_client *c = NULL;
     rpc_call *call = NULL;
     int rc = 1, got_summary = 0;
     if (rpc_client_create(&c, o->coordinator, 0) ||
-        rpc_call_stream(c, "/specd.Coordinator/Generate", b, len, o->timeout_s * 1000, 1,
-                        &call)) {
+        rpc_call_stream(c, "/specd.Coordinator/Generate", b, len, o->timeout_s * 1000, 1, &call)) {
         fprintf(stderr, "specd generate: %s: %s\n", o->coordinator, sd_errmsg());
         goto out;
     }
@@ -103,6 +113,8 @@ int cli_remote_generate(const gen_opts *o, int (*on_token)(void *ud, int32_t tok
         rpc_buf_free(&msg);
         Specd__GenerateEvent *ev = (Specd__GenerateEvent *)m;
         if (ev->ev_case == SPECD__GENERATE_EVENT__EV_TOKENS) {
+            if (timing) /* the event's arrival, before anything is printed */
+                fprintf(timing, "%.3f %zu\n", (clock_now_s() - t0) * 1e3, ev->tokens->n_tokens);
             if (on_token) {
                 for (size_t i = 0; i < ev->tokens->n_tokens; i++)
                     on_token(ud, ev->tokens->tokens[i]);
@@ -115,6 +127,17 @@ int cli_remote_generate(const gen_opts *o, int (*on_token)(void *ud, int32_t tok
             fflush(stdout);
             print_summary(ev->summary);
             got_summary = 1;
+            const Specd__SessionSummary *sm = ev->summary;
+            if (timing)
+                fprintf(timing,
+                        "# summary where=cluster mode=%s n_prompt=%d n_gen=%d steps=%d "
+                        "ttft_ms=%.3f total_ms=%.3f tokens_per_s=%.3f chunks=%lld "
+                        "chunk_rtt_ms_mean=%.4f compute_ms_mean=%.4f proposed=%lld "
+                        "accepted=%lld\n",
+                        mode_name(sm->mode), sm->n_prompt, sm->n_gen, sm->steps, sm->ttft_ms,
+                        sm->total_ms, sm->tokens_per_s, (long long)sm->chunks,
+                        sm->chunk_rtt_ms_mean, sm->compute_ms_mean, (long long)sm->proposed,
+                        (long long)sm->accepted);
         }
         protobuf_c_message_free_unpacked(m, NULL);
     }
@@ -128,6 +151,10 @@ int cli_remote_generate(const gen_opts *o, int (*on_token)(void *ud, int32_t tok
         rc = got_summary ? 0 : 1;
     }
 out:
+    if (timing && fclose(timing) != 0) {
+        fprintf(stderr, "specd generate: --timing %s: write failed\n", o->timing);
+        rc = 1;
+    }
     free(b);
     rpc_call_free(call);
     rpc_client_free(c);
@@ -189,25 +216,25 @@ int cmd_status(int argc, char **argv)
     printf("sessions: %zu running, %lld done, %lld failed\n", r->n_sessions,
            (long long)r->sessions_done, (long long)r->sessions_failed);
     printf("\n%-8s %-28s %-22s %-9s %-8s %-9s %-9s %s\n", "kind", "id", "address", "sessions",
-           "seen ms", "forwards", "batched", "numerics / mean batch");
+           "seen ms", "forwards", "batched", "numerics / mean batch / verified tokens");
     for (size_t i = 0; i < r->n_nodes; i++) {
         Specd__NodeStatus *n = r->nodes[i];
         int w = n->kind == SPECD__NODE_KIND__NODE_WORKER;
-        printf("%-8s %-28s %-22s %4d/%-4d %-8.0f %-9lld %-9lld %s", w ? "worker" : "drafter",
-               n->id, n->addr, n->sessions, n->max_sessions, n->last_seen_ms,
-               (long long)n->forwards, (long long)n->batched_forwards, w ? n->numerics : "-");
+        printf("%-8s %-28s %-22s %4d/%-4d %-8.0f %-9lld %-9lld %s", w ? "worker" : "drafter", n->id,
+               n->addr, n->sessions, n->max_sessions, n->last_seen_ms, (long long)n->forwards,
+               (long long)n->batched_forwards, w ? n->numerics : "-");
         if (w)
-            printf(" / %.2f", n->mean_batch_seqs);
+            printf(" / %.2f / %lld", n->mean_batch_seqs, (long long)n->verified_tokens);
         printf("\n");
     }
     if (r->n_sessions)
-        printf("\n%-20s %-6s %-7s %-11s %-9s %-10s %s\n", "session", "mode", "tokens",
-               "acceptance", "tok/s", "rtt ms", "worker / drafter");
+        printf("\n%-20s %-6s %-7s %-11s %-9s %-10s %s\n", "session", "mode", "tokens", "acceptance",
+               "tok/s", "rtt ms", "worker / drafter");
     for (size_t i = 0; i < r->n_sessions; i++) {
         Specd__SessionStatus *s = r->sessions[i];
         printf("%-20llu %-6s %-7d %-11.2f %-9.1f %-10.2f %s / %s\n", (unsigned long long)s->id,
-               mode_name(s->mode), s->n_gen, s->acceptance, s->tokens_per_s,
-               s->chunk_rtt_ms_mean, s->worker, *s->drafter ? s->drafter : "-");
+               mode_name(s->mode), s->n_gen, s->acceptance, s->tokens_per_s, s->chunk_rtt_ms_mean,
+               s->worker, *s->drafter ? s->drafter : "-");
     }
     protobuf_c_message_free_unpacked(m, NULL);
     rc = 0;
