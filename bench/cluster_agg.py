@@ -130,6 +130,35 @@ def main():
                   f"{r['tokens_per_s']:.1f} | {r['ttft_ms']:.1f} | {r['itl_p50_ms']:.2f} | "
                   f"{r['itl_p99_ms']:.2f} | {r['tokens_per_delivery']:.2f} | "
                   f"{r['accepted_per_step']:.2f} |")
+    # where a step's time goes: client-side step time vs the coordinator's chunk round trip and
+    # the worker's compute (both from the session summary), medians over the runs
+    print("\n## Per verification step (ms; medians over the runs)\n")
+    print("| prompt | mode | where | step | worker compute | network path (round trip - "
+          "compute) | rest (step - round trip: drafter, client stream) |")
+    print("|---|---|---|---|---|---|---|")
+    for p, pname in prompts.items():
+        for where, mode in configs:
+            step, comp, net = [], [], []
+            for rep in range(1, reps + 1):
+                times, _, summ = read_timing(
+                    os.path.join(raw, "t", f"lat_{rep}_{p}_{where}_{mode}.txt"))
+                steps = int(summ["steps"])
+                step.append((times[-1] - times[0]) / max(1, steps - 1))
+                if where == "cluster":
+                    comp.append(summ["compute_ms_mean"])
+                    net.append(summ["chunk_rtt_ms_mean"] - summ["compute_ms_mean"])
+            st = statistics.median(step)
+            cfg = f"p{p}_{where}_{mode}"
+            rows.append(("step", cfg, "step_ms", round(st, 4), "ms"))
+            if where == "cluster":
+                c, n = statistics.median(comp), statistics.median(net)
+                rows += [("step", cfg, "compute_ms", round(c, 4), "ms"),
+                         ("step", cfg, "network_ms", round(n, 4), "ms")]
+                print(f"| {pname} | {mode} | cluster | {st:.2f} | {c:.2f} | {n:.2f} | "
+                      f"{st - c - n:.2f} |")
+            else:
+                print(f"| {pname} | {mode} | in-process | {st:.2f} | (all of it: draft + "
+                      f"verify) | - | - |")
     print(f"\noutputs of every run of a prompt (cluster and in-process, all modes) identical: "
           f"{'yes' if identical else 'NO'}")
     rows.append(("latency", "all", "outputs_identical", int(identical), ""))
