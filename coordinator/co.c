@@ -39,11 +39,13 @@ typedef struct co_sess {
     co_sess_state state;
     rpc_stream *stream;
     seq *sq;
-    co_node *worker, *drafter;
+    co_node *workers[SEQ_MAX_WORKERS]; /* seq's worker index -> node; NULL once lost */
+    int n_workers, max_inflight;
+    co_node *drafter;
     int mode; /* SPECD__MODE__* as requested (resolved) */
     sample_params sp;
     int n_predict, max_nodes, max_ctx, ignore_eos;
-    char draft[512], tree[128];
+    char draft[4096], tree[128];
     int32_t *prompt;
     int n_prompt;
     char utf8[8]; /* incomplete UTF-8 sequence carried to the next token event */
@@ -127,6 +129,14 @@ static void sess_event(co_sess *s, const char *fmt, ...)
 
 static void sess_pump(co *c, co_sess *s);
 
+static int sess_worker_index(const co_sess *s, const co_node *n)
+{
+    for (int w = 0; n && w < s->n_workers; w++)
+        if (s->workers[w] == n)
+            return w;
+    return -1;
+}
+
 /* A node is gone (disconnected, silent, or replaced): its sessions lose it. Lock held. */
 static void node_lost(co *c, co_node *n, const char *why)
 {
@@ -147,8 +157,19 @@ static void node_lost(co *c, co_node *n, const char *why)
         nx = s->next;
         if (s->state == CS_DONE)
             continue;
-        if (s->worker == n) {
-            sess_fail(c, s, RPC_UNAVAILABLE, "worker %s lost: %s", n->id, why);
+        int w = sess_worker_index(s, n);
+        if (w >= 0) {
+            s->workers[w] = NULL;
+            n->sessions--;
+            node_unref(n);
+            if (!s->sq || seq_worker_lost(s->sq, w, now_ms())) {
+                sess_fail(c, s, RPC_UNAVAILABLE, "worker %s lost: %s", n->id, why);
+                continue;
+            }
+            sess_event(s, "worker %s lost after %d tokens (%s): its chunks went to the session's "
+                          "other workers",
+                       n->id, seq_get_stats(s->sq)->n_gen, why);
+            sess_pump(c, s);
         } else if (s->drafter == n) {
             int ng = s->sq ? seq_get_stats(s->sq)->n_gen : 0;
             sess_event(s, "drafter %s lost after %d tokens (%s): continuing as ar", n->id, ng,
@@ -191,7 +212,7 @@ static void io_chunk(void *ud, const seq_chunk *ch)
     m.n_parent = m.n_token = (size_t)ch->n;
     m.parent = (int32_t *)ch->parent;
     m.token = (int32_t *)ch->tok;
-    send_msg(s->worker, SPECD__DATA_MSG_ID__DATA_MSG_CHUNK, &m.base);
+    send_msg(s->workers[ch->worker], SPECD__DATA_MSG_ID__DATA_MSG_CHUNK, &m.base);
 }
 
 static void io_cancel(void *ud, int worker, uint64_t id)
@@ -200,7 +221,7 @@ static void io_cancel(void *ud, int worker, uint64_t id)
     Specd__Cancel m = SPECD__CANCEL__INIT;
     m.session_id = s->id;
     m.chunk_id = id;
-    send_msg(s->worker, SPECD__DATA_MSG_ID__DATA_MSG_CANCEL, &m.base);
+    send_msg(s->workers[worker], SPECD__DATA_MSG_ID__DATA_MSG_CANCEL, &m.base);
 }
 
 static void io_commit(void *ud, const seq_commit *cm)
@@ -214,7 +235,8 @@ static void io_commit(void *ud, const seq_commit *cm)
     m.tokens = (int32_t *)cm->tokens;
     m.root_node = cm->root_node;
     m.n_seen = (uint32_t)cm->n_seen;
-    send_msg(s->worker, SPECD__DATA_MSG_ID__DATA_MSG_COMMIT, &m.base);
+    for (int w = 0; w < s->n_workers; w++) /* each keeps the committed prefix it has */
+        send_msg(s->workers[w], SPECD__DATA_MSG_ID__DATA_MSG_COMMIT, &m.base);
     if (s->drafter)
         send_msg(s->drafter, SPECD__DATA_MSG_ID__DATA_MSG_COMMIT, &m.base);
 }
@@ -334,8 +356,12 @@ static void sess_end(co *c, co_sess *s)
 {
     s->state = CS_DONE;
     s->t_end = now_ms();
-    co_node *nodes[2] = {s->worker, s->drafter};
-    for (int i = 0; i < 2; i++) {
+    co_node *nodes[SEQ_MAX_WORKERS + 1];
+    int nn = 0;
+    for (int w = 0; w < s->n_workers; w++)
+        nodes[nn++] = s->workers[w];
+    nodes[nn++] = s->drafter;
+    for (int i = 0; i < nn; i++) {
         if (!nodes[i])
             continue;
         nodes[i]->sessions--;
@@ -343,7 +369,8 @@ static void sess_end(co *c, co_sess *s)
             push_task(c, 2, NULL, nodes[i], s->id);
         node_unref(nodes[i]);
     }
-    s->worker = s->drafter = NULL;
+    memset(s->workers, 0, sizeof s->workers);
+    s->drafter = NULL;
     co_sess **pp = &c->sessions;
     while (*pp && *pp != s)
         pp = &(*pp)->next;
@@ -494,17 +521,20 @@ static void on_msg(void *ud, ucx_peer *from, unsigned id, const void *data, size
     } else if (id == SPECD__DATA_MSG_ID__DATA_MSG_VERDICT) {
         Specd__Verdict *v = (Specd__Verdict *)m;
         co_sess *s = sess_by_id(c, v->session_id);
-        if (s && s->state == CS_RUNNING && s->worker == n) {
+        int w = s && s->state == CS_RUNNING ? sess_worker_index(s, n) : -1;
+        if (w >= 0) {
             sd_err e;
             if (v->error && *v->error) {
                 LOG_WARN("coordinator", "session %llu: worker %s rejected chunk %llu: %s",
                          (unsigned long long)s->id, n->id, (unsigned long long)v->chunk_id,
                          v->error);
-                e = seq_chunk_failed(s->sq, v->chunk_id, t);
+                e = seq_chunk_failed(s->sq, v->chunk_id, w, t);
             } else {
                 int steps = seq_get_stats(s->sq)->steps;
-                e = seq_verdict(s->sq, v->chunk_id, v->path, (int)v->n_path, v->next, t);
-                if (seq_get_stats(s->sq)->steps > steps) /* applied: counted in rtt_ms_sum */
+                e = seq_verdict(s->sq, v->chunk_id, w, v->path, (int)v->n_path, v->next, t);
+                /* applied: counted in rtt_ms_sum too (exact with one chunk in flight; in dsi a
+                 * held verdict is counted with the one whose arrival applies it) */
+                if (seq_get_stats(s->sq)->steps > steps)
                     s->compute_us_sum += v->compute_us;
             }
             if (e)
@@ -532,12 +562,17 @@ static void on_peer_down(void *ud, ucx_peer *p, const char *why)
 
 /* ---- control thread: placement and the blocking node calls ---- */
 
-/* Least loaded live node of a kind (workers: the fingerprint of the first choice groups them). */
-static co_node *pick(co *c, int kind)
+/* Least loaded live node of a kind with room, not in ex[0..n_ex); workers of the fingerprint
+ * `numerics` only when it is non-NULL (a session never mixes numerics). */
+static co_node *pick(co *c, int kind, const char *numerics, co_node *const *ex, int n_ex)
 {
     co_node *best = NULL;
     for (co_node *n = c->nodes; n; n = n->next) {
-        if (!n->alive || n->kind != kind || n->sessions >= n->max_sessions)
+        int skip = !n->alive || n->kind != kind || n->sessions >= n->max_sessions ||
+                   (numerics && strcmp(n->numerics, numerics));
+        for (int i = 0; i < n_ex && !skip; i++)
+            skip = ex[i] == n;
+        if (skip)
             continue;
         if (!best || (double)n->sessions / n->max_sessions <
                          (double)best->sessions / best->max_sessions)
@@ -617,7 +652,7 @@ static void place(co *c, co_sess *s)
         sess_destroy(s);
         return;
     }
-    co_node *w = pick(c, SPECD__NODE_KIND__NODE_WORKER);
+    co_node *w = pick(c, SPECD__NODE_KIND__NODE_WORKER, NULL, NULL, 0);
     if (!w) {
         sess_fail(c, s, c->nodes ? RPC_RESOURCE_EXHAUSTED : RPC_UNAVAILABLE,
                   c->nodes ? "every worker holds its maximum of sessions"
@@ -625,12 +660,25 @@ static void place(co *c, co_sess *s)
         sess_destroy(s);
         return;
     }
-    s->worker = w;
-    w->refs++;
-    w->sessions++;
+    /* dsi: more workers of the same numerics, one per chunk in flight */
+    int want = s->mode == SPECD__MODE__MODE_DSI ? s->max_inflight : 1;
+    s->workers[s->n_workers++] = w;
+    while (s->n_workers < want) {
+        co_node *x = pick(c, SPECD__NODE_KIND__NODE_WORKER, w->numerics, s->workers, s->n_workers);
+        if (!x)
+            break;
+        s->workers[s->n_workers++] = x;
+    }
+    for (int i = 0; i < s->n_workers; i++) {
+        s->workers[i]->refs++;
+        s->workers[i]->sessions++;
+    }
+    if (s->n_workers < want)
+        sess_event(s, "dsi asked for %d workers; %d of numerics %s have room", want, s->n_workers,
+                   w->numerics);
     co_node *d = NULL;
     if (s->mode != SPECD__MODE__MODE_AR) {
-        d = pick(c, SPECD__NODE_KIND__NODE_DRAFTER);
+        d = pick(c, SPECD__NODE_KIND__NODE_DRAFTER, NULL, NULL, 0);
         if (d) {
             s->drafter = d;
             d->refs++;
@@ -640,21 +688,45 @@ static void place(co *c, co_sess *s)
             s->mode = SPECD__MODE__MODE_AR;
         }
     }
+    co_node *ws[SEQ_MAX_WORKERS];
+    int nw = s->n_workers;
+    memcpy(ws, s->workers, sizeof ws);
     pthread_mutex_unlock(&c->mu);
-    rpc_status st;
-    rpc_code code = node_open(w, s, &st);
-    rpc_status dst;
-    rpc_code dcode = RPC_OK;
-    if (code == RPC_OK && d)
+    rpc_status st[SEQ_MAX_WORKERS], dst;
+    rpc_code code[SEQ_MAX_WORKERS], dcode = RPC_OK;
+    for (int i = 0; i < nw; i++)
+        code[i] = node_open(ws[i], s, &st[i]);
+    if (code[0] == RPC_OK && d)
         dcode = node_open(d, s, &dst);
     pthread_mutex_lock(&c->mu);
     if (s->state == CS_DONE) { /* failed or cancelled meanwhile */
         sess_destroy(s);
         return;
     }
-    if (code != RPC_OK) {
-        sess_fail(c, s, code == RPC_RESOURCE_EXHAUSTED ? code : RPC_UNAVAILABLE,
-                  "worker %s: %s", w->id, st.msg);
+    if (code[0] != RPC_OK) {
+        sess_fail(c, s, code[0] == RPC_RESOURCE_EXHAUSTED ? code[0] : RPC_UNAVAILABLE,
+                  "worker %s: %s", ws[0]->id, st[0].msg);
+        sess_destroy(s);
+        return;
+    }
+    int k = 0;
+    for (int i = 0; i < nw; i++) { /* drop the extra workers that refused or were lost */
+        co_node *x = ws[i];
+        if (code[i] == RPC_OK && s->workers[i] == x) {
+            s->workers[k++] = x;
+            continue;
+        }
+        if (s->workers[i] == x) {
+            sess_event(s, "worker %s refused the session (%s)", x->id, st[i].msg);
+            x->sessions--;
+            node_unref(x);
+        }
+    }
+    for (int i = k; i < nw; i++)
+        s->workers[i] = NULL;
+    s->n_workers = k;
+    if (k == 0) {
+        sess_fail(c, s, RPC_UNAVAILABLE, "the session's workers were lost while it was placed");
         sess_destroy(s);
         return;
     }
@@ -664,10 +736,12 @@ static void place(co *c, co_sess *s)
             sess_destroy(s);
             return;
         }
-        sess_event(s, "drafter %s refused the session (%s): running as ar", d->id, dst.msg);
-        d->sessions--;
-        node_unref(d);
-        s->drafter = NULL;
+        if (s->drafter == d) {
+            sess_event(s, "drafter %s refused the session (%s): running as ar", d->id, dst.msg);
+            d->sessions--;
+            node_unref(d);
+            s->drafter = NULL;
+        }
         s->mode = SPECD__MODE__MODE_AR;
     }
     seq_mode sm = s->mode == SPECD__MODE__MODE_AR      ? SEQ_AR
@@ -675,8 +749,8 @@ static void place(co *c, co_sess *s)
                   : s->mode == SPECD__MODE__MODE_DSI   ? SEQ_DSI
                                                        : SEQ_SI;
     seq_config sc = {.mode = sm,
-                     .n_workers = 1,
-                     .max_inflight = 1,
+                     .n_workers = s->n_workers,
+                     .max_inflight = s->n_workers,
                      .max_nodes = s->max_nodes,
                      .max_tree = s->max_nodes * 4,
                      .n_predict = s->n_predict,
@@ -691,7 +765,8 @@ static void place(co *c, co_sess *s)
         return;
     }
     s->state = CS_RUNNING;
-    send_prompt(w, s);
+    for (int i = 0; i < s->n_workers; i++)
+        send_prompt(s->workers[i], s);
     if (s->drafter)
         send_prompt(s->drafter, s);
     sess_pump(c, s);
@@ -746,7 +821,8 @@ static void *timer_main(void *arg)
             double age = seq_oldest_inflight_ms(s->sq, t);
             if (age > c->o.chunk_timeout_ms)
                 sess_fail(c, s, RPC_UNAVAILABLE, "worker %s did not answer a chunk in %d ms",
-                          s->worker ? s->worker->id : "?", c->o.chunk_timeout_ms);
+                          s->workers[0] ? s->workers[0]->id : "of the session",
+                          c->o.chunk_timeout_ms);
             else
                 sess_pump(c, s);
         }
@@ -921,7 +997,7 @@ static rpc_code on_status(void *ud, const uint8_t *req, size_t len, rpc_buf *res
         specd__session_status__init(x);
         x->id = s->id;
         x->mode = s->sq ? (Specd__Mode)seq_get_mode(s->sq) : (Specd__Mode)s->mode;
-        x->worker = s->worker ? s->worker->id : (char *)"";
+        x->worker = s->workers[0] ? s->workers[0]->id : (char *)"";
         x->drafter = s->drafter ? s->drafter->id : (char *)"";
         if (s->sq) {
             const seq_stats *q = seq_get_stats(s->sq);
@@ -974,6 +1050,7 @@ static rpc_code on_generate(void *ud, const uint8_t *req, size_t len, rpc_stream
     s->ignore_eos = q->ignore_eos;
     s->mode = q->mode ? (int)q->mode : SPECD__MODE__MODE_SI;
     s->max_nodes = q->max_nodes ? q->max_nodes : c->o.max_nodes;
+    s->max_inflight = q->max_inflight ? q->max_inflight : c->o.max_inflight;
     if (q->sampling) {
         s->sp.temp = q->sampling->temp;
         s->sp.top_k = q->sampling->top_k;
@@ -994,6 +1071,11 @@ static rpc_code on_generate(void *ud, const uint8_t *req, size_t len, rpc_stream
     if (s->n_predict < 1 || s->n_predict > c->o.max_predict) {
         snprintf(st->msg, sizeof st->msg, "n_predict %d outside 1..%d", s->n_predict,
                  c->o.max_predict);
+        goto out;
+    }
+    if (s->max_inflight < 1 || s->max_inflight > SEQ_MAX_WORKERS) {
+        snprintf(st->msg, sizeof st->msg, "max_inflight %d outside 1..%d", s->max_inflight,
+                 SEQ_MAX_WORKERS);
         goto out;
     }
     if (s->max_nodes < 1 || s->max_nodes > c->o.max_nodes) {

@@ -68,6 +68,8 @@ struct seq {
     /* what each worker holds: tokens of positions [0, wn) */
     int32_t *wtok[SEQ_MAX_WORKERS];
     int wn[SEQ_MAX_WORKERS];
+    int wdead[SEQ_MAX_WORKERS];
+    uint64_t wlast[SEQ_MAX_WORKERS]; /* the last chunk sent to each worker */
     /* scratch */
     int32_t *s_tok, *s_par, *s_base;
     int *s_map;
@@ -273,10 +275,12 @@ sd_err seq_tree_extend(seq *s, uint32_t epoch, uint32_t first_id, const int32_t 
             pend_drop(p);
             return SD_ENOMEM;
         }
-        memcpy(p->parent, parent, sizeof(int32_t) * (size_t)n);
-        memcpy(p->tok, tok, sizeof(int32_t) * (size_t)n);
-        if (logp)
-            memcpy(p->logp, logp, sizeof(float) * (size_t)n);
+        if (n > 0) { /* NULL arrays with n = 0 are allowed */
+            memcpy(p->parent, parent, sizeof(int32_t) * (size_t)n);
+            memcpy(p->tok, tok, sizeof(int32_t) * (size_t)n);
+            if (logp)
+                memcpy(p->logp, logp, sizeof(float) * (size_t)n);
+        }
         p->used = 1;
         p->epoch = epoch;
         p->first_id = first_id;
@@ -323,11 +327,13 @@ static int tree_reroot(seq *s, int root)
 
 static void cancel_chunk(seq *s, seq_chunk_st *c)
 {
-    s->io.send_cancel(s->io.ud, c->worker, c->id);
     s->st.cancelled++;
-    /* the worker surely still holds what it held before this chunk */
-    if (s->wn[c->worker] > c->base_pos)
-        s->wn[c->worker] = c->base_pos;
+    if (c->worker >= 0) { /* not a chunk waiting for a new worker */
+        s->io.send_cancel(s->io.ud, c->worker, c->id);
+        /* the worker surely still holds what it held before this chunk */
+        if (s->wn[c->worker] > c->base_pos)
+            s->wn[c->worker] = c->base_pos;
+    }
     chunk_clear(c);
 }
 
@@ -384,10 +390,12 @@ static void apply_verdict(seq *s, seq_chunk_st *c, const int32_t *path, int n_pa
     s->st.steps++;
     s->st.accepted += n_path;
     s->st.rtt_ms_sum += now_ms - c->t_sent;
-    /* the worker committed its base and the accepted path */
+    /* the worker committed its base and the accepted path — unless it has been sent a later
+     * chunk since, which truncated it to what the mirror held then */
     int w = c->worker;
-    for (int i = 0; i < n_path && s->wn[w] < s->cap; i++)
-        s->wtok[w][s->wn[w]++] = c->tok[path[i]];
+    if (s->wlast[w] == c->id)
+        for (int i = 0; i < n_path && s->wn[w] < s->cap; i++)
+            s->wtok[w][s->wn[w]++] = c->tok[path[i]];
     chunk_clear(c);
     if (bad) /* cannot happen with deterministic workers; never commit on it */
         s->st.late_verdicts++;
@@ -496,11 +504,11 @@ static void apply_ready(seq *s, double now_ms)
     }
 }
 
-sd_err seq_verdict(seq *s, uint64_t id, const int32_t *path, int n_path, int32_t next,
-                   double now_ms)
+sd_err seq_verdict(seq *s, uint64_t id, int worker, const int32_t *path, int n_path,
+                   int32_t next, double now_ms)
 {
     seq_chunk_st *c = s->state == SEQ_RUNNING ? find_chunk(s, id) : NULL;
-    if (!c) {
+    if (!c || c->worker != worker) { /* unknown, or from a worker it is no longer on */
         s->st.late_verdicts++;
         return SD_OK;
     }
@@ -523,7 +531,8 @@ sd_err seq_verdict(seq *s, uint64_t id, const int32_t *path, int n_path, int32_t
         c->held_path = malloc(sizeof(int32_t) * (size_t)(n_path ? n_path : 1));
         if (!c->held_path)
             return SD_ENOMEM;
-        memcpy(c->held_path, path, sizeof(int32_t) * (size_t)n_path);
+        if (n_path > 0)
+            memcpy(c->held_path, path, sizeof(int32_t) * (size_t)n_path);
         c->held_n = n_path;
         c->held_next = next;
         c->held = 1;
@@ -533,6 +542,8 @@ sd_err seq_verdict(seq *s, uint64_t id, const int32_t *path, int n_path, int32_t
 }
 
 /* ---- dispatch ---- */
+
+static void redispatch(seq *s, double now_ms);
 
 /* Assumed tokens from position n_com up to the tree node id (root-to-node), into out; returns
  * how many (depth + 1), 0 for id -1. */
@@ -572,6 +583,7 @@ static void send_chunk(seq *s, seq_chunk_st *c, int bp, double now_ms)
     s->io.send_chunk(s->io.ud, &out);
     memcpy(s->wtok[w] + bp, s->s_base, sizeof(int32_t) * (size_t)(r + 1 - bp));
     s->wn[w] = r + 1;
+    s->wlast[w] = c->id;
 }
 
 static int pick_worker(const seq *s)
@@ -579,9 +591,9 @@ static int pick_worker(const seq *s)
     int best = -1;
     for (int w = 0; w < s->c.n_workers; w++) {
         int busy = 0;
-        for (int i = 0; i < s->c.max_inflight && !busy; i++)
-            busy = s->ch[i].active && s->ch[i].worker == w;
-        if (!busy && (best < 0 || s->wn[w] > s->wn[best]))
+        for (int i = 0; i < s->c.max_inflight && !busy; i++) /* a held verdict is done work */
+            busy = s->ch[i].active && !s->ch[i].held && s->ch[i].worker == w;
+        if (!busy && !s->wdead[w] && (best < 0 || s->wn[w] > s->wn[best]))
             best = w;
     }
     return best;
@@ -602,8 +614,30 @@ static int collect(seq *s, int root, int max, int *ids)
     return n;
 }
 
+/* Nonzero when some chunk in flight is rooted within the committed sequence, i.e. will commit
+ * the next position once its verdict comes. Without one, the chunks in flight wait for positions
+ * nothing computes (their base agreed token for token with a commit that took another branch of
+ * the tree): a chunk must go out at the committed end. */
+static int have_applicable(const seq *s)
+{
+    for (int i = 0; i < s->c.max_inflight; i++)
+        if (s->ch[i].active && s->ch[i].root_pos <= s->n_com - 1)
+            return 1;
+    return 0;
+}
+
 void seq_pump(seq *s, double now_ms)
 {
+    if (s->state == SEQ_RUNNING)
+        redispatch(s, now_ms);
+    int at_end = s->state == SEQ_RUNNING && seq_inflight(s) > 0 && !have_applicable(s);
+    if (at_end && seq_inflight(s) >= s->c.max_inflight) { /* make room: drop the deepest */
+        seq_chunk_st *deep = NULL;
+        for (int i = 0; i < s->c.max_inflight; i++)
+            if (s->ch[i].active && (!deep || s->ch[i].root_pos > deep->root_pos))
+                deep = &s->ch[i];
+        cancel_chunk(s, deep);
+    }
     while (s->state == SEQ_RUNNING) {
         int n_act = seq_inflight(s);
         if (n_act >= s->c.max_inflight)
@@ -618,9 +652,12 @@ void seq_pump(seq *s, double now_ms)
         int w = pick_worker(s);
         if (w < 0 || !slot)
             return;
+        for (int i = 0; i < s->c.max_inflight; i++)
+            if (s->ch[i].active && s->ch[i].worker < 0)
+                return; /* a lost chunk waits for this worker first */
         int use_tree = s->drafter_alive && s->c.mode != SEQ_AR;
         int root = -1;
-        if (last) { /* speculation parallelism: continue below the last chunk's best leaf */
+        if (last && !at_end) { /* speculation parallelism: below the last chunk's best leaf */
             if (s->c.mode != SEQ_DSI || !use_tree || last->leaf < 0)
                 return;
             root = last->tree_id[last->leaf];
@@ -693,13 +730,14 @@ void seq_pump(seq *s, double now_ms)
         s->st.chunks++;
         s->st.proposed += n;
         send_chunk(s, c, bp, now_ms);
+        at_end = 0;
     }
 }
 
-sd_err seq_chunk_failed(seq *s, uint64_t id, double now_ms)
+sd_err seq_chunk_failed(seq *s, uint64_t id, int worker, double now_ms)
 {
     seq_chunk_st *c = find_chunk(s, id);
-    if (!c)
+    if (!c || c->worker != worker)
         return SD_OK;
     if (c->retries++ >= 1)
         return sd_fail(SD_EPROTO, "chunk %llu failed twice on worker %d",
@@ -712,4 +750,48 @@ sd_err seq_chunk_failed(seq *s, uint64_t id, double now_ms)
 void seq_drafter_lost(seq *s)
 {
     s->drafter_alive = 0;
+}
+
+sd_err seq_worker_lost(seq *s, int w, double now_ms)
+{
+    if (w < 0 || w >= s->c.n_workers || s->wdead[w])
+        return SD_OK;
+    s->wdead[w] = 1;
+    s->wn[w] = 0;
+    int alive = 0;
+    for (int x = 0; x < s->c.n_workers; x++)
+        alive += !s->wdead[x];
+    for (int i = 0; i < s->c.max_inflight; i++)
+        if (s->ch[i].active && s->ch[i].worker == w) {
+            s->ch[i].worker = -1; /* re-dispatched by seq_pump */
+            s->ch[i].held = 0;
+            free(s->ch[i].held_path);
+            s->ch[i].held_path = NULL;
+            s->st.redispatched++;
+        }
+    if (!alive)
+        return sd_fail(SD_ENOTFOUND, "no worker of the session is left");
+    seq_pump(s, now_ms);
+    return SD_OK;
+}
+
+/* Chunks whose worker was lost go to a free worker, oldest first, with the base it lacks. */
+static void redispatch(seq *s, double now_ms)
+{
+    for (;;) {
+        seq_chunk_st *c = NULL;
+        for (int i = 0; i < s->c.max_inflight; i++)
+            if (s->ch[i].active && s->ch[i].worker < 0 && (!c || s->ch[i].id < c->id))
+                c = &s->ch[i];
+        if (!c)
+            return;
+        int w = pick_worker(s);
+        if (w < 0)
+            return;
+        c->worker = w;
+        int bp = 0;
+        while (bp < s->wn[w] && bp < c->root_pos && s->wtok[w][bp] == assumed_at(s, c, bp))
+            bp++;
+        send_chunk(s, c, bp, now_ms);
+    }
 }

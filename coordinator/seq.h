@@ -69,7 +69,7 @@ typedef enum { SEQ_RUNNING = 0, SEQ_DONE_EOS, SEQ_DONE_LENGTH, SEQ_DONE_CONTEXT 
 
 typedef struct {
     int n_gen, steps;
-    long chunks, cancelled, stale_extends, tree_hits, late_verdicts;
+    long chunks, cancelled, stale_extends, tree_hits, late_verdicts, redispatched;
     long proposed, accepted;
     long tried[SEQ_MAX_DEPTH], took[SEQ_MAX_DEPTH];
     double rtt_ms_sum;
@@ -88,18 +88,23 @@ void seq_free(seq *s);
 sd_err seq_tree_extend(seq *s, uint32_t epoch, uint32_t first_id, const int32_t *parent,
                        const int32_t *tok, const float *logp, int n, double now_ms);
 
-/* The verdict of chunk `id`: accepted chunk node indices path[0..n_path) and the target's token
- * after them. Unknown (cancelled, already applied) chunks are ignored. SD_EPROTO for a path that
+/* The verdict of chunk `id` from `worker`: accepted chunk node indices path[0..n_path) and the
+ * target's token after them. Unknown (cancelled, already applied) chunks and chunks no longer on
+ * that worker are ignored. SD_EPROTO for a path that
  * is not a root-to-node path of the chunk (nothing changes). */
-sd_err seq_verdict(seq *s, uint64_t id, const int32_t *path, int n_path, int32_t next,
-                   double now_ms);
+sd_err seq_verdict(seq *s, uint64_t id, int worker, const int32_t *path, int n_path,
+                   int32_t next, double now_ms);
 
 /* The worker rejected chunk id (reason logged by the caller): it is re-sent with its full base
  * when possible; SD_EPROTO when the same chunk failed twice. */
-sd_err seq_chunk_failed(seq *s, uint64_t id, double now_ms);
+sd_err seq_chunk_failed(seq *s, uint64_t id, int worker, double now_ms);
 
 /* The drafter is gone: from now on every chunk is empty (mode ar). */
 void seq_drafter_lost(seq *s);
+
+/* Worker w is gone: its chunks go to the session's other workers (with the base they lack) and
+ * w gets no more. SD_ENOTFOUND when no worker is left (the session cannot go on). */
+sd_err seq_worker_lost(seq *s, int w, double now_ms);
 
 /* Send whatever should go out now (chunks to idle workers; a chunk without a tree once
  * draft_wait_ms has passed). Called after every event and periodically. */

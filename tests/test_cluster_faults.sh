@@ -14,10 +14,10 @@ write_cfg "$CL_DIR/co.cfg" "port = $port;" "heartbeat_ms = 200;" "node_timeout_m
     "log_level = \"info\";"
 write_cfg "$CL_DIR/w.cfg" "coordinator = \"$CL_ADDR\";" "threads = 1;" "forward_delay_ms = 15;"
 write_cfg "$CL_DIR/d.cfg" "coordinator = \"$CL_ADDR\";" "draft_delay_ms = 1;"
-co_pid=$(daemon_start coordinator specd-coordinator "$CL_DIR/co.cfg")
-w1=$(daemon_start worker1 specd-worker "$CL_DIR/w.cfg")
-w2=$(daemon_start worker2 specd-worker "$CL_DIR/w.cfg")
-d1=$(daemon_start drafter1 specd-drafter "$CL_DIR/d.cfg")
+daemon_start coordinator specd-coordinator "$CL_DIR/co.cfg"; co_pid=$DPID
+daemon_start worker1 specd-worker "$CL_DIR/w.cfg"; w1=$DPID
+daemon_start worker2 specd-worker "$CL_DIR/w.cfg"; w2=$DPID
+daemon_start drafter1 specd-drafter "$CL_DIR/d.cfg"; d1=$DPID
 wait_nodes 2 1 || exit 1
 
 gen() { # OUTFILE ERRFILE args...: background generation with --compare
@@ -68,11 +68,11 @@ check "worker killed: the other session is identical to local target-only" \
 check "worker killed: detected within 20 s ($((t1 - t0)) s)" $([ $((t1 - t0)) -le 20 ] && echo 0 || echo 1)
 
 # 3. the coordinator restarts: the nodes register again by themselves
-d2=$(daemon_start drafter2 specd-drafter "$CL_DIR/d.cfg")
+daemon_start drafter2 specd-drafter "$CL_DIR/d.cfg"; d2=$DPID
 wait_nodes 1 1 || exit 1
 kill -9 "$co_pid"
 sleep 0.5
-co_pid=$(daemon_start coordinator2 specd-coordinator "$CL_DIR/co.cfg")
+daemon_start coordinator2 specd-coordinator "$CL_DIR/co.cfg"; co_pid=$DPID
 check "restarted coordinator: the nodes re-register" $(ok_if wait_nodes 1 1 30)
 same_as_local "after the restart" --mode si -p "The capital of France is" -n 24
 daemons_stop

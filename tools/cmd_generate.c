@@ -63,6 +63,10 @@ static const opt_def gen_defs[] = {
      "with --coordinator: give up after S seconds"},
     {"timing", 0, OPT_STR, F(timing), OPT_NOBOUNDS, NULL, "FILE",
      "write when each token arrived (ms) and a summary line to FILE (bench/cluster.sh)"},
+    {"tokens-out", 0, OPT_STR, F(tokens_out), OPT_NOBOUNDS, NULL, "FILE",
+     "also write the generated token ids to FILE (one line)"},
+    {"max-inflight", 0, OPT_INT, F(max_inflight), 0, 16, "0", "N",
+     "with --mode dsi: chunks in flight on different workers (0 = the coordinator's default)"},
 };
 #undef F
 #define N_DEFS (sizeof gen_defs / sizeof gen_defs[0])
@@ -221,7 +225,7 @@ int cmd_generate(int argc, char **argv)
         goto out;
     }
     out_sink.tk = tk;
-    out_sink.keep = o.compare;
+    out_sink.keep = o.compare || o.tokens_out;
     spec_config sc = {.target = m,
                       .vmode = vm,
                       .sp = sp,
@@ -307,7 +311,7 @@ int cmd_generate(int argc, char **argv)
         if (!same)
             goto out;
     }
-    rc = 0;
+    rc = o.tokens_out ? cli_write_tokens(o.tokens_out, out_sink.ids, out_sink.n) : 0;
 out:
     if (out_sink.timing)
         fclose(out_sink.timing);
@@ -317,6 +321,19 @@ out:
     tok_free(tk);
     model_free(m);
     return rc;
+}
+
+int cli_write_tokens(const char *path, const int32_t *ids, int n)
+{
+    FILE *f = fopen(path, "w");
+    if (!f) {
+        fprintf(stderr, "specd generate: --tokens-out %s: cannot write\n", path);
+        return 1;
+    }
+    for (int i = 0; i < n; i++)
+        fprintf(f, i ? " %d" : "%d", ids[i]);
+    fprintf(f, "\n");
+    return fclose(f) ? 1 : 0;
 }
 
 #ifndef SPECD_NET

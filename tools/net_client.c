@@ -51,7 +51,9 @@ static void print_summary(const Specd__SessionSummary *s)
         fprintf(stderr, "[cluster %s] %lld chunks | chunk round trip %.2f ms\n", mode_name(s->mode),
                 (long long)s->chunks, s->chunk_rtt_ms_mean);
     if (s->chunks)
-        fprintf(stderr, "[cluster %s] worker compute %.2f ms per chunk, network path %.1f us\n",
+        fprintf(stderr,
+                "[cluster %s] worker compute %.2f ms per chunk; the rest of the round trip %.1f us "
+                "(network, queues, waits behind the prompt's prefill)\n",
                 mode_name(s->mode), s->compute_ms_mean,
                 (s->chunk_rtt_ms_mean - s->compute_ms_mean) * 1e3);
     for (size_t i = 0; i < s->n_events; i++)
@@ -81,6 +83,7 @@ int cli_remote_generate(const gen_opts *o, int (*on_token)(void *ud, int32_t tok
     q.tree = (char *)o->tree;
     q.max_nodes = o->max_nodes;
     q.ignore_eos = o->ignore_eos;
+    q.max_inflight = o->max_inflight;
     uint8_t *b;
     size_t len;
     FILE *timing = NULL;
@@ -94,7 +97,8 @@ int cli_remote_generate(const gen_opts *o, int (*on_token)(void *ud, int32_t tok
     rpc_global_init();
     rpc_client *c = NULL;
     rpc_call *call = NULL;
-    int rc = 1, got_summary = 0;
+    int rc = 1, got_summary = 0, n_ids = 0, cap_ids = 0;
+    int32_t *ids = NULL; /* --tokens-out without a sink of the caller's */
     if (rpc_client_create(&c, o->coordinator, 0) ||
         rpc_call_stream(c, "/specd.Coordinator/Generate", b, len, o->timeout_s * 1000, 1, &call)) {
         fprintf(stderr, "specd generate: %s: %s\n", o->coordinator, sd_errmsg());
@@ -121,6 +125,16 @@ int cli_remote_generate(const gen_opts *o, int (*on_token)(void *ud, int32_t tok
             } else if (ev->tokens->text) {
                 fputs(ev->tokens->text, stdout);
                 fflush(stdout);
+            }
+            for (size_t i = 0; !on_token && o->tokens_out && i < ev->tokens->n_tokens; i++) {
+                if (n_ids == cap_ids) {
+                    cap_ids = cap_ids ? 2 * cap_ids : 256;
+                    int32_t *p = realloc(ids, sizeof(int32_t) * (size_t)cap_ids);
+                    if (!p)
+                        break;
+                    ids = p;
+                }
+                ids[n_ids++] = ev->tokens->tokens[i];
             }
         } else if (ev->ev_case == SPECD__GENERATE_EVENT__EV_SUMMARY) {
             printf("\n");
@@ -149,12 +163,15 @@ int cli_remote_generate(const gen_opts *o, int (*on_token)(void *ud, int32_t tok
         rc = st.code == RPC_INVALID_ARGUMENT || st.code == RPC_OUT_OF_RANGE ? 2 : 1;
     } else {
         rc = got_summary ? 0 : 1;
+        if (!rc && !on_token && o->tokens_out)
+            rc = cli_write_tokens(o->tokens_out, ids, n_ids);
     }
 out:
     if (timing && fclose(timing) != 0) {
         fprintf(stderr, "specd generate: --timing %s: write failed\n", o->timing);
         rc = 1;
     }
+    free(ids);
     free(b);
     rpc_call_free(call);
     rpc_client_free(c);

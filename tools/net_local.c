@@ -97,6 +97,18 @@ static int write_cfg(const char *path, const char *const *kv, int n)
         for (char *p = key; *p; p++)
             if (*p == '-')
                 *p = '_';
+        int later = 0; /* a later line for the same key wins (--X-set over our defaults) */
+        for (int j = i + 1; j < n && !later; j++) {
+            const char *eq2 = strchr(kv[j], '=');
+            char k2[128];
+            snprintf(k2, sizeof k2, "%.*s", eq2 ? (int)(eq2 - kv[j]) : 0, kv[j]);
+            for (char *p = k2; *p; p++)
+                if (*p == '-')
+                    *p = '_';
+            later = !strcmp(k2, key);
+        }
+        if (later)
+            continue;
         const char *v = eq + 1;
         char *end;
         strtod(v, &end);

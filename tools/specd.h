@@ -15,9 +15,9 @@ int cmd_local(int argc, char **argv);
 /* The options of `specd generate` (tools/cmd_generate.c's table). */
 typedef struct {
     const char *model, *prompt, *system, *log_level, *draft, *tree, *verify, *coordinator, *mode,
-        *timing;
+        *timing, *tokens_out;
     int n_predict, threads, ctx, chat, f32_act, portable, no_pack, ignore_eos, top_k, compare,
-        max_nodes, timeout_s;
+        max_nodes, timeout_s, max_inflight;
     float temp, top_p;
     unsigned long long seed;
 } gen_opts;
@@ -28,5 +28,7 @@ int cli_remote_generate(const gen_opts *o, int (*on_token)(void *ud, int32_t tok
 
 /* Create the --timing file with its header line; NULL (message printed) when it cannot. */
 FILE *timing_open(const char *path);
+/* --tokens-out: the generated token ids, one line, space-separated. Returns 0 or prints why. */
+int cli_write_tokens(const char *path, const int32_t *ids, int n);
 
 #endif

@@ -81,12 +81,12 @@ finish() {
 # ---- daemons started one by one (fault tests kill them individually) ----
 D_PIDS=()
 
-# daemon_start NAME BINARY CFGFILE: background, log in $CL_DIR/NAME.log; echo the pid
+# daemon_start NAME BINARY CFGFILE: in the background (a child of this shell), log in
+# $CL_DIR/NAME.log; its pid in DPID
 daemon_start() {
     "$SPECD_BIN/$2" --config "$3" >"$CL_DIR/$1.log" 2>&1 &
-    local p=$!
-    D_PIDS+=($p)
-    echo $p
+    DPID=$!
+    D_PIDS+=($DPID)
 }
 
 # write_cfg FILE "key = value;" ...
