@@ -48,8 +48,8 @@ static void print_summary(const Specd__SessionSummary *s)
                 (long long)s->chunks, (long long)s->cancelled_chunks, (long long)s->tree_hits,
                 s->chunk_rtt_ms_mean);
     else
-        fprintf(stderr, "[cluster %s] %lld chunks | chunk round trip %.2f ms\n", mode_name(s->mode),
-                (long long)s->chunks, s->chunk_rtt_ms_mean);
+        fprintf(stderr, "[cluster %s] %lld chunks | chunk round trip %.2f ms\n",
+                mode_name(s->mode), (long long)s->chunks, s->chunk_rtt_ms_mean);
     if (s->chunks)
         fprintf(stderr,
                 "[cluster %s] worker compute %.2f ms per chunk; the rest of the round trip %.1f us "
@@ -100,7 +100,8 @@ int cli_remote_generate(const gen_opts *o, int (*on_token)(void *ud, int32_t tok
     int rc = 1, got_summary = 0, n_ids = 0, cap_ids = 0;
     int32_t *ids = NULL; /* --tokens-out without a sink of the caller's */
     if (rpc_client_create(&c, o->coordinator, 0) ||
-        rpc_call_stream(c, "/specd.Coordinator/Generate", b, len, o->timeout_s * 1000, 1, &call)) {
+        rpc_call_stream(c, "/specd.Coordinator/Generate", b, len, o->timeout_s * 1000, 1,
+                        &call)) {
         fprintf(stderr, "specd generate: %s: %s\n", o->coordinator, sd_errmsg());
         goto out;
     }
@@ -237,21 +238,21 @@ int cmd_status(int argc, char **argv)
     for (size_t i = 0; i < r->n_nodes; i++) {
         Specd__NodeStatus *n = r->nodes[i];
         int w = n->kind == SPECD__NODE_KIND__NODE_WORKER;
-        printf("%-8s %-28s %-22s %4d/%-4d %-8.0f %-9lld %-9lld %s", w ? "worker" : "drafter", n->id,
-               n->addr, n->sessions, n->max_sessions, n->last_seen_ms, (long long)n->forwards,
-               (long long)n->batched_forwards, w ? n->numerics : "-");
+        printf("%-8s %-28s %-22s %4d/%-4d %-8.0f %-9lld %-9lld %s", w ? "worker" : "drafter",
+               n->id, n->addr, n->sessions, n->max_sessions, n->last_seen_ms,
+               (long long)n->forwards, (long long)n->batched_forwards, w ? n->numerics : "-");
         if (w)
             printf(" / %.2f / %lld", n->mean_batch_seqs, (long long)n->verified_tokens);
         printf("\n");
     }
     if (r->n_sessions)
-        printf("\n%-20s %-6s %-7s %-11s %-9s %-10s %s\n", "session", "mode", "tokens", "acceptance",
-               "tok/s", "rtt ms", "worker / drafter");
+        printf("\n%-20s %-6s %-7s %-11s %-9s %-10s %s\n", "session", "mode", "tokens",
+               "acceptance", "tok/s", "rtt ms", "worker / drafter");
     for (size_t i = 0; i < r->n_sessions; i++) {
         Specd__SessionStatus *s = r->sessions[i];
         printf("%-20llu %-6s %-7d %-11.2f %-9.1f %-10.2f %s / %s\n", (unsigned long long)s->id,
-               mode_name(s->mode), s->n_gen, s->acceptance, s->tokens_per_s, s->chunk_rtt_ms_mean,
-               s->worker, *s->drafter ? s->drafter : "-");
+               mode_name(s->mode), s->n_gen, s->acceptance, s->tokens_per_s,
+               s->chunk_rtt_ms_mean, s->worker, *s->drafter ? s->drafter : "-");
     }
     protobuf_c_message_free_unpacked(m, NULL);
     rc = 0;

@@ -22,12 +22,14 @@ typedef struct {
     unsigned long long seed;
 } gen_opts;
 
+
 /* Generate through a coordinator (tools/net_client.c): streams the text to stdout (or hands each
  * token to on_token when set), prints the session summary to stderr. Returns the exit status. */
 int cli_remote_generate(const gen_opts *o, int (*on_token)(void *ud, int32_t tok), void *ud);
 
 /* Create the --timing file with its header line; NULL (message printed) when it cannot. */
 FILE *timing_open(const char *path);
+
 /* --tokens-out: the generated token ids, one line, space-separated. Returns 0 or prints why. */
 int cli_write_tokens(const char *path, const int32_t *ids, int n);
 
