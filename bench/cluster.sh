@@ -9,6 +9,7 @@
 #    and tree (in-process ar = --draft none; async has no in-process form: it is set beside
 #    in-process si). Tokens/s, time to first token and inter-token latency are all taken on the
 #    client side from `specd generate --timing` (token arrival times), R repetitions interleaved.
+#    Then si again with one compute thread on both sides (worker threads = 1, in-process -t 1).
 # 2. the network path's overhead per chunk: a 1-token prompt in ar (nothing to prefill, every
 #    chunk one forward): SessionSummary.chunk_rtt_ms_mean - compute_ms_mean, beside
 #    ucx_perftest's ucp_am_lat floor on TCP loopback (both its busy-polling and its sleeping
@@ -178,6 +179,21 @@ for rep in $(seq 1 "$REPS"); do
         run "lat_${rep}_${p}_cluster_async" --coordinator "$CL_ADDR" --mode async "${common[@]}"
     done
     run "ovh_${rep}" --coordinator "$CL_ADDR" --mode ar -p "Hi" -n 200 --ignore-eos
+done
+cluster_down
+
+# ---- 1b: the same with one compute thread on each side, so that the cluster's other threads
+# (coordinator, progress threads, drafter, client) have a vCPU that the forward does not need ----
+cluster_up --worker-set threads=1
+log "latency with 1 compute thread (cluster at $CL_ADDR)"
+run warm1_cluster --coordinator "$CL_ADDR" --mode ar -p "Hello" -n 16 --ignore-eos
+for rep in $(seq 1 "$REPS"); do
+    for p in 0 1; do
+        eval "pa=(\"\${PROMPT_ARGS_$p[@]}\")"
+        common=("${pa[@]}" -n "$N_GEN" --ignore-eos "${DRAFT[@]}")
+        run "t1_${rep}_${p}_cluster_si" --coordinator "$CL_ADDR" --mode si "${common[@]}"
+        run "t1_${rep}_${p}_local_si" --model "$MODEL" -t 1 "${common[@]}"
+    done
 done
 cluster_down
 

@@ -138,7 +138,7 @@ def main():
     print("|---|---|---|---|---|---|---|")
     for p, pname in prompts.items():
         for where, mode in configs:
-            step, comp, net = [], [], []
+            step, comp, net, ver_l = [], [], [], []
             for rep in range(1, reps + 1):
                 times, _, summ = read_timing(
                     os.path.join(raw, "t", f"lat_{rep}_{p}_{where}_{mode}.txt"))
@@ -147,6 +147,8 @@ def main():
                 if where == "cluster":
                     comp.append(summ["compute_ms_mean"])
                     net.append(summ["chunk_rtt_ms_mean"] - summ["compute_ms_mean"])
+                else:
+                    ver_l.append(summ["verify_ms"] / steps)
             st = statistics.median(step)
             cfg = f"p{p}_{where}_{mode}"
             rows.append(("step", cfg, "step_ms", round(st, 4), "ms"))
@@ -157,11 +159,40 @@ def main():
                 print(f"| {pname} | {mode} | cluster | {st:.2f} | {c:.2f} | {n:.2f} | "
                       f"{st - c - n:.2f} |")
             else:
-                print(f"| {pname} | {mode} | in-process | {st:.2f} | (all of it: draft + "
-                      f"verify) | - | - |")
+                ver = statistics.median(ver_l)
+                rows.append(("step", cfg, "verify_ms", round(ver, 4), "ms"))
+                print(f"| {pname} | {mode} | in-process | {st:.2f} | {ver:.2f} (verify; the rest "
+                      f"of the step drafts) | - | - |")
     print(f"\noutputs of every run of a prompt (cluster and in-process, all modes) identical: "
           f"{'yes' if identical else 'NO'}")
     rows.append(("latency", "all", "outputs_identical", int(identical), ""))
+
+    # ---- si with one compute thread on each side ----
+    print("\n## si with one compute thread on each side (worker threads = 1, in-process -t 1)\n")
+    print("| prompt | cluster tokens/s | in-process tokens/s | ratio | cluster worker compute "
+          "per step ms | in-process verify per step ms |")
+    print("|---|---|---|---|---|---|")
+    t1 = {}
+    for p, pname in prompts.items():
+        v = {}
+        for where in ("cluster", "local"):
+            tps, per = [], []
+            for rep in range(1, reps + 1):
+                times, _, summ = read_timing(
+                    os.path.join(raw, "t", f"t1_{rep}_{p}_{where}_si.txt"))
+                tps.append((len(times) - 1) / ((times[-1] - times[0]) / 1e3))
+                per.append(summ["compute_ms_mean"] if where == "cluster"
+                           else summ["verify_ms"] / summ["steps"])
+            v[where] = (statistics.median(tps), statistics.median(per))
+        r = v["cluster"][0] / v["local"][0]
+        t1[p] = r
+        rows += [("latency_1thread", f"p{p}_cluster_si", "tokens_per_s", round(v["cluster"][0], 3),
+                  "tok/s"),
+                 ("latency_1thread", f"p{p}_local_si", "tokens_per_s", round(v["local"][0], 3),
+                  "tok/s"),
+                 ("ratio", f"p{p}", "si_cluster_over_local_1thread", round(r, 3), "")]
+        print(f"| {pname} | {v['cluster'][0]:.1f} | {v['local'][0]:.1f} | {r:.2f} | "
+              f"{v['cluster'][1]:.2f} | {v['local'][1]:.2f} |")
 
     # ---- per-chunk overhead ----
     ovh, rtt, comp = [], [], []
@@ -239,7 +270,8 @@ def main():
                  ("ratio", f"p{p}", "ar_cluster_over_local", round(ra, 3), ""),
                  ("ratio", f"p{p}", "async_cluster_over_local_si", round(ry, 3), "")]
         print(f"- si through the cluster / in-process si, {pname}: {r:.2f} (target >= 0.90: "
-              f"{'met' if r >= 0.9 else 'NOT met'}); ar {ra:.2f}; async / in-process si {ry:.2f}")
+              f"{'met' if r >= 0.9 else 'NOT met'}); with one compute thread each {t1[p]:.2f}; "
+              f"ar {ra:.2f}; async / in-process si {ry:.2f}")
     print(f"- network path per chunk / UCX floor (sleeping round trip): {o / floor_rt:.1f}x "
           f"(target <= 3x: {'met' if o <= 3 * floor_rt else 'NOT met'})")
     for mode in ("si", "ar"):

@@ -274,9 +274,9 @@ int cmd_generate(int argc, char **argv)
         if (out_sink.timing) {
             fprintf(out_sink.timing,
                     "# summary where=local n_prompt=%d n_gen=%d steps=%d prefill_ms=%.3f "
-                    "total_ms=%.3f proposed=%ld accepted=%ld\n",
+                    "total_ms=%.3f draft_ms=%.3f verify_ms=%.3f proposed=%ld accepted=%ld\n",
                     st.n_prompt, st.n_gen, st.n_steps, st.t_prefill * 1e3, st.t_total * 1e3,
-                    st.proposed, st.accepted);
+                    st.t_draft * 1e3, st.t_verify * 1e3, st.proposed, st.accepted);
             int bad = fclose(out_sink.timing) != 0;
             out_sink.timing = NULL;
             if (bad) {
