@@ -19,11 +19,11 @@
 # Starts and stops every process itself (traps included) and checks none is left. Writes a
 # tidy CSV (section,config,metric,value,unit) and prints tables and the issue's ratios. The
 # machine may be shared: only ratios inside one run mean anything; the CPU and the load average
-# are printed with them. A run takes 3-5 minutes on 2 vCPUs.
+# are printed with them. A run (5 repetitions) takes 3-4 minutes on 2 busy vCPUs.
 set -u
 SRC=$(cd "$(dirname "$0")/.." && pwd)
 BUILD=$SRC/build
-REPS=3
+REPS=5
 CSV=$SRC/bench/out/cluster.csv
 KEEP=0
 while [ $# -gt 0 ]; do

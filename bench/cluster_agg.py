@@ -172,7 +172,7 @@ def main():
     print("| prompt | cluster tokens/s | in-process tokens/s | ratio | cluster worker compute "
           "per step ms | in-process verify per step ms |")
     print("|---|---|---|---|---|---|")
-    t1 = {}
+    si1 = {}
     for p, pname in prompts.items():
         v = {}
         for where in ("cluster", "local"):
@@ -185,7 +185,7 @@ def main():
                            else summ["verify_ms"] / summ["steps"])
             v[where] = (statistics.median(tps), statistics.median(per))
         r = v["cluster"][0] / v["local"][0]
-        t1[p] = r
+        si1[p] = r
         rows += [("latency_1thread", f"p{p}_cluster_si", "tokens_per_s", round(v["cluster"][0], 3),
                   "tok/s"),
                  ("latency_1thread", f"p{p}_local_si", "tokens_per_s", round(v["local"][0], 3),
@@ -270,7 +270,7 @@ def main():
                  ("ratio", f"p{p}", "ar_cluster_over_local", round(ra, 3), ""),
                  ("ratio", f"p{p}", "async_cluster_over_local_si", round(ry, 3), "")]
         print(f"- si through the cluster / in-process si, {pname}: {r:.2f} (target >= 0.90: "
-              f"{'met' if r >= 0.9 else 'NOT met'}); with one compute thread each {t1[p]:.2f}; "
+              f"{'met' if r >= 0.9 else 'NOT met'}); with one compute thread each {si1[p]:.2f}; "
               f"ar {ra:.2f}; async / in-process si {ry:.2f}")
     print(f"- network path per chunk / UCX floor (sleeping round trip): {o / floor_rt:.1f}x "
           f"(target <= 3x: {'met' if o <= 3 * floor_rt else 'NOT met'})")
