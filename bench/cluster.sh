@@ -19,11 +19,11 @@
 # Starts and stops every process itself (traps included) and checks none is left. Writes a
 # tidy CSV (section,config,metric,value,unit) and prints tables and the issue's ratios. The
 # machine may be shared: only ratios inside one run mean anything; the CPU and the load average
-# are printed with them. A run (5 repetitions) takes 3-4 minutes on 2 busy vCPUs.
+# are printed with them. A run takes 3-4 minutes on 2 busy vCPUs.
 set -u
 SRC=$(cd "$(dirname "$0")/.." && pwd)
 BUILD=$SRC/build
-REPS=5
+REPS=4
 CSV=$SRC/bench/out/cluster.csv
 KEEP=0
 while [ $# -gt 0 ]; do
@@ -52,13 +52,17 @@ mkdir -p "$RAW/t" "$(dirname "$CSV")"
 CL_PID=
 CL_ADDR=
 CL_N=0
+CLS=() # "pid:n" of every launcher still running
 PERF_PID=
 CLIENTS=()
 
 log() { echo "bench/cluster: $*" >&2; }
 
-cluster_down() {
+cluster_down() { # stops the cluster in CL_PID / CL_N
     [ -n "$CL_PID" ] || return 0
+    local keep=() x
+    for x in "${CLS[@]}"; do [ "$x" = "$CL_PID:$CL_N" ] || keep+=("$x"); done
+    CLS=("${keep[@]}")
     kill -TERM "$CL_PID" 2>/dev/null
     for _ in $(seq 1 100); do kill -0 "$CL_PID" 2>/dev/null || break; sleep 0.2; done
     kill -0 "$CL_PID" 2>/dev/null && { log "specd local did not stop: killing it"; kill -9 "$CL_PID"; }
@@ -75,7 +79,12 @@ cluster_down() {
 cleanup() {
     for p in "${CLIENTS[@]}"; do kill "$p" 2>/dev/null; done
     [ -n "$PERF_PID" ] && kill "$PERF_PID" 2>/dev/null && wait "$PERF_PID" 2>/dev/null
-    cluster_down
+    local x
+    for x in "${CLS[@]}"; do
+        CL_PID=${x%%:*}
+        CL_N=${x##*:}
+        cluster_down
+    done
     if [ "$KEEP" = 1 ]; then log "raw data kept in $RAW"; else rm -rf "$RAW"; fi
 }
 trap cleanup EXIT
@@ -88,6 +97,7 @@ cluster_up() {
         --worker-set "model=$MODEL" --drafter-set "model=$MODEL" "$@" >"$RAW/addr$CL_N" \
         2>"$RAW/local$CL_N.err" &
     CL_PID=$!
+    CLS+=("$CL_PID:$CL_N")
     for _ in $(seq 1 600); do
         CL_ADDR=$(head -n1 "$RAW/addr$CL_N" 2>/dev/null || true)
         [ -n "$CL_ADDR" ] && return 0
@@ -198,35 +208,47 @@ done
 cluster_down
 
 # ---- 3: worker throughput, batched vs one forward per session ----
+# Both clusters stay up (an idle one only heartbeats) and take turns, so each batched run has
+# an unbatched one right next to it in time: the load of other tenants changes by the minute.
 for batching in 1 0; do
-    cluster_up --worker-set "batching=$batching"
-    log "throughput, batching=$batching (cluster at $CL_ADDR)"
+    cluster_up --worker-set "batching=$batching" --coordinator-set heartbeat_ms=100
+    eval "TP${batching}_PID=\$CL_PID TP${batching}_N=\$CL_N TP${batching}_ADDR=\$CL_ADDR"
     run "warm_b$batching" --coordinator "$CL_ADDR" --mode ar -p "Hello" -n 8 --ignore-eos
-    for mode in ar si; do
-        for n in 1 4 16; do
-            sleep 1.2 # the worker's counters reach the coordinator with its heartbeats (500 ms)
-            before=$(worker_line)
-            t0=$(date +%s.%N)
-            CLIENTS=()
-            for k in $(seq 1 "$n"); do
-                timeout 300 "$SPECD" generate --coordinator "$CL_ADDR" --mode "$mode" "${DRAFT[@]}" \
-                    -p "Session $k: write a list of $((k + 2)) animals and a fact about each." \
-                    -n 64 --ignore-eos --timing "$RAW/t/tp_${batching}_${mode}_${n}_$k.txt" \
-                    >/dev/null 2>"$RAW/t/tp_${batching}_${mode}_${n}_$k.err" &
-                CLIENTS+=($!)
-            done
-            bad=0
-            for c in "${CLIENTS[@]}"; do wait "$c" || bad=1; done
-            CLIENTS=()
-            t1=$(date +%s.%N)
-            [ $bad = 0 ] || { log "a throughput client failed (batching=$batching $mode n=$n)"; exit 1; }
-            sleep 1.2
-            after=$(worker_line)
-            # worker line: kind id addr sessions seen forwards batched numerics / mean / verified
-            echo "tp $batching $mode $n $t0 $t1 $(echo "$before" | awk '{print $6, $7, $NF}') \
+done
+log "throughput: batching=1 at $TP1_ADDR, batching=0 at $TP0_ADDR"
+TP_REPS=3
+for mode in ar si; do
+    for n in 1 4 16; do
+        for rep in $(seq 1 $TP_REPS); do
+            for batching in 1 0; do
+                eval "CL_ADDR=\$TP${batching}_ADDR"
+                sleep 0.4 # the worker's counters reach the coordinator with its heartbeats
+                before=$(worker_line)
+                t0=$(date +%s.%N)
+                CLIENTS=()
+                for k in $(seq 1 "$n"); do
+                    timeout 300 "$SPECD" generate --coordinator "$CL_ADDR" --mode "$mode" \
+                        "${DRAFT[@]}" -p "Session $k: write a list of $((k + 2)) animals and a fact about each." \
+                        -n 64 --ignore-eos --timing "$RAW/t/tp_${batching}_${mode}_${n}_${rep}_$k.txt" \
+                        >/dev/null 2>"$RAW/t/tp_${batching}_${mode}_${n}_${rep}_$k.err" &
+                    CLIENTS+=($!)
+                done
+                bad=0
+                for c in "${CLIENTS[@]}"; do wait "$c" || bad=1; done
+                CLIENTS=()
+                t1=$(date +%s.%N)
+                [ $bad = 0 ] || { log "a throughput client failed (batching=$batching $mode n=$n)"; exit 1; }
+                sleep 0.4
+                after=$(worker_line)
+                # worker line: kind id addr sessions seen forwards batched numerics / mean / verified
+                echo "tp $batching $mode $n $rep $t0 $t1 $(echo "$before" | awk '{print $6, $7, $NF}') \
 $(echo "$after" | awk '{print $6, $7, $NF}')" >>"$RAW/tp.txt"
+            done
         done
     done
+done
+for batching in 1 0; do
+    eval "CL_PID=\$TP${batching}_PID CL_N=\$TP${batching}_N"
     cluster_down
 done
 echo "load_end=$(cut -d' ' -f1-3 /proc/loadavg)" >>"$RAW/meta.txt"
