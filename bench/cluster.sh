@@ -15,11 +15,12 @@
 #    ucx_perftest's ucp_am_lat floor on TCP loopback (both its busy-polling and its sleeping
 #    mode; the daemons sleep) and bench_cluster_wake's cost of waking a sleeping thread.
 # 3. worker throughput (verified tokens/s, from the worker's counters in `specd status`) with 1,
-#    4 and 16 concurrent sessions, batching = 1 (one forward over all ready sessions) vs 0.
+#    4 and 16 concurrent sessions, batching = 1 (one forward over all ready sessions) vs 0: two
+#    clusters up side by side, their runs alternating, the ratio taken per adjacent pair.
 # Starts and stops every process itself (traps included) and checks none is left. Writes a
 # tidy CSV (section,config,metric,value,unit) and prints tables and the issue's ratios. The
 # machine may be shared: only ratios inside one run mean anything; the CPU and the load average
-# are printed with them. A run takes 3-4 minutes on 2 busy vCPUs.
+# are printed with them. A run takes 3-5 minutes on 2 busy vCPUs.
 set -u
 SRC=$(cd "$(dirname "$0")/.." && pwd)
 BUILD=$SRC/build
@@ -32,7 +33,7 @@ while [ $# -gt 0 ]; do
     --reps) REPS=$2; shift 2 ;;
     --csv) CSV=$2; shift 2 ;;
     --keep) KEEP=1; shift ;;
-    -h | --help) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "bench/cluster.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
     esac
 done
