@@ -52,6 +52,7 @@ typedef struct co_sess {
     char utf8[8]; /* incomplete UTF-8 sequence carried to the next token event */
     int n_utf8;
     double t_start, t_first, t_end;
+    double compute_us_sum; /* Verdict.compute_us of the verdicts the sequencer applied */
     char events[CO_MAX_EVENTS][200];
     int n_events;
     int emit_failed; /* a token event could not be queued for the client */
@@ -405,6 +406,7 @@ static void fill_summary(co_sess *s, Specd__SessionSummary *m, char **ev, int32_
         m->cancelled_chunks = st->cancelled;
         m->tree_hits = st->tree_hits;
         m->chunk_rtt_ms_mean = st->steps ? st->rtt_ms_sum / st->steps : 0;
+        m->compute_ms_mean = st->steps ? s->compute_us_sum / 1e3 / st->steps : 0;
         int nd = 0;
         while (nd < SEQ_MAX_DEPTH && st->tried[nd]) {
             tried[nd] = (int32_t)st->tried[nd];
@@ -547,7 +549,12 @@ static void on_msg(void *ud, ucx_peer *from, unsigned id, const void *data, size
                          v->error);
                 e = seq_chunk_failed(s->sq, v->chunk_id, w, t);
             } else {
+                int steps = seq_get_stats(s->sq)->steps;
                 e = seq_verdict(s->sq, v->chunk_id, w, v->path, (int)v->n_path, v->next, t);
+                /* applied: counted in rtt_ms_sum too (exact with one chunk in flight; in dsi a
+                 * held verdict is counted with the one whose arrival applies it) */
+                if (seq_get_stats(s->sq)->steps > steps)
+                    s->compute_us_sum += v->compute_us;
             }
             if (e)
                 sess_fail(c, s, RPC_INTERNAL, "worker %s: %s", n->id, sd_errmsg());

@@ -2,11 +2,13 @@
  * target-only or speculatively (--draft), streaming text to stdout; statistics go to stderr.
  * --compare also runs target-only on the same prompt, checks the texts are identical and prints
  * the measured speedup. */
+#include <errno.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "../common/clock.h"
 #include "../common/log.h"
 #include "../common/opt.h"
 #include "../engine/model.h"
@@ -59,6 +61,8 @@ static const opt_def gen_defs[] = {
      "with --coordinator: ar (target only), si, async or dsi"},
     {"timeout", 0, OPT_INT, F(timeout_s), 1, 86400, "600", "S",
      "with --coordinator: give up after S seconds"},
+    {"timing", 0, OPT_STR, F(timing), OPT_NOBOUNDS, NULL, "FILE",
+     "write when each token arrived (ms) and a summary line to FILE (bench/cluster.sh)"},
     {"tokens-out", 0, OPT_STR, F(tokens_out), OPT_NOBOUNDS, NULL, "FILE",
      "also write the generated token ids to FILE (one line)"},
     {"max-inflight", 0, OPT_INT, F(max_inflight), 0, 16, "0", "N",
@@ -67,9 +71,13 @@ static const opt_def gen_defs[] = {
 #undef F
 #define N_DEFS (sizeof gen_defs / sizeof gen_defs[0])
 
-/* Where generated tokens go: printed as text (tk set) and/or kept (keep set, for --compare). */
+/* Where generated tokens go: printed as text (tk set) and/or kept (keep set, for --compare);
+ * with timing set, each token's arrival in ms since t0 (in-process generation; the cluster
+ * client times whole token events itself, tools/net_client.c). */
 typedef struct {
     const tok *tk;
+    FILE *timing;
+    double t0;
     int keep;
     int32_t *ids;
     int n, cap;
@@ -80,6 +88,8 @@ static int sink_token(void *ud, int32_t t)
     gen_sink *s = ud;
     const char *bytes;
     size_t len;
+    if (s->timing) /* before the text is written: the arrival, not the arrival plus printing */
+        fprintf(s->timing, "%.3f 1\n", (clock_now_s() - s->t0) * 1e3);
     if (s->tk && !tok_is_special(s->tk, t) && tok_piece(s->tk, t, &bytes, &len) == SD_OK) {
         fwrite(bytes, 1, len, stdout); /* control tokens are not printed */
         fflush(stdout);
@@ -102,6 +112,19 @@ static int fail(const char *what, sd_err e)
 {
     fprintf(stderr, "specd generate: %s: %s\n", what, *sd_errmsg() ? sd_errmsg() : sd_strerror(e));
     return 1;
+}
+
+FILE *timing_open(const char *path)
+{
+    FILE *f = fopen(path, "w");
+    if (!f) {
+        fprintf(stderr, "specd generate: --timing %s: %s\n", path, strerror(errno));
+        return NULL;
+    }
+    fprintf(f, "# specd generate --timing: one line per token arrival (in-process) or per token "
+               "event (cluster): ms since generation began (in-process) or since the request was "
+               "sent (cluster), tokens\n");
+    return f;
 }
 
 int cmd_generate(int argc, char **argv)
@@ -238,6 +261,9 @@ int cmd_generate(int argc, char **argv)
             goto out;
         memset(&st, 0, sizeof st);
     } else {
+        if (o.timing && !(out_sink.timing = timing_open(o.timing)))
+            goto out;
+        out_sink.t0 = clock_now_s();
         if ((e = spec_generate(&sc, ids, (int)n_prompt, &st))) {
             rc = fail("generation", e);
             goto out;
@@ -245,6 +271,19 @@ int cmd_generate(int argc, char **argv)
         printf("\n");
         fflush(stdout);
         spec_stats_print(&st, dr ? dr->kind : "target");
+        if (out_sink.timing) {
+            fprintf(out_sink.timing,
+                    "# summary where=local n_prompt=%d n_gen=%d steps=%d prefill_ms=%.3f "
+                    "total_ms=%.3f draft_ms=%.3f verify_ms=%.3f proposed=%ld accepted=%ld\n",
+                    st.n_prompt, st.n_gen, st.n_steps, st.t_prefill * 1e3, st.t_total * 1e3,
+                    st.t_draft * 1e3, st.t_verify * 1e3, st.proposed, st.accepted);
+            int bad = fclose(out_sink.timing) != 0;
+            out_sink.timing = NULL;
+            if (bad) {
+                fprintf(stderr, "specd generate: --timing %s: write failed\n", o.timing);
+                goto out;
+            }
+        }
     }
     if (o.compare) {
         gen_sink ref = {.keep = 1};
@@ -274,6 +313,8 @@ int cmd_generate(int argc, char **argv)
     }
     rc = o.tokens_out ? cli_write_tokens(o.tokens_out, out_sink.ids, out_sink.n) : 0;
 out:
+    if (out_sink.timing)
+        fclose(out_sink.timing);
     free(ids);
     free(out_sink.ids);
     draft_free(dr);

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../common/clock.h"
 #include "../common/opt.h"
 #include "../net/rpc.h"
 #include "../net/wire.h"
@@ -53,6 +54,12 @@ static void print_summary(const Specd__SessionSummary *s)
         fprintf(stderr, "[cluster %s] worker(s) %s, drafter %s, numerics %s\n", mode_name(s->mode),
                 s->worker, s->drafter && *s->drafter ? s->drafter : "-",
                 s->numerics ? s->numerics : "?");
+    if (s->chunks)
+        fprintf(stderr,
+                "[cluster %s] worker compute %.2f ms per chunk; the rest of the round trip %.1f us "
+                "(network, queues, waits behind the prompt's prefill)\n",
+                mode_name(s->mode), s->compute_ms_mean,
+                (s->chunk_rtt_ms_mean - s->compute_ms_mean) * 1e3);
     for (size_t i = 0; i < s->n_events; i++)
         fprintf(stderr, "[cluster] event: %s\n", s->events[i]);
 }
@@ -83,8 +90,14 @@ int cli_remote_generate(const gen_opts *o, int (*on_token)(void *ud, int32_t tok
     q.max_inflight = o->max_inflight;
     uint8_t *b;
     size_t len;
+    FILE *timing = NULL;
     if (wire_pack(&q.base, &b, &len))
         return 1;
+    if (o->timing && !(timing = timing_open(o->timing))) {
+        free(b);
+        return 1;
+    }
+    double t0 = clock_now_s();
     rpc_global_init();
     rpc_client *c = NULL;
     rpc_call *call = NULL;
@@ -109,6 +122,8 @@ int cli_remote_generate(const gen_opts *o, int (*on_token)(void *ud, int32_t tok
         rpc_buf_free(&msg);
         Specd__GenerateEvent *ev = (Specd__GenerateEvent *)m;
         if (ev->ev_case == SPECD__GENERATE_EVENT__EV_TOKENS) {
+            if (timing) /* the event's arrival, before anything is printed */
+                fprintf(timing, "%.3f %zu\n", (clock_now_s() - t0) * 1e3, ev->tokens->n_tokens);
             if (on_token) {
                 for (size_t i = 0; i < ev->tokens->n_tokens; i++)
                     on_token(ud, ev->tokens->tokens[i]);
@@ -131,6 +146,17 @@ int cli_remote_generate(const gen_opts *o, int (*on_token)(void *ud, int32_t tok
             fflush(stdout);
             print_summary(ev->summary);
             got_summary = 1;
+            const Specd__SessionSummary *sm = ev->summary;
+            if (timing)
+                fprintf(timing,
+                        "# summary where=cluster mode=%s n_prompt=%d n_gen=%d steps=%d "
+                        "ttft_ms=%.3f total_ms=%.3f tokens_per_s=%.3f chunks=%lld "
+                        "chunk_rtt_ms_mean=%.4f compute_ms_mean=%.4f proposed=%lld "
+                        "accepted=%lld\n",
+                        mode_name(sm->mode), sm->n_prompt, sm->n_gen, sm->steps, sm->ttft_ms,
+                        sm->total_ms, sm->tokens_per_s, (long long)sm->chunks,
+                        sm->chunk_rtt_ms_mean, sm->compute_ms_mean, (long long)sm->proposed,
+                        (long long)sm->accepted);
         }
         protobuf_c_message_free_unpacked(m, NULL);
     }
@@ -146,6 +172,10 @@ int cli_remote_generate(const gen_opts *o, int (*on_token)(void *ud, int32_t tok
             rc = cli_write_tokens(o->tokens_out, ids, n_ids);
     }
 out:
+    if (timing && fclose(timing) != 0) {
+        fprintf(stderr, "specd generate: --timing %s: write failed\n", o->timing);
+        rc = 1;
+    }
     free(ids);
     free(b);
     rpc_call_free(call);
@@ -208,7 +238,7 @@ int cmd_status(int argc, char **argv)
     printf("sessions: %zu running, %lld done, %lld failed\n", r->n_sessions,
            (long long)r->sessions_done, (long long)r->sessions_failed);
     printf("\n%-8s %-28s %-22s %-9s %-8s %-9s %-9s %s\n", "kind", "id", "address", "sessions",
-           "seen ms", "forwards", "batched", "numerics / mean batch");
+           "seen ms", "forwards", "batched", "numerics / mean batch / verified tokens");
     for (size_t i = 0; i < r->n_nodes; i++) {
         Specd__NodeStatus *n = r->nodes[i];
         int w = n->kind == SPECD__NODE_KIND__NODE_WORKER;
@@ -216,7 +246,7 @@ int cmd_status(int argc, char **argv)
                n->id, n->addr, n->sessions, n->max_sessions, n->last_seen_ms,
                (long long)n->forwards, (long long)n->batched_forwards, w ? n->numerics : "-");
         if (w)
-            printf(" / %.2f", n->mean_batch_seqs);
+            printf(" / %.2f / %lld", n->mean_batch_seqs, (long long)n->verified_tokens);
         printf("\n");
     }
     if (r->n_sessions)
