@@ -78,6 +78,7 @@ struct seq {
     int adaptive;
     adapt ad;
     int budget_asked; /* adapt_nodes was asked for the chunk waiting to go out */
+    int n_unemitted;  /* committed tokens not yet handed to io.emit (they end at n_com or eog) */
 };
 
 static int is_eog(const seq *s, int32_t t)
@@ -462,9 +463,9 @@ static void apply_verdict(seq *s, seq_chunk_st *c, const int32_t *path, int n_pa
     }
     memcpy(s->com + s->n_com, nt, sizeof(int32_t) * (size_t)k);
     s->n_com += k;
-    if (n_emit) {
+    if (n_emit) { /* streamed after the Commit and the next chunk are out (seq_verdict) */
         s->st.n_gen += n_emit;
-        s->io.emit(s->io.ud, nt, n_emit);
+        s->n_unemitted += n_emit;
     }
     if (done == SEQ_RUNNING && s->n_com >= s->c.max_ctx)
         done = SEQ_DONE_CONTEXT;
@@ -549,6 +550,17 @@ static void apply_ready(seq *s, double now_ms)
     }
 }
 
+/* Hand the committed tokens not streamed yet to the client: after the sequencer has sent the
+ * Commit and the next chunks, which are on the critical path — the client's stream is not. */
+static void flush_emit(seq *s)
+{
+    if (!s->n_unemitted)
+        return;
+    int from = s->n_prompt + s->st.n_gen - s->n_unemitted;
+    s->io.emit(s->io.ud, s->com + from, s->n_unemitted);
+    s->n_unemitted = 0;
+}
+
 sd_err seq_verdict(seq *s, uint64_t id, int worker, const int32_t *path, int n_path,
                    int32_t next, double now_ms)
 {
@@ -583,6 +595,7 @@ sd_err seq_verdict(seq *s, uint64_t id, int worker, const int32_t *path, int n_p
         c->held = 1;
     }
     seq_pump(s, now_ms);
+    flush_emit(s);
     return SD_OK;
 }
 
