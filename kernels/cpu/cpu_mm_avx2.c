@@ -247,7 +247,7 @@ INL __m256i bcast4(const int8_t *p)
 /* res[2 * t + h]: lanes = rows 8h .. 8h+7 of the group, token t of the tile */
 #define A2R16(TT, KIND)                                                                            \
     static void a2r16_##KIND##_##TT(__m256 *res, const uint8_t *g, int nb,                         \
-                                    const uint8_t *const *ap, const kcpu_q8_layout *L)             \
+                                    const uint8_t *const *ap, const kcpu_q8_layout *L, size_t pf)  \
     {                                                                                              \
         const kcpu_r16_kind k = KIND;                                                              \
         const size_t gb = 16 * (size_t)r16_blk_bytes(k);                                           \
@@ -258,6 +258,9 @@ INL __m256i bcast4(const int8_t *p)
             _mm256_setzero_ps();                                                                   \
         for (int b = 0; b < nb; b++) {                                                             \
             const uint8_t *p = g + (size_t)b * gb;                                                 \
+            if (pf) /* the weight stream: the same block of the next group */                      \
+                for (size_t o = 0; o < gb; o += 64)                                                \
+                    _mm_prefetch((const char *)p + pf + o, _MM_HINT_T0);                           \
             __m256i s[TT][2];                                                                      \
             __m256 d[2], mn[2];                                                                    \
             if (k == KCPU_R16_Q8_0) {                                                              \
@@ -349,7 +352,7 @@ INL __m256i bcast4(const int8_t *p)
     }
 
 typedef void (*a2r16_fn)(__m256 *, const uint8_t *, int, const uint8_t *const *,
-                         const kcpu_q8_layout *);
+                         const kcpu_q8_layout *, size_t);
 #define A2R16_KIND(KIND)                                                                           \
     A2R16(1, KIND)                                                                                 \
     A2R16(2, KIND)                                                                                 \
@@ -369,6 +372,7 @@ static void a2r16_rows(float *out, int ldo, const uint8_t *act, size_t as, int T
                                                : a2r16_tab_KCPU_R16_Q8_0;
     int nb = K / 32;
     size_t gbytes = 16 * ws;
+    int g_last = (ldo - 1) / 16;
     for (int g = n0 / 16; 16 * g < n1; g++) {
         const uint8_t *grp = w + (size_t)g * gbytes;
         if (!packed) {
@@ -387,7 +391,7 @@ static void a2r16_rows(float *out, int ldo, const uint8_t *act, size_t as, int T
             for (int t = 0; t < TT; t++)
                 ap[t] = act + (size_t)(t0 + t) * as;
             __m256 res[4];
-            tab[TT](res, grp, nb, ap, &L);
+            tab[TT](res, grp, nb, ap, &L, packed && t0 == 0 && g < g_last ? gbytes : 0);
             for (int t = 0; t < TT; t++)
                 for (int h = 0; h < 2; h++)
                     _mm256_maskstore_ps(out + (size_t)(t0 + t) * ldo + 16 * g + 8 * h, km[h],
