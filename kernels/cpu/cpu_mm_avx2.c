@@ -18,8 +18,9 @@
  * acc = fma(S, dw * dx, acc) (+ fma(mn, ds, acc) for Q4_K); Q6_K stores q6 unsigned and
  * corrects S -= 32 * (sc0 * s16_0 + sc1 * s16_1) in integers.
  *
- * f32 activations: the row dequantized by dtype_dequant_row into scratch, LANE16 FMAs as two
- * 8-lane accumulators (lanes i % 16 < 8 and >= 8), the R16 tree (lo + hi, then hsum8). */
+ * f32 activations: the row dequantized into scratch (bitwise dtype_dequant_row's floats), LANE16
+ * FMAs as two 8-lane accumulators (lanes i % 16 < 8 and >= 8), the R16 tree (lo + hi, then hsum8).
+ */
 #include <immintrin.h>
 #include <string.h>
 
@@ -415,6 +416,64 @@ A2R16_ENTRY(rows_rp_q8_0, KCPU_R16_Q8_0, 1)
 
 /* ---- f32 activations ---- */
 
+/* The floats dtype_dequant_row gives (the same products and sums, eight lanes at a time; the
+ * K-quants through dtype_dequant_row itself). */
+static void dequant_row(float *y, const uint8_t *w, sd_dtype t, int K)
+{
+    switch (t) {
+    case SD_DTYPE_F16:
+        for (int i = 0; i < K; i += 8)
+            _mm256_storeu_ps(y + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(w + 2 * i))));
+        break;
+    case SD_DTYPE_BF16:
+        for (int i = 0; i < K; i += 8)
+            _mm256_storeu_ps(
+                y + i,
+                _mm256_castsi256_ps(_mm256_slli_epi32(
+                    _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(w + 2 * i))), 16)));
+        break;
+    case SD_DTYPE_Q8_0:
+        for (int b = 0; b < K / 32; b++, w += 34, y += 32) {
+            __m256 d = _mm256_set1_ps(f16(w));
+            for (int j = 0; j < 4; j++)
+                _mm256_storeu_ps(
+                    y + 8 * j,
+                    _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(
+                                         _mm_loadl_epi64((const __m128i *)(w + 2 + 8 * j))))));
+        }
+        break;
+    case SD_DTYPE_Q4_0:
+    case SD_DTYPE_Q4_1: {
+        int q41 = t == SD_DTYPE_Q4_1, bb = q41 ? 20 : 18;
+        for (int b = 0; b < K / 32; b++, w += bb, y += 32) {
+            __m256 d = _mm256_set1_ps(f16(w)), m = _mm256_set1_ps(q41 ? f16(w + 2) : 0.0f);
+            const uint8_t *qs = w + 2 + 2 * q41;
+            for (int h = 0; h < 2; h++) {
+                __m256i v = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(qs + 8 * h)));
+                __m256i lo = _mm256_and_si256(v, _mm256_set1_epi32(15)),
+                        hi = _mm256_srli_epi32(v, 4);
+                if (q41) {
+                    _mm256_storeu_ps(y + 8 * h,
+                                     _mm256_add_ps(_mm256_mul_ps(d, _mm256_cvtepi32_ps(lo)), m));
+                    _mm256_storeu_ps(y + 16 + 8 * h,
+                                     _mm256_add_ps(_mm256_mul_ps(d, _mm256_cvtepi32_ps(hi)), m));
+                } else {
+                    __m256i e8 = _mm256_set1_epi32(8);
+                    _mm256_storeu_ps(
+                        y + 8 * h, _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_sub_epi32(lo, e8))));
+                    _mm256_storeu_ps(
+                        y + 16 + 8 * h,
+                        _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_sub_epi32(hi, e8))));
+                }
+            }
+        }
+        break;
+    }
+    default:
+        dtype_dequant_row(y, w, t, (size_t)K);
+    }
+}
+
 #define FCORE2(TT)                                                                                 \
     static void fcore2_##TT(float *out, int ldo, const float *x, size_t xs, const float *wr,       \
                             int n, int K)                                                          \
@@ -449,7 +508,7 @@ static void rows_f(float *out, int ldo, const uint8_t *act, size_t as, int T, co
         if (t == SD_DTYPE_F32) {
             wr = (const float *)(w + (size_t)n * ws);
         } else {
-            dtype_dequant_row(scratch, w + (size_t)n * ws, t, (size_t)K);
+            dequant_row(scratch, w + (size_t)n * ws, t, K);
             wr = scratch;
         }
         for (int t0 = 0; t0 < T; t0 += 4) {
