@@ -47,6 +47,17 @@ static inline float kcpu_r16(const float *a)
     return (c[0] + c[2]) + (c[1] + c[3]);
 }
 
+/* The portable level's hot loops call fmaf once per block or element. Built for a baseline CPU,
+ * that is a library call (~5 ns); these functions are therefore also compiled for FMA hardware
+ * and picked at load time (ifunc). Both clones compute the same correctly rounded fma, so the
+ * choice changes speed only, never a bit. */
+#if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__) && !defined(__clang__) &&       \
+    !defined(__SANITIZE_ADDRESS__)
+#define KCPU_FMA_CLONES __attribute__((target_clones("fma", "default")))
+#else
+#define KCPU_FMA_CLONES
+#endif
+
 /* 2^e as a float, exact, for e in [-126, 127] */
 static inline float kcpu_pow2i(int e)
 {
