@@ -137,6 +137,13 @@ void kcpu_r16_pack_q4_1(uint8_t *dst, const uint8_t *src, int n_rows, int K);
 void kcpu_r16_pack_q8_0(uint8_t *dst, const uint8_t *src, int n_rows, int K);
 size_t kcpu_r16_packed_bytes(sd_dtype t, int N, int K);
 
+/* AVX2 pieces the AVX-512 level reuses (cpu_mm_avx2.c): the activation record (bitwise
+ * kcpu_q8_prep), and Q4_K / Q6_K rows decoded 16 at a time (layout documented there;
+ * kcpu_kq16_bytes: the scratch one group needs). */
+void kcpu_q8_prep_avx2(uint8_t *rec, const float *x, int K);
+size_t kcpu_kq16_bytes(int K, int q6);
+void kcpu_kq16_decode(uint8_t *dst, const uint8_t *w, size_t ws, int nr, int K, int q6);
+
 /* Attention inner loops per level. dot: q.k over n floats with the level's fixed order;
  * dot4: four such dots (k0..k3) at once, each bitwise equal to dot;
  * softmax: s[i] = exp(s[i]*scale - m) for i < n, m the largest s[i]*scale; returns the sum of
