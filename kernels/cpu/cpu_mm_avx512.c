@@ -92,11 +92,56 @@ typedef void (*fcore_fn)(float *, int, const float *, size_t, const float *, int
 static const fcore_fn fcores[9] = {NULL,    fcore_1, fcore_2, fcore_3, fcore_4,
                                    fcore_5, fcore_6, fcore_7, fcore_8};
 
+/* Few tokens: 4 rows at a time, so that 4 (or 8) independent FMA chains hide the latency of
+ * each lane's chain (the order per output element is unchanged). */
+#define FCORE4R(TT)                                                                                \
+    static void fcore4r_##TT(float *out, int ldo, const float *x, size_t xs,                       \
+                             const float *const *wr, int n, int nr, int K)                         \
+    {                                                                                              \
+        __m512 a[TT][4];                                                                           \
+        _Pragma("GCC unroll 2") for (int t = 0; t < TT; t++)                                       \
+            _Pragma("GCC unroll 4") for (int r = 0; r < 4; r++) a[t][r] = _mm512_setzero_ps();     \
+        for (int i = 0; i < K; i += 16) {                                                          \
+            __m512 xv[TT];                                                                         \
+            _Pragma("GCC unroll 2") for (int t = 0; t < TT; t++) xv[t] =                           \
+                _mm512_loadu_ps(x + t * xs + i);                                                   \
+            _Pragma("GCC unroll 4") for (int r = 0; r < 4; r++)                                    \
+            {                                                                                      \
+                __m512 wv = _mm512_loadu_ps(wr[r] + i);                                            \
+                _Pragma("GCC unroll 2") for (int t = 0; t < TT; t++) a[t][r] =                     \
+                    _mm512_fmadd_ps(xv[t], wv, a[t][r]);                                           \
+            }                                                                                      \
+        }                                                                                          \
+        for (int t = 0; t < TT; t++)                                                               \
+            for (int r = 0; r < nr; r++)                                                           \
+                out[(size_t)t * ldo + n + r] = _mm512_reduce_add_ps(a[t][r]);                      \
+    }
+FCORE4R(1)
+FCORE4R(2)
+
 static void rows_f(float *out, int ldo, const uint8_t *act, size_t as, int T, const uint8_t *w,
                    size_t ws, int n0, int n1, int K, void *scratch, sd_dtype t)
 {
     const float *x = (const float *)act;
     size_t xs = as / 4;
+    if (T <= 2) {
+        for (int n = n0; n < n1; n += 4) {
+            int nr = n1 - n < 4 ? n1 - n : 4;
+            const float *wr[4];
+            for (int r = 0; r < 4; r++) {
+                int row = n + (r < nr ? r : nr - 1);
+                if (t == SD_DTYPE_F32) {
+                    wr[r] = (const float *)(w + (size_t)row * ws);
+                } else {
+                    float *d = (float *)scratch + (size_t)r * K;
+                    dequant_row(d, w + (size_t)row * ws, t, K);
+                    wr[r] = d;
+                }
+            }
+            (T == 1 ? fcore4r_1 : fcore4r_2)(out, ldo, x, xs, wr, n, nr, K);
+        }
+        return;
+    }
     for (int n = n0; n < n1; n++) {
         const float *wr;
         if (t == SD_DTYPE_F32) {
@@ -260,7 +305,7 @@ void kcpu_mm_avx512(kcpu_mm_kernel tab[KCPU_DTYPE_SLOTS][2])
         {SD_DTYPE_Q4_K, rows_f_q4_k}, {SD_DTYPE_Q6_K, rows_f_q6_k},
     };
     for (size_t i = 0; i < sizeof k / sizeof k[0]; i++) {
-        kcpu_mm_kernel f = {.rows = k[i].f32, .scratch_per_k = 4, .row_tile = 4};
+        kcpu_mm_kernel f = {.rows = k[i].f32, .scratch_per_k = 16, .row_tile = 4};
         tab[k[i].t][0] = f;
         if (k[i].t == SD_DTYPE_F32 || k[i].t == SD_DTYPE_F16 || k[i].t == SD_DTYPE_BF16)
             tab[k[i].t][1] = f; /* float weights: f32 activations in both modes */
