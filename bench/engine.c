@@ -3,7 +3,8 @@
  * to T = 1 (what makes wide verification pay), over a short prefix and over a long one. Prints a
  * table and writes CSV.
  *
- *   bench_engine --model PATH [--threads N] [--reps R] [--csv FILE] [--f32-act] [--portable]
+ *   bench_engine --model PATH [--threads N] [--reps R] [--csv FILE] [--f32-act]
+ *                [--cpu-level portable|avx2|avx512]
  *                [--long-ctx N]   (bench_engine --help lists them) */
 #include <immintrin.h>
 #include <pthread.h>
@@ -150,8 +151,8 @@ static void die(const char *what, sd_err e)
 }
 
 typedef struct {
-    const char *model, *csv;
-    int threads, reps, f32_act, portable, long_ctx;
+    const char *model, *csv, *cpu_level;
+    int threads, reps, f32_act, long_ctx;
 } bench_opts;
 
 #define F(x) offsetof(bench_opts, x)
@@ -161,7 +162,8 @@ static const opt_def bench_defs[] = {
     {"reps", 0, OPT_INT, F(reps), 3, 100000, "20", "R", "repetitions per measurement"},
     {"csv", 0, OPT_STR, F(csv), OPT_NOBOUNDS, "bench/out/engine.csv", "FILE", "CSV output"},
     {"f32-act", 0, OPT_FLAG, F(f32_act), OPT_NOBOUNDS, NULL, NULL, "f32 activations"},
-    {"portable", 0, OPT_FLAG, F(portable), OPT_NOBOUNDS, NULL, NULL, "plain-C kernels only"},
+    {"cpu-level", 0, OPT_STR, F(cpu_level), OPT_NOBOUNDS, "best", "LEVEL",
+     "cap the CPU kernels: portable | avx2 | avx512 | best"},
     {"long-ctx", 0, OPT_INT, F(long_ctx), 0, 8192, "1024", "N",
      "also tree costs over an N-token prefix (0 = skip)"},
 };
@@ -200,6 +202,29 @@ static void tree_costs(model *m, model_run *r, kv_cache *kv, int prefix, const i
     free(tt);
 }
 
+/* The CPU's name as /proc/cpuinfo gives it (figures are meaningless without it). */
+static const char *cpu_model_name(void)
+{
+    static char name[128] = "unknown CPU";
+    FILE *f = fopen("/proc/cpuinfo", "r");
+    char line[256];
+    while (f && fgets(line, sizeof line, f))
+        if (strncmp(line, "model name", 10) == 0) {
+            const char *v = strchr(line, ':');
+            if (v) {
+                snprintf(name, sizeof name, "%s", v + 1 + (v[1] == ' '));
+                name[strcspn(name, "\n")] = 0;
+            }
+            break;
+        }
+    if (f)
+        fclose(f);
+    for (char *p = name; *p; p++)
+        if (*p == ',')
+            *p = ' '; /* the CSV has two columns */
+    return name;
+}
+
 int main(int argc, char **argv)
 {
     bench_opts bo = {0};
@@ -214,7 +239,10 @@ int main(int argc, char **argv)
     }
     const char *path = bo.model, *csv = bo.csv;
     int threads = bo.threads, reps = bo.reps;
-    unsigned flags = (bo.f32_act ? KERN_CPU_F32_ACT : 0u) | (bo.portable ? KERN_CPU_PORTABLE : 0u);
+    kern_cpu_level lvl;
+    if ((e = kern_cpu_level_parse(bo.cpu_level, &lvl)))
+        die("--cpu-level", e);
+    unsigned flags = (bo.f32_act ? KERN_CPU_F32_ACT : 0u) | KERN_CPU_LEVEL(lvl);
     model_opts mo = {.n_threads = threads, .kern_flags = flags};
     model *m;
     e = model_open(&m, path, &mo);
@@ -242,8 +270,8 @@ int main(int argc, char **argv)
         rs = rs * 6364136223846793005ull + 1442695040888963407ull;
         big[i] = (int32_t)((rs >> 33) % (uint64_t)V);
     }
-    fprintf(stderr, "bench_engine: %s, backend %s, %d threads, features: %s\n", path,
-            model_backend(m)->name, threads, kern_cpu_features());
+    fprintf(stderr, "bench_engine: %s, backend %s (numerics %s), %d threads, features: %s\n", path,
+            model_backend(m)->name, model_backend(m)->numerics, threads, kern_cpu_features());
 
     /* prefill: 128 tokens, logits of the last */
     const int NP = 128;
@@ -322,8 +350,9 @@ int main(int argc, char **argv)
 
     printf("model            %s (%s, %d layers, D=%d, V=%d)\n", path, c->arch, c->n_layer,
            c->n_embd, V);
-    printf("backend          %s, %d threads%s\n", model_backend(m)->name, threads,
-           flags & KERN_CPU_F32_ACT ? ", f32 activations" : "");
+    printf("cpu              %s (%s)\n", cpu_model_name(), kern_cpu_features());
+    printf("backend          %s, %d threads%s, numerics %s\n", model_backend(m)->name, threads,
+           flags & KERN_CPU_F32_ACT ? ", f32 activations" : "", model_backend(m)->numerics);
     printf("weights/token    %.1f MB\n", wbytes / 1e6);
     printf("read bandwidth   %.1f GB/s median, %.1f best (%d passes over %.0f MB between the "
            "decode steps)\n",
@@ -358,8 +387,8 @@ int main(int argc, char **argv)
     FILE *f = fopen(csv, "w");
     if (f) {
         fprintf(f, "metric,value\n");
-        fprintf(f, "threads,%d\nbackend,%s\nbandwidth_gbs,%.2f\nweight_mb,%.2f\n", threads,
-                model_backend(m)->name, bw, wbytes / 1e6);
+        fprintf(f, "cpu,%s\nthreads,%d\nbackend,%s\nbandwidth_gbs,%.2f\nweight_mb,%.2f\n",
+                cpu_model_name(), threads, model_backend(m)->name, bw, wbytes / 1e6);
         fprintf(f, "decode_bound_tps,%.2f\ndecode_tps,%.2f\ndecode_fraction,%.3f\n", bound_tps,
                 decode_tps, decode_tps / bound_tps);
         fprintf(f, "prefill_tps,%.2f\n", prefill_tps);

@@ -15,8 +15,8 @@ int cmd_local(int argc, char **argv);
 /* The options of `specd generate` (tools/cmd_generate.c's table). */
 typedef struct {
     const char *model, *prompt, *system, *log_level, *draft, *tree, *verify, *coordinator, *mode,
-        *timing, *tokens_out;
-    int n_predict, threads, ctx, chat, f32_act, portable, no_pack, ignore_eos, top_k, compare,
+        *timing, *tokens_out, *cpu_level;
+    int n_predict, threads, ctx, chat, f32_act, no_pack, ignore_eos, top_k, compare,
         max_nodes, timeout_s, max_inflight;
     float temp, top_p;
     unsigned long long seed;

@@ -30,7 +30,7 @@
 
 typedef struct {
     daemon_common c;
-    const char *coordinator, *host, *id, *model, *backend;
+    const char *coordinator, *host, *id, *model, *backend, *cpu_level;
     int port, ucx_port, threads, f32_act, no_pack, max_sessions, max_ctx, max_nodes,
         max_batch_tokens, batching;
     float forward_delay_ms;
@@ -51,6 +51,8 @@ static const opt_def worker_defs[] = {
      "target model GGUF (default: the cached SmolLM2-135M-Instruct)"},
     {"backend", 0, OPT_STR, F(backend), OPT_NOBOUNDS, "cpu", "NAME", "compute backend: cpu"},
     {"threads", 0, OPT_INT, F(threads), 0, 1024, "0", "N", "compute threads (0 = all cores)"},
+    {"cpu-level", 0, OPT_STR, F(cpu_level), OPT_NOBOUNDS, "best", "LEVEL",
+     "cap the CPU kernels: portable | avx2 | avx512 | best (all give the same bits)"},
     {"f32-act", 0, OPT_FLAG, F(f32_act), OPT_NOBOUNDS, NULL, NULL,
      "f32 activations in matmuls (a different numerics fingerprint)"},
     {"no-pack", 0, OPT_FLAG, F(no_pack), OPT_NOBOUNDS, NULL, NULL,
@@ -169,8 +171,14 @@ int main(int argc, char **argv)
     }
     char model_path[4096], ident[256], numerics[128];
     snprintf(model_path, sizeof model_path, "%s", c.model ? c.model : paths_default_model());
+    kern_cpu_level level;
+    if (kern_cpu_level_parse(c.cpu_level, &level)) {
+        fprintf(stderr, "specd-worker: cpu-level: %s\n", sd_errmsg());
+        cfg_file_free(keep);
+        return 2;
+    }
     model_opts mo = {.n_threads = c.threads,
-                     .kern_flags = c.f32_act ? KERN_CPU_F32_ACT : 0u,
+                     .kern_flags = (c.f32_act ? KERN_CPU_F32_ACT : 0u) | KERN_CPU_LEVEL(level),
                      .no_pack = c.no_pack};
     model *m = NULL;
     tok *tk = NULL;
@@ -185,8 +193,8 @@ int main(int argc, char **argv)
         goto out;
     }
     node_model_identity(model_gguf(m), ident, sizeof ident);
-    snprintf(numerics, sizeof numerics, "%s/%s", model_backend(m)->name,
-             c.f32_act ? "act-f32" : "act-i8");
+    /* logits of workers with the same fingerprint are bitwise equal (docs/numerics.md) */
+    snprintf(numerics, sizeof numerics, "%s", model_backend(m)->numerics);
     wk_opts wo = {.m = m,
                   .max_sessions = c.max_sessions,
                   .max_ctx = c.max_ctx,
