@@ -76,7 +76,9 @@ int main(int argc, char **argv)
     coord_cfg c;
     memset(&c, 0, sizeof c);
     cfg_file *keep = NULL;
-    int rc = daemon_load_config("specd-coordinator", coord_defs, N_DEFS, &c, argc, argv, &keep);
+    ucx_opts uo = {0};
+    int rc = daemon_setup("specd-coordinator", "coordinator", coord_defs, N_DEFS, &c, &c.c, argc,
+                          argv, &keep, &uo);
     if (rc >= 0)
         return rc;
     co_opts o = {.model = c.model ? c.model : paths_default_model(),
@@ -90,12 +92,8 @@ int main(int argc, char **argv)
                  .draft_wait_ms = c.draft_wait_ms,
                  .max_inflight = c.max_inflight,
                  .default_draft = c.default_draft,
-                 .default_tree = c.default_tree};
-    if (daemon_common_apply(&c.c, "coordinator", &o.uo)) {
-        fprintf(stderr, "specd-coordinator: %s\n", sd_errmsg());
-        cfg_file_free(keep);
-        return 2;
-    }
+                 .default_tree = c.default_tree,
+                 .uo = uo};
     if (c.node_timeout_ms <= 2 * c.heartbeat_ms) {
         fprintf(stderr, "specd-coordinator: node-timeout-ms (%d) must exceed twice heartbeat-ms "
                         "(%d)\n",

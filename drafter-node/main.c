@@ -62,44 +62,15 @@ static const opt_def drafter_defs[] = {
 #undef F
 #define N_DEFS (sizeof drafter_defs / sizeof drafter_defs[0])
 
-static rpc_code on_open(void *ud, const uint8_t *req, size_t len, rpc_buf *resp, rpc_status *st)
+static rpc_code on_open(void *ud, const Specd__OpenSessionRequest *q, rpc_status *st)
 {
-    ProtobufCMessage *m;
-    if (wire_unpack(&specd__open_session_request__descriptor, req, len, &m)) {
-        snprintf(st->msg, sizeof st->msg, "%s", sd_errmsg());
-        return RPC_INVALID_ARGUMENT;
-    }
-    Specd__OpenSessionRequest *q = (Specd__OpenSessionRequest *)m;
-    rpc_code code;
-    if (q->protocol_version != WIRE_PROTOCOL_VERSION) {
-        snprintf(st->msg, sizeof st->msg, "protocol version %u, this drafter speaks %u",
-                 q->protocol_version, WIRE_PROTOCOL_VERSION);
-        code = RPC_FAILED_PRECONDITION;
-    } else {
-        code = dn_open_session(ud, q->session_id, q->mode, q->draft && *q->draft ? q->draft : "ngram:3:2",
-                               q->tree && *q->tree ? q->tree : "chain:4", q->max_ctx, q->max_nodes,
-                               st);
-    }
-    protobuf_c_message_free_unpacked(m, NULL);
-    if (code != RPC_OK)
-        return code;
-    Specd__OpenSessionReply r = SPECD__OPEN_SESSION_REPLY__INIT;
-    r.ok = 1;
-    return wire_pack(&r.base, &resp->data, &resp->len) ? RPC_INTERNAL : RPC_OK;
+    return dn_open_session(ud, q->session_id, q->mode, q->draft && *q->draft ? q->draft : "ngram:3:2",
+                           q->tree && *q->tree ? q->tree : "chain:4", q->max_ctx, q->max_nodes, st);
 }
 
-static rpc_code on_close(void *ud, const uint8_t *req, size_t len, rpc_buf *resp, rpc_status *st)
+static rpc_code on_close(void *ud, uint64_t id)
 {
-    ProtobufCMessage *m;
-    if (wire_unpack(&specd__close_session_request__descriptor, req, len, &m)) {
-        snprintf(st->msg, sizeof st->msg, "%s", sd_errmsg());
-        return RPC_INVALID_ARGUMENT;
-    }
-    uint64_t id = ((Specd__CloseSessionRequest *)m)->session_id;
-    protobuf_c_message_free_unpacked(m, NULL);
-    Specd__CloseSessionReply r = SPECD__CLOSE_SESSION_REPLY__INIT;
-    r.ok = dn_close_session(ud, id) == RPC_OK;
-    return wire_pack(&r.base, &resp->data, &resp->len) ? RPC_INTERNAL : RPC_OK;
+    return dn_close_session(ud, id);
 }
 
 static void on_msg(void *ud, ucx_peer *from, unsigned id, const void *data, size_t len)
@@ -125,15 +96,10 @@ int main(int argc, char **argv)
     drafter_cfg c;
     memset(&c, 0, sizeof c);
     cfg_file *keep = NULL;
-    int rc = daemon_load_config("specd-drafter", drafter_defs, N_DEFS, &c, argc, argv, &keep);
+    ucx_opts uo = {0};
+    int rc = daemon_setup("specd-drafter", "drafter", drafter_defs, N_DEFS, &c, &c.c, argc, argv, &keep, &uo);
     if (rc >= 0)
         return rc;
-    ucx_opts uo = {0};
-    if (daemon_common_apply(&c.c, "drafter", &uo)) {
-        fprintf(stderr, "specd-drafter: %s\n", sd_errmsg());
-        cfg_file_free(keep);
-        return 2;
-    }
     char model_path[4096], dir[4096], ident[256];
     snprintf(model_path, sizeof model_path, "%s", c.model ? c.model : paths_default_model());
     snprintf(dir, sizeof dir, "%s", model_path);
@@ -142,15 +108,8 @@ int main(int argc, char **argv)
     tok *tk = NULL;
     dn *core = NULL;
     rc = 1;
-    if (model_open(&m, model_path, &mo)) {
-        LOG_ERROR("drafter", "cannot load model '%s': %s", model_path, sd_errmsg());
+    if (daemon_load_model("drafter", model_path, &mo, &m, &tk, ident, sizeof ident))
         goto out;
-    }
-    if (tok_load(&tk, model_gguf(m))) {
-        LOG_ERROR("drafter", "tokenizer of '%s': %s", model_path, sd_errmsg());
-        goto out;
-    }
-    node_model_identity(model_gguf(m), ident, sizeof ident);
     dn_opts o = {.target = m,
                  .max_sessions = c.max_sessions,
                  .max_tree = c.max_tree,

@@ -38,7 +38,7 @@ sd_err daemon_common_apply(const daemon_common *c, const char *role, ucx_opts *u
     return SD_OK;
 }
 
-int daemon_load_config(const char *prog, const opt_def *defs, size_t n, void *target, int argc,
+static int daemon_load_config(const char *prog, const opt_def *defs, size_t n, void *target, int argc,
                        char **argv, cfg_file **keep)
 {
     for (int i = 1; i < argc; i++)
@@ -59,6 +59,21 @@ int daemon_load_config(const char *prog, const opt_def *defs, size_t n, void *ta
         return 2;
     }
     *keep = f;
+    return -1;
+}
+
+int daemon_setup(const char *prog, const char *role, const opt_def *defs, size_t n, void *target,
+                 const daemon_common *common, int argc, char **argv, cfg_file **keep, ucx_opts *uo)
+{
+    int rc = daemon_load_config(prog, defs, n, target, argc, argv, keep);
+    if (rc >= 0)
+        return rc;
+    if (daemon_common_apply(common, role, uo)) {
+        fprintf(stderr, "%s: %s\n", prog, sd_errmsg());
+        cfg_file_free(*keep);
+        *keep = NULL;
+        return 2;
+    }
     return -1;
 }
 
@@ -99,6 +114,68 @@ static rpc_code node_health(void *ud, const uint8_t *req, size_t len, rpc_buf *r
     r.sessions = ld.sessions;
     r.numerics = (char *)(n->numerics ? n->numerics : "");
     return wire_pack(&r.base, &resp->data, &resp->len) ? RPC_INTERNAL : RPC_OK;
+}
+
+static rpc_code node_open(void *ud, const uint8_t *req, size_t len, rpc_buf *resp,
+                          rpc_status *st)
+{
+    const daemon_node *n = ud;
+    ProtobufCMessage *m;
+    if (wire_unpack(&specd__open_session_request__descriptor, req, len, &m)) {
+        snprintf(st->msg, sizeof st->msg, "%s", sd_errmsg());
+        return RPC_INVALID_ARGUMENT;
+    }
+    Specd__OpenSessionRequest *q = (Specd__OpenSessionRequest *)m;
+    rpc_code code;
+    if (q->protocol_version != WIRE_PROTOCOL_VERSION) {
+        snprintf(st->msg, sizeof st->msg, "protocol version %u, this %s speaks %u",
+                 q->protocol_version, n->role, WIRE_PROTOCOL_VERSION);
+        code = RPC_FAILED_PRECONDITION;
+    } else {
+        code = n->open_session(n->ud, q, st);
+    }
+    protobuf_c_message_free_unpacked(m, NULL);
+    if (code != RPC_OK)
+        return code;
+    Specd__OpenSessionReply r = SPECD__OPEN_SESSION_REPLY__INIT;
+    r.ok = 1;
+    return wire_pack(&r.base, &resp->data, &resp->len) ? RPC_INTERNAL : RPC_OK;
+}
+
+static rpc_code node_close(void *ud, const uint8_t *req, size_t len, rpc_buf *resp,
+                           rpc_status *st)
+{
+    const daemon_node *n = ud;
+    ProtobufCMessage *m;
+    if (wire_unpack(&specd__close_session_request__descriptor, req, len, &m)) {
+        snprintf(st->msg, sizeof st->msg, "%s", sd_errmsg());
+        return RPC_INVALID_ARGUMENT;
+    }
+    uint64_t id = ((Specd__CloseSessionRequest *)m)->session_id;
+    protobuf_c_message_free_unpacked(m, NULL);
+    Specd__CloseSessionReply r = SPECD__CLOSE_SESSION_REPLY__INIT;
+    r.ok = n->close_session(n->ud, id) == RPC_OK;
+    return wire_pack(&r.base, &resp->data, &resp->len) ? RPC_INTERNAL : RPC_OK;
+}
+
+sd_err daemon_load_model(const char *role, const char *path, const model_opts *mo, model **m,
+                         tok **tk, char *ident, size_t cap)
+{
+    *m = NULL;
+    *tk = NULL;
+    sd_err e = model_open(m, path, mo);
+    if (e) {
+        LOG_ERROR(role, "cannot load model '%s': %s", path, sd_errmsg());
+        return e;
+    }
+    if ((e = tok_load(tk, model_gguf(*m)))) {
+        LOG_ERROR(role, "tokenizer of '%s': %s", path, sd_errmsg());
+        model_free(*m);
+        *m = NULL;
+        return e;
+    }
+    node_model_identity(model_gguf(*m), ident, cap);
+    return SD_OK;
 }
 
 static void node_msg(void *ud, ucx_peer *from, unsigned id, const void *data, size_t len)
@@ -142,8 +219,8 @@ int daemon_node_serve(const daemon_node *n0, ucx_opts *uo)
     snprintf(m_health, sizeof m_health, "/%s/Health", n.service);
     rpc_server_opts so = {.addr = listen};
     int port = 0;
-    if (rpc_server_create(&srv, &so) || rpc_server_add_unary(srv, m_open, n.open_session, n.ud) ||
-        rpc_server_add_unary(srv, m_close, n.close_session, n.ud) ||
+    if (rpc_server_create(&srv, &so) || rpc_server_add_unary(srv, m_open, node_open, &n) ||
+        rpc_server_add_unary(srv, m_close, node_close, &n) ||
         rpc_server_add_unary(srv, m_health, node_health, &n) || rpc_server_start(srv, &port)) {
         LOG_ERROR(n.role, "gRPC server on %s: %s", listen, sd_errmsg());
         goto out;

@@ -40,11 +40,13 @@ typedef struct {
  * name the key. */
 sd_err daemon_common_apply(const daemon_common *c, const char *role, ucx_opts *uo);
 
-/* Load a daemon's config (cfg_load), printing --help or the error as the daemons do: returns -1
- * to go on, or the exit status (0 after --help, 2 after an error). --config-markdown prints the
- * table as the Markdown of the configuration reference instead. */
-int daemon_load_config(const char *prog, const opt_def *defs, size_t n, void *target, int argc,
-                       char **argv, cfg_file **keep);
+/* Load a daemon's config (cfg_load: defaults < --config FILE < command line; --help prints the
+ * table, --config-markdown prints it as the Markdown of the configuration reference), then apply
+ * its common keys (daemon_common_apply). Errors are printed as "prog: message". Returns -1 to go
+ * on, else the exit status (0 after --help, 2 after an error). */
+int daemon_setup(const char *prog, const char *role, const opt_def *defs, size_t n, void *target,
+                 const daemon_common *common, int argc, char **argv, cfg_file **keep,
+                 ucx_opts *uo);
 
 /* Block SIGTERM/SIGINT/SIGPIPE in the calling thread (call first, before any thread starts, so
  * every thread inherits it), then wait for SIGTERM/SIGINT with daemon_wait_signal. */
@@ -58,8 +60,16 @@ int daemon_wait_signal(int timeout_ms);
  * (SERVICE/OpenSession, CloseSession, Health), registration with the coordinator, then wait for
  * SIGTERM/SIGINT (returns 0) or a refusal by the coordinator (returns 1). Everything started is
  * stopped before it returns; the caller then frees its core. */
+#include "../engine/model.h"
+#include "../engine/tok.h"
 #include "node.h"
+#include "proto/specd.pb-c.h"
 #include "rpc.h"
+
+/* Load a node's model and its tokenizer (errors logged as role); ident gets the model identity
+ * (node_model_identity). On error nothing is left allocated. */
+sd_err daemon_load_model(const char *role, const char *path, const model_opts *mo, model **m,
+                         tok **tk, char *ident, size_t cap);
 
 typedef struct {
     const char *role;    /* "worker", "drafter" (logs, default id) */
@@ -68,7 +78,9 @@ typedef struct {
     const char *coordinator, *host, *id, *model_ident, *numerics;
     int port, ucx_port, max_sessions, n_vocab;
     uint64_t vocab_hash;
-    rpc_unary_fn open_session, close_session;
+    /* Session control, requests already decoded and their protocol version checked. */
+    rpc_code (*open_session)(void *ud, const Specd__OpenSessionRequest *q, rpc_status *st);
+    rpc_code (*close_session)(void *ud, uint64_t session_id);
     void (*on_msg)(void *ud, ucx_peer *from, unsigned msg_id, const void *data, size_t len);
     void (*on_peer_down)(void *ud, ucx_peer *p);
     void (*load)(void *ud, node_load *out);

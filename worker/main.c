@@ -77,55 +77,27 @@ typedef struct {
     wk *core;
 } worker_app;
 
-static rpc_code on_open(void *ud, const uint8_t *req, size_t len, rpc_buf *resp, rpc_status *st)
+static rpc_code on_open(void *ud, const Specd__OpenSessionRequest *q, rpc_status *st)
 {
-    worker_app *a = ud;
-    ProtobufCMessage *m;
-    if (wire_unpack(&specd__open_session_request__descriptor, req, len, &m)) {
-        snprintf(st->msg, sizeof st->msg, "%s", sd_errmsg());
-        return RPC_INVALID_ARGUMENT;
-    }
-    Specd__OpenSessionRequest *q = (Specd__OpenSessionRequest *)m;
-    rpc_code code = RPC_OK;
-    if (q->protocol_version != WIRE_PROTOCOL_VERSION) {
-        snprintf(st->msg, sizeof st->msg, "protocol version %u, this worker speaks %u",
-                 q->protocol_version, WIRE_PROTOCOL_VERSION);
-        code = RPC_FAILED_PRECONDITION;
-    } else if (q->verify_mode != 0) {
+    if (q->verify_mode != 0) {
         snprintf(st->msg, sizeof st->msg, "verification mode %u is not supported by workers",
                  q->verify_mode);
-        code = RPC_UNIMPLEMENTED;
-    } else {
-        sample_params sp = {0, 0, 1, 0};
-        if (q->sampling) {
-            sp.temp = q->sampling->temp;
-            sp.top_k = q->sampling->top_k;
-            sp.top_p = q->sampling->top_p > 0 ? q->sampling->top_p : 1.0f;
-            sp.seed = q->sampling->seed;
-        }
-        code = wk_open_session(a->core, q->session_id, &sp, q->max_ctx, q->max_nodes, st);
+        return RPC_UNIMPLEMENTED;
     }
-    protobuf_c_message_free_unpacked(m, NULL);
-    if (code != RPC_OK)
-        return code;
-    Specd__OpenSessionReply r = SPECD__OPEN_SESSION_REPLY__INIT;
-    r.ok = 1;
-    return wire_pack(&r.base, &resp->data, &resp->len) ? RPC_INTERNAL : RPC_OK;
+    sample_params sp = {0, 0, 1, 0};
+    if (q->sampling) {
+        sp.temp = q->sampling->temp;
+        sp.top_k = q->sampling->top_k;
+        sp.top_p = q->sampling->top_p > 0 ? q->sampling->top_p : 1.0f;
+        sp.seed = q->sampling->seed;
+    }
+    return wk_open_session(((worker_app *)ud)->core, q->session_id, &sp, q->max_ctx,
+                           q->max_nodes, st);
 }
 
-static rpc_code on_close(void *ud, const uint8_t *req, size_t len, rpc_buf *resp, rpc_status *st)
+static rpc_code on_close(void *ud, uint64_t id)
 {
-    worker_app *a = ud;
-    ProtobufCMessage *m;
-    if (wire_unpack(&specd__close_session_request__descriptor, req, len, &m)) {
-        snprintf(st->msg, sizeof st->msg, "%s", sd_errmsg());
-        return RPC_INVALID_ARGUMENT;
-    }
-    uint64_t id = ((Specd__CloseSessionRequest *)m)->session_id;
-    protobuf_c_message_free_unpacked(m, NULL);
-    Specd__CloseSessionReply r = SPECD__CLOSE_SESSION_REPLY__INIT;
-    r.ok = wk_close_session(a->core, id) == RPC_OK;
-    return wire_pack(&r.base, &resp->data, &resp->len) ? RPC_INTERNAL : RPC_OK;
+    return wk_close_session(((worker_app *)ud)->core, id);
 }
 
 static void on_msg(void *ud, ucx_peer *from, unsigned id, const void *data, size_t len)
@@ -155,15 +127,10 @@ int main(int argc, char **argv)
     worker_cfg c;
     memset(&c, 0, sizeof c);
     cfg_file *keep = NULL;
-    int rc = daemon_load_config("specd-worker", worker_defs, N_DEFS, &c, argc, argv, &keep);
+    ucx_opts uo = {0};
+    int rc = daemon_setup("specd-worker", "worker", worker_defs, N_DEFS, &c, &c.c, argc, argv, &keep, &uo);
     if (rc >= 0)
         return rc;
-    ucx_opts uo = {0};
-    if (daemon_common_apply(&c.c, "worker", &uo)) {
-        fprintf(stderr, "specd-worker: %s\n", sd_errmsg());
-        cfg_file_free(keep);
-        return 2;
-    }
     if (strcmp(c.backend, "cpu")) {
         fprintf(stderr, "specd-worker: backend: '%s' is not available (cpu)\n", c.backend);
         cfg_file_free(keep);
@@ -184,15 +151,8 @@ int main(int argc, char **argv)
     tok *tk = NULL;
     wk *core = NULL;
     rc = 1;
-    if (model_open(&m, model_path, &mo)) {
-        LOG_ERROR("worker", "cannot load model '%s': %s", model_path, sd_errmsg());
+    if (daemon_load_model("worker", model_path, &mo, &m, &tk, ident, sizeof ident))
         goto out;
-    }
-    if (tok_load(&tk, model_gguf(m))) {
-        LOG_ERROR("worker", "tokenizer of '%s': %s", model_path, sd_errmsg());
-        goto out;
-    }
-    node_model_identity(model_gguf(m), ident, sizeof ident);
     /* logits of workers with the same fingerprint are bitwise equal (docs/numerics.md) */
     snprintf(numerics, sizeof numerics, "%s", model_backend(m)->numerics);
     wk_opts wo = {.m = m,
