@@ -31,14 +31,14 @@ static int bucket_of(int size)
 static void curve_add(adapt_curve *cv, int size, double secs, double alpha, int track)
 {
     adapt_bucket *b = &cv->b[bucket_of(size)];
-    /* A forward stalled by another tenant (the machine is shared) must not drag the estimate:
-     * once a bucket has a few samples, new ones are clipped to a factor 3 of it. A real change
-     * of speed still gets through, at up to (1 + 2·alpha)x per sample. */
-    if (b->n >= 4) {
-        if (secs > 3 * b->y)
-            secs = 3 * b->y;
-        if (secs < b->y / 3)
-            secs = b->y / 3;
+    /* A forward stalled by another tenant (the machine is shared; stalls of 10-50x were seen)
+     * must not drag the estimate: from the second sample on, new ones are clipped to a factor 2
+     * of it. A real change of speed still gets through, at up to (1 + alpha)x per sample. */
+    if (b->n >= 2) {
+        if (secs > 2 * b->y)
+            secs = 2 * b->y;
+        if (secs < b->y / 2)
+            secs = b->y / 2;
     }
     double a = b->n < 1 / alpha ? 1 / (b->n + 1) : alpha; /* plain mean for the first samples */
     b->x += a * (size - b->x);
@@ -52,6 +52,37 @@ static void curve_add(adapt_curve *cv, int size, double secs, double alpha, int 
 static double bucket_y(const adapt_curve *cv, const adapt_bucket *b)
 {
     return b->ref > 0 && cv->b[0].n > 0 ? b->y * cv->b[0].y / b->ref : b->y;
+}
+
+/* More positions never cost less, but noisy buckets can say so — one sample taken while another
+ * tenant held the CPU can make a 1-node forward look dearer than a 2-node one, and a budget
+ * would then stick where the curve dips. So the curve is read through the weighted isotonic
+ * (non-decreasing) regression of the buckets (pool adjacent violators, each bucket weighted by
+ * its samples up to 1/alpha): a violating pair is replaced by its weighted mean, a bucket with
+ * one sample against one with many moving to the latter. Refit after every sample. */
+static void curve_fit(adapt_curve *cv, double alpha)
+{
+    double val[ADAPT_NBUCKET], w[ADAPT_NBUCKET];
+    int len[ADAPT_NBUCKET], idx[ADAPT_NBUCKET], nb = 0, np = 0;
+    for (int i = 0; i < ADAPT_NBUCKET; i++)
+        if (cv->b[i].n > 0)
+            idx[np++] = i;
+    for (int k = 0; k < np; k++) {
+        const adapt_bucket *b = &cv->b[idx[k]];
+        val[nb] = bucket_y(cv, b);
+        w[nb] = b->n < 1 / alpha ? b->n : 1 / alpha;
+        len[nb++] = 1;
+        while (nb > 1 && val[nb - 2] > val[nb - 1]) {
+            double ws = w[nb - 2] + w[nb - 1];
+            val[nb - 2] = (val[nb - 2] * w[nb - 2] + val[nb - 1] * w[nb - 1]) / ws;
+            w[nb - 2] = ws;
+            len[nb - 2] += len[nb - 1];
+            nb--;
+        }
+    }
+    for (int g = 0, k = 0; g < nb; g++)
+        for (int j = 0; j < len[g]; j++)
+            cv->fit[idx[k++]] = val[g];
 }
 
 static double prior_rel(double slope, double x)
@@ -73,10 +104,10 @@ static double curve_at(const adapt_curve *cv, double x, int kind, double slope0,
             lo2 = lo;
             ylo2 = ylo;
             lo = b;
-            ylo = bucket_y(cv, b);
+            ylo = cv->fit[i];
         } else if (!hi) {
             hi = b;
-            yhi = bucket_y(cv, b);
+            yhi = cv->fit[i];
         }
     }
     if (lo && hi) /* interpolate */
@@ -440,10 +471,13 @@ void adapt_observe(adapt *a, const adapt_step *in)
         a->st.zero_steps++;
     if (s.t_verify >= 0 && s.t_verify < 1e6) {
         curve_add(&a->verify, s.n_nodes + 1, s.t_verify, a->c.cost_alpha, 1);
+        curve_fit(&a->verify, a->c.cost_alpha);
         a->since_c1 = s.n_nodes == 0 ? 0 : a->since_c1 + 1;
     }
-    if (s.budget > 0 && s.t_draft >= 0 && s.t_draft < 1e6)
+    if (s.budget > 0 && s.t_draft >= 0 && s.t_draft < 1e6) {
         curve_add(&a->draft, s.budget, s.t_draft, a->c.cost_alpha, 0);
+        curve_fit(&a->draft, a->c.cost_alpha);
+    }
     const double al = 0.1;
     if (s.budget > 0)
         a->f_propose += al * ((s.n_nodes > 0) - a->f_propose);

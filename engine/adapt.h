@@ -72,6 +72,7 @@ typedef struct {
 
 typedef struct {
     adapt_bucket b[ADAPT_NBUCKET];
+    double fit[ADAPT_NBUCKET]; /* the buckets' costs made non-decreasing in size (see adapt.c) */
 } adapt_curve;
 
 /* One step, as the caller saw it. */

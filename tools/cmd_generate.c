@@ -15,6 +15,13 @@
 #include "../engine/tok.h"
 #include "specd.h"
 
+/* gen_opts (shared with the remote client in specd.h) plus the options only this in-process path
+ * reads; gen_opts comes first so its offsets are the table's. */
+typedef struct {
+    gen_opts g;
+    int no_adapt;
+} gen_cli;
+
 #define F(x) offsetof(gen_opts, x)
 static const opt_def gen_defs[] = {
     {"model", 'm', OPT_STR, F(model), OPT_NOBOUNDS, NULL, "PATH",
@@ -41,6 +48,9 @@ static const opt_def gen_defs[] = {
      "greedy | sample (lossless tree sampling) | specinfer (needs a model drafter)"},
     {"max-nodes", 0, OPT_INT, F(max_nodes), 1, VERIFY_MAX_NODES, "64", "N",
      "largest tree accepted"},
+    {"no-adapt", 0, OPT_FLAG, offsetof(gen_cli, no_adapt), OPT_NOBOUNDS, NULL, NULL,
+     "speculate the full --tree every step (default: the node budget adapts to measured "
+     "acceptance and costs, down to plain decoding; in-process only; same output)"},
     {"compare", 0, OPT_FLAG, F(compare), OPT_NOBOUNDS, NULL, NULL,
      "also run target-only, check identical output, print the speedup"},
     {"ignore-eos", 0, OPT_FLAG, F(ignore_eos), OPT_NOBOUNDS, NULL, NULL,
@@ -104,9 +114,10 @@ static int fail(const char *what, sd_err e)
 
 int cmd_generate(int argc, char **argv)
 {
-    gen_opts o = {0};
-    opt_defaults(gen_defs, N_DEFS, &o);
-    sd_err e = opt_parse(gen_defs, N_DEFS, &o, argc, argv);
+    gen_cli cli = {0};
+    opt_defaults(gen_defs, N_DEFS, &cli);
+    sd_err e = opt_parse(gen_defs, N_DEFS, &cli, argc, argv);
+    gen_opts o = cli.g;
     if (e == SD_ECANCELED) {
         printf("usage: specd generate --prompt TEXT [options]\n\n");
         opt_usage(stdout, gen_defs, N_DEFS);
@@ -206,6 +217,7 @@ int cmd_generate(int argc, char **argv)
                       .sp = sp,
                       .n_predict = n_gen,
                       .max_nodes = o.max_nodes,
+                      .adaptive = !cli.no_adapt,
                       .n_ctx = ctx,
                       .eog = eog,
                       .on_token = sink_token,
