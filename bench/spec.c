@@ -44,9 +44,11 @@ static const bench_prompt prompts[] = {
      "was selected as a World Heritage Site in 1981.<|im_end|>\n<|im_start|>assistant\n"},
 };
 
-static const char *drafters[] = {"ngram:3", "ngram:2", "ngram:3:2", "layerskip:0-27,29"};
-static const char *shapes[] = {"chain:2",    "chain:4",    "chain:8",   "topk:2,2,1",
-                               "topk:4,2,1", "dynamic:16", "dynamic:32"};
+/* --quick takes the first 2 drafters and the first 3 shapes: the default of specd generate
+ * first */
+static const char *drafters[] = {"ngram:3:2", "ngram:3", "ngram:2", "layerskip:0-27,29"};
+static const char *shapes[] = {"chain:4",    "chain:8",    "dynamic:16", "chain:2",
+                               "topk:2,2,1", "topk:4,2,1", "dynamic:32"};
 
 typedef struct {
     int32_t *ids;
@@ -81,7 +83,7 @@ static const opt_def bench_defs[] = {
     {"quick", 0, OPT_FLAG, F(quick), OPT_NOBOUNDS, NULL, NULL, "2 drafters x 3 trees only"},
     {"harm-only", 0, OPT_FLAG, F(harm_only), OPT_NOBOUNDS, NULL, NULL,
      "only the do-no-harm check (no table)"},
-    {"rounds", 0, OPT_INT, F(rounds), 1, 100, "5", "R", "do-no-harm rounds"},
+    {"rounds", 0, OPT_INT, F(rounds), 1, 100, "7", "R", "do-no-harm rounds"},
     {"harm-csv", 0, OPT_STR, F(harm_csv), OPT_NOBOUNDS, "bench/out/spec_harm.csv", "FILE",
      "do-no-harm CSV output"},
 };
@@ -128,24 +130,30 @@ static double median(double *v, int n)
  * error); *mism counts outputs that differ from target-only. */
 static int harm_check(model *m, tok *tk, const bench_opts *bo, int *mism)
 {
-    static const char *hdrafters[] = {"random:1", "ngram:3:2"};
-    static const char *hshapes[] = {"chain:4", "dynamic:16"};
+    /* the never-right drafter with a chain and a big dynamic tree; the default drafter and tree
+     * of specd generate */
+    static const struct {
+        const char *drafter, *tree;
+    } cells[] = {{"random:1", "chain:4"}, {"random:1", "dynamic:16"}, {"ngram:3:2", "chain:4"}};
     FILE *f = fopen(bo->harm_csv, "w");
     if (!f)
         fprintf(stderr, "bench_spec: cannot write %s (create the folder?)\n", bo->harm_csv);
     else
         fprintf(f, "temp,prompt,drafter,tree,round,target_tok_s,adaptive_tok_s,fixed_tok_s,"
-                   "adaptive_ratio,fixed_ratio,adaptive_zero_share,identical\n");
+                   "adaptive_ratio,fixed_ratio,identical\n");
     int R = bo->rounds, n_gen = bo->n_gen, failed = 0;
     int32_t *want = malloc(sizeof(int32_t) * (size_t)n_gen),
             *got = malloc(sizeof(int32_t) * (size_t)n_gen);
     double *ra = malloc(sizeof(double) * (size_t)R), *rf = malloc(sizeof(double) * (size_t)R);
-    printf("\ndo no harm: tokens/s relative to target-only, median over %d rounds; each round runs "
-           "target-only,\nadaptive and fixed-tree speculation back to back (shared machine: "
-           "ratios within a round)\n",
+    printf("\ndo no harm: %d rounds, each running target-only, adaptive and fixed-tree speculation "
+           "back to back\n(rotating order). best: best run of each over the best target-only run "
+           "(the criterion);\nmedian: median over rounds of the ratio within a round. The machine "
+           "is shared: all ratios are within this run.\n",
            R);
-    printf("%-5s %-8s %-10s %-11s %9s %9s %9s %8s %s\n", "temp", "prompt", "drafter", "tree",
-           "target", "adaptive", "fixed", "0-steps", "");
+    printf("%-5s %-8s %-10s %-11s %9s %9s %9s %9s %9s %8s %s\n", "temp", "prompt", "drafter",
+           "tree", "target", "adapt", "fixed", "adapt", "fixed", "0-steps", "");
+    printf("%-5s %-8s %-10s %-11s %9s %9s %9s %9s %9s %8s\n", "", "", "", "", "best t/s", "best",
+           "best", "median", "median", "");
     for (int ti = 0; ti < 2; ti++) {
         sample_params sp = {ti ? 0.8f : 0.0f, 0, ti ? 0.95f : 1.0f, 1234};
         for (size_t p = 0; p < sizeof prompts / sizeof prompts[0]; p++) {
@@ -168,47 +176,52 @@ static int harm_check(model *m, tok *tk, const bench_opts *bo, int *mism)
             if (run_one(&c, NULL, &o, ids, (int)n, &ref, NULL, 0, &st, &t) < 0) /* warm-up */
                 return -1;
             int n_want = ref.n;
-            for (size_t d = 0; d < sizeof hdrafters / sizeof hdrafters[0]; d++)
-                for (size_t s = 0; s < sizeof hshapes / sizeof hshapes[0]; s++) {
-                    tree_shape_parse(&c.shape, hshapes[s], 64);
-                    double sum_t = 0, sum_a = 0, sum_f = 0, zero = 0;
-                    int same = 1;
-                    for (int r = 0; r < R; r++) {
-                        double tt, ta, tf;
-                        c.adaptive = 0;
-                        if (run_one(&c, NULL, &o, ids, (int)n, &out, want, n_want, &st, &tt) < 0)
+            for (size_t k = 0; k < sizeof cells / sizeof cells[0]; k++) {
+                const char *dname = cells[k].drafter, *tname = cells[k].tree;
+                tree_shape_parse(&c.shape, tname, 64);
+                double sum_t = 0, zero = 0, bt = 0, ba = 0, bf = 0;
+                int same = 1;
+                for (int r = 0; r < R; r++) {
+                    /* three runs per round, in an order that rotates so a drift of the machine's
+                     * speed within a round favours none of them */
+                    double tt = 0, ta = 0, tf = 0;
+                    for (int j = 0; j < 3; j++) {
+                        int which = (j + r) % 3, ok;
+                        c.adaptive = which == 1;
+                        if (which == 0) {
+                            ok = run_one(&c, NULL, &o, ids, (int)n, &out, want, n_want, &st, &tt);
+                        } else {
+                            ok = run_one(&c, dname, &o, ids, (int)n, &out, want, n_want, &st,
+                                         which == 1 ? &ta : &tf);
+                            if (which == 1)
+                                zero += (double)st.zero_steps / (st.n_steps ? st.n_steps : 1) / R;
+                        }
+                        if (ok < 0)
                             return -1;
-                        c.adaptive = 1;
-                        int ok = run_one(&c, hdrafters[d], &o, ids, (int)n, &out, want, n_want, &st,
-                                         &ta);
-                        zero += (double)st.zero_steps / (st.n_steps ? st.n_steps : 1) / R;
-                        c.adaptive = 0;
-                        int ok2 = run_one(&c, hdrafters[d], &o, ids, (int)n, &out, want, n_want,
-                                          &st, &tf);
-                        if (ok < 0 || ok2 < 0)
-                            return -1;
-                        same &= ok && ok2;
-                        ra[r] = ta / tt;
-                        rf[r] = tf / tt;
-                        sum_t += tt;
-                        sum_a += ta;
-                        sum_f += tf;
-                        if (f)
-                            fprintf(
-                                f, "%.1f,%s,\"%s\",\"%s\",%d,%.2f,%.2f,%.2f,%.3f,%.3f,%.3f,%d\n",
-                                sp.temp, prompts[p].name, hdrafters[d], hshapes[s], r, tt, ta, tf,
-                                ta / tt, tf / tt,
-                                (double)st.zero_steps / (st.n_steps ? st.n_steps : 1), ok && ok2);
+                        same &= ok;
                     }
-                    double ma = median(ra, R), mf = median(rf, R);
-                    int bad = ma < 0.95;
-                    failed += bad;
-                    *mism += !same;
-                    printf("%-5.1f %-8s %-10s %-11s %9.1f %8.2fx %8.2fx %7.0f%% %s%s\n", sp.temp,
-                           prompts[p].name, hdrafters[d], hshapes[s], sum_t / R, ma, mf, 100 * zero,
-                           bad ? "BELOW 0.95" : "ok", same ? "" : "  OUTPUT DIFFERS");
-                    fflush(stdout);
+                    ra[r] = ta / tt;
+                    rf[r] = tf / tt;
+                    sum_t += tt;
+                    bt = tt > bt ? tt : bt;
+                    ba = ta > ba ? ta : ba;
+                    bf = tf > bf ? tf : bf;
+                    if (f)
+                        fprintf(f, "%.1f,%s,\"%s\",\"%s\",%d,%.2f,%.2f,%.2f,%.3f,%.3f,%d\n",
+                                sp.temp, prompts[p].name, dname, tname, r, tt, ta, tf, ta / tt,
+                                tf / tt, same);
                 }
+                double ma = median(ra, R), mf = median(rf, R);
+                /* the criterion: best adaptive run over best target-only run (noise on a shared
+                 * machine only slows a run down, so the best of R is the least disturbed) */
+                int bad = ba / bt < 0.95;
+                failed += bad;
+                *mism += !same;
+                printf("%-5.1f %-8s %-10s %-11s %9.1f %8.2fx %8.2fx %8.2fx %8.2fx %7.0f%% %s%s\n",
+                       sp.temp, prompts[p].name, dname, tname, bt, ba / bt, bf / bt, ma, mf,
+                       100 * zero, bad ? "BELOW 0.95" : "ok", same ? "" : "  OUTPUT DIFFERS");
+                fflush(stdout);
+            }
         }
     }
     if (f) {

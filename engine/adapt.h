@@ -65,9 +65,12 @@ typedef struct {
                                      likely to be used (0.5) */
 } adapt_config;
 
+#define ADAPT_FIRST 5 /* a bucket's first samples, whose median is its estimate until then */
+
 typedef struct {
-    double n, x, y; /* samples (saturating), EWMA of size, EWMA of seconds */
-    double ref;     /* verify: the 1-position estimate when y was last updated (0: none) */
+    double n, x, y; /* samples (saturating), EWMA of size, robust EWMA of seconds */
+    double first[ADAPT_FIRST];
+    double ref; /* verify: the 1-position estimate when y was last updated (0: none) */
 } adapt_bucket;
 
 typedef struct {
@@ -105,6 +108,7 @@ typedef struct {
     int speculating;  /* the last decision (not an exploration) was b > 0 */
     int last_refresh; /* the last 0 only re-measured the 1-position cost */
     int since_c1;     /* steps since a 1-position forward was measured */
+    long walks;       /* verification walks over non-empty proposals observed */
     adapt_stats st;
 } adapt;
 
