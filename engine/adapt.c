@@ -31,20 +31,32 @@ static int bucket_of(int size)
 static void curve_add(adapt_curve *cv, int size, double secs, double alpha, int track)
 {
     adapt_bucket *b = &cv->b[bucket_of(size)];
-    /* A forward stalled by another tenant (the machine is shared) must not drag the estimate:
-     * once a bucket has a few samples, new ones are clipped to a factor 3 of it. A real change
-     * of speed still gets through, at up to (1 + 2·alpha)x per sample. */
-    if (b->n >= 4) {
-        if (secs > 3 * b->y)
-            secs = 3 * b->y;
-        if (secs < b->y / 3)
-            secs = b->y / 3;
-    }
-    double a = b->n < 1 / alpha ? 1 / (b->n + 1) : alpha; /* plain mean for the first samples */
-    b->x += a * (size - b->x);
-    b->y += a * (secs - b->y);
-    if (b->n < 1e9)
+    if (b->n < ADAPT_FIRST) {
+        /* Timing noise here is one-sided and heavy (another tenant stalls a forward 10-50x), so
+         * a new bucket's estimate is the median of its first samples — the smaller of two — not
+         * their mean: one stall among them does not count. */
+        int k = (int)b->n;
+        b->first[k] = secs;
+        for (int i = k; i > 0 && b->first[i - 1] > b->first[i]; i--) {
+            double t = b->first[i];
+            b->first[i] = b->first[i - 1];
+            b->first[i - 1] = t;
+        }
+        b->y = k == 1 ? b->first[0] : b->first[k / 2];
+        b->x += (size - b->x) / (k + 1);
         b->n++;
+    } else {
+        /* then an EWMA whose samples are clipped to a factor 2 of it: a stall moves it by at
+         * most alpha, a real change of speed still gets through at up to (1 + alpha)x a sample */
+        if (secs > 2 * b->y)
+            secs = 2 * b->y;
+        if (secs < b->y / 2)
+            secs = b->y / 2;
+        b->x += alpha * (size - b->x);
+        b->y += alpha * (secs - b->y);
+        if (b->n < 1e9)
+            b->n++;
+    }
     if (track)
         b->ref = cv->b[0].n > 0 ? cv->b[0].y : 0;
 }
@@ -52,6 +64,39 @@ static void curve_add(adapt_curve *cv, int size, double secs, double alpha, int 
 static double bucket_y(const adapt_curve *cv, const adapt_bucket *b)
 {
     return b->ref > 0 && cv->b[0].n > 0 ? b->y * cv->b[0].y / b->ref : b->y;
+}
+
+/* More positions never cost less, but noisy buckets can say so — one sample taken while another
+ * tenant held the CPU can make a 1-node forward look dearer than a 2-node one, and a budget
+ * would then stick where the curve dips. So the curve is read through the weighted isotonic
+ * (non-decreasing) regression of the buckets (pool adjacent violators, each bucket weighted by
+ * its samples up to 1/alpha): a violating pair is replaced by its weighted mean, a bucket with
+ * one sample against one with many moving to the latter. Refit after every sample. */
+static void curve_fit(adapt_curve *cv, double alpha)
+{
+    double val[ADAPT_NBUCKET], w[ADAPT_NBUCKET];
+    int len[ADAPT_NBUCKET], idx[ADAPT_NBUCKET], nb = 0, np = 0;
+    for (int i = 0; i < ADAPT_NBUCKET; i++)
+        if (cv->b[i].n > 0)
+            idx[np++] = i;
+    for (int k = 0; k < np; k++) {
+        const adapt_bucket *b = &cv->b[idx[k]];
+        val[nb] = bucket_y(cv, b);
+        w[nb] = b->n < 1 / alpha ? b->n : 1 / alpha;
+        if (b->n >= ADAPT_FIRST && w[nb] < ADAPT_FIRST)
+            w[nb] = ADAPT_FIRST;
+        len[nb++] = 1;
+        while (nb > 1 && val[nb - 2] > val[nb - 1]) {
+            double ws = w[nb - 2] + w[nb - 1];
+            val[nb - 2] = (val[nb - 2] * w[nb - 2] + val[nb - 1] * w[nb - 1]) / ws;
+            w[nb - 2] = ws;
+            len[nb - 2] += len[nb - 1];
+            nb--;
+        }
+    }
+    for (int g = 0, k = 0; g < nb; g++)
+        for (int j = 0; j < len[g]; j++)
+            cv->fit[idx[k++]] = val[g];
 }
 
 static double prior_rel(double slope, double x)
@@ -73,10 +118,10 @@ static double curve_at(const adapt_curve *cv, double x, int kind, double slope0,
             lo2 = lo;
             ylo2 = ylo;
             lo = b;
-            ylo = bucket_y(cv, b);
+            ylo = cv->fit[i];
         } else if (!hi) {
             hi = b;
-            yhi = bucket_y(cv, b);
+            yhi = cv->fit[i];
         }
     }
     if (lo && hi) /* interpolate */
@@ -134,7 +179,11 @@ static double level_width(const adapt *a, int d)
     case ADAPT_CHAIN:
         return 1;
     case ADAPT_LEVELS:
-        return d < a->c.n_levels ? a->c.width[d] : 0;
+        /* no wider than the shape allows, and no wider than the drafter fills it: a drafter
+         * that finds one continuation proposes a chain whatever the shape */
+        if (d >= a->c.n_levels)
+            return 0;
+        return a->level_width < a->c.width[d] ? a->level_width : a->c.width[d];
     default:
         return a->level_width;
     }
@@ -150,7 +199,9 @@ static double level_width(const adapt *a, int d)
  * partial level keeps the drafter's best nodes first, so linear in the covered share is a
  * lower bound. E(b) = sum over covered levels of P_{d+1} = prod_{j<=d} g_j·cover_j. A dynamic
  * tree is modelled the same way with levels as wide as its recent proposals were on average
- * (nodes / levels), a best-first tree being roughly that many alternatives per depth. */
+ * (nodes / levels), a best-first tree being roughly that many alternatives per depth; a top-k
+ * level is as wide as that too, up to the shape's width (a drafter that finds a single
+ * continuation proposes a chain under any shape). */
 static double levels_walk(const adapt *a, int b, double *p_leaf, int *full)
 {
     double e = 0, p = 1, g = a->c.prior_accept, used = 0;
@@ -306,11 +357,11 @@ sd_err adapt_init(adapt *a, const adapt_config *c)
 
 /* ---- decisions ---------------------------------------------------------------------------- */
 
-/* The smallest budget that measures something: one node, or a top-k shape's whole first level
- * (a partial level is not counted as a measurement). */
+/* The smallest budget that measures something: one node, or a top-k shape's first level as wide
+ * as the drafter fills it (a partial level is not counted as a measurement). */
 static int explore_budget(const adapt *a)
 {
-    int b = a->c.kind == ADAPT_LEVELS ? a->c.width[0] : 1;
+    int b = a->c.kind == ADAPT_LEVELS ? (int)ceil(level_width(a, 0)) : 1;
     return b < a->c.max_nodes ? b : a->c.max_nodes;
 }
 
@@ -329,6 +380,7 @@ static int explore_interval(const adapt *a)
 }
 
 #define REFRESH_EVERY 16
+#define PROBE_WALKS 8 /* no size probes before this many walks: the prior is not evidence */
 
 /* Candidate budgets: every size up to 32, then steps of 1/16 of the size — the rate is smooth
  * there and this keeps a decision at ~100 rate evaluations whatever max_nodes is. */
@@ -341,7 +393,8 @@ int adapt_nodes(adapt *a)
 {
     int best = 0;
     double r0 = adapt_rate(a, 0), rbest = 0;
-    for (int b = 1; b <= a->c.max_nodes; b = next_candidate(b)) {
+    /* a budget smaller than the smallest that measures something would never be corrected */
+    for (int b = explore_budget(a); b <= a->c.max_nodes; b = next_candidate(b)) {
         double r = adapt_rate(a, b);
         if (r > rbest) {
             rbest = r;
@@ -359,8 +412,9 @@ int adapt_nodes(adapt *a)
     a->last_explore = 0;
     /* The 1-position cost is what every budget is compared with, and a drafter that always
      * proposes never measures it again: with a marginal gain (< 10 %), one step in
-     * REFRESH_EVERY is a plain decode that does (costing < 1 % where it applies). */
-    if (best > 0 && a->since_c1 >= REFRESH_EVERY && rbest < r0 * 1.1) {
+     * REFRESH_EVERY is a plain decode that does (costing < 1 % where it applies). The first step
+     * of a session is one too: every other cost is judged against it. */
+    if (best > 0 && ((a->since_c1 >= REFRESH_EVERY && rbest < r0 * 1.1) || a->verify.b[0].n == 0)) {
         a->last_refresh = 1;
         a->last_budget = 0;
         return 0;
@@ -373,7 +427,8 @@ int adapt_nodes(adapt *a)
      * can waste, whatever max_nodes is. */
     double xm = max_measured(a), rprobe = rbest * (1 + a->c.min_gain);
     int probe = 0;
-    for (int b = next_candidate(best); best > 0 && xm > 0 && b <= a->c.max_nodes;
+    for (int b = next_candidate(best);
+         best > 0 && xm > 0 && a->walks >= PROBE_WALKS && b <= a->c.max_nodes;
          b = next_candidate(b)) {
         double T = 1 + a->fill * b;
         if (T > 2 * xm)
@@ -440,10 +495,13 @@ void adapt_observe(adapt *a, const adapt_step *in)
         a->st.zero_steps++;
     if (s.t_verify >= 0 && s.t_verify < 1e6) {
         curve_add(&a->verify, s.n_nodes + 1, s.t_verify, a->c.cost_alpha, 1);
+        curve_fit(&a->verify, a->c.cost_alpha);
         a->since_c1 = s.n_nodes == 0 ? 0 : a->since_c1 + 1;
     }
-    if (s.budget > 0 && s.t_draft >= 0 && s.t_draft < 1e6)
+    if (s.budget > 0 && s.t_draft >= 0 && s.t_draft < 1e6) {
         curve_add(&a->draft, s.budget, s.t_draft, a->c.cost_alpha, 0);
+        curve_fit(&a->draft, a->c.cost_alpha);
+    }
     const double al = 0.1;
     if (s.budget > 0)
         a->f_propose += al * ((s.n_nodes > 0) - a->f_propose);
@@ -452,6 +510,7 @@ void adapt_observe(adapt *a, const adapt_step *in)
         a->fill += al * ((fill < 1 ? fill : 1) - a->fill);
         a->level_width += al * ((double)s.n_nodes / s.n_levels - a->level_width);
         int cov = covered_levels(a, &s);
+        a->walks++;
         for (int d = 0; d <= ADAPT_MAX_DEPTH; d++) {
             a->reach[d] *= a->c.decay;
             a->tried[d] *= a->c.decay;
@@ -467,7 +526,11 @@ void adapt_observe(adapt *a, const adapt_step *in)
     }
     if (a->last_explore && s.budget > 0) {
         a->st.explore_steps++;
-        if (s.n_took > 0) {
+        if (s.n_nodes == 0) {
+            /* the drafter had nothing to propose (an n-gram drafter without a match): nothing
+             * learnt and next to nothing spent, so look again at the next step */
+            a->idle = explore_interval(a);
+        } else if (s.n_took > 0) {
             a->st.explore_hits++;
             a->backoff = a->c.explore_min;
         } else if (a->backoff < a->c.explore_max) {

@@ -27,12 +27,14 @@
  * adapt.c), requiring b > 0 to beat b = 0 by min_gain. At b = 0 it explores: every `interval`
  * steps one step gets the smallest budget, where interval is bounded below so that exploring
  * costs at most explore_cost of the time (from the measured costs) and doubles after each
- * exploration that accepted nothing. Two more rules keep the measurements honest: a budget whose
- * forward would be larger than any measured (up to twice the largest) is tried once when it
- * would pay at the largest measured cost (so cheap big trees are found), and while speculating
- * for a marginal gain (< 10 %) one step in 16 without a 1-position measurement is a plain
- * decode (so the cost every budget is compared with does not go stale). Leaving budget 0 takes
- * twice min_gain (hysteresis against noise). */
+ * exploration that accepted nothing (an exploration that proposed nothing is retried at once).
+ * More rules keep the measurements honest: the first step is a plain decode (c(1) is measured
+ * first); after 8 walks, a budget whose forward would be larger than any measured (up to twice
+ * the largest) is tried once when it would pay at the largest measured cost (so cheap big trees
+ * are found); while speculating for a marginal gain (< 10 %) one step in 16 without a
+ * 1-position measurement is a plain decode (so the cost every budget is compared with does not
+ * go stale); no budget below the smallest that measures anything is chosen. Leaving budget 0
+ * takes twice min_gain (hysteresis against noise). */
 #ifndef SD_ADAPT_H
 #define SD_ADAPT_H
 
@@ -65,13 +67,17 @@ typedef struct {
                                      likely to be used (0.5) */
 } adapt_config;
 
+#define ADAPT_FIRST 5 /* a bucket's first samples, whose median is its estimate until then */
+
 typedef struct {
-    double n, x, y; /* samples (saturating), EWMA of size, EWMA of seconds */
-    double ref;     /* verify: the 1-position estimate when y was last updated (0: none) */
+    double n, x, y; /* samples (saturating), EWMA of size, robust EWMA of seconds */
+    double first[ADAPT_FIRST];
+    double ref; /* verify: the 1-position estimate when y was last updated (0: none) */
 } adapt_bucket;
 
 typedef struct {
     adapt_bucket b[ADAPT_NBUCKET];
+    double fit[ADAPT_NBUCKET]; /* the buckets' costs made non-decreasing in size (see adapt.c) */
 } adapt_curve;
 
 /* One step, as the caller saw it. */
@@ -104,6 +110,7 @@ typedef struct {
     int speculating;  /* the last decision (not an exploration) was b > 0 */
     int last_refresh; /* the last 0 only re-measured the 1-position cost */
     int since_c1;     /* steps since a 1-position forward was measured */
+    long walks;       /* verification walks over non-empty proposals observed */
     adapt_stats st;
 } adapt;
 

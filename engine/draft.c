@@ -88,6 +88,115 @@ static sd_err check_vocab(const model *target, const model *dm, const char *path
     return SD_OK;
 }
 
+/* ---- random:SEED — a test and benchmark drafter, never useful for real generation ----------
+ * Proposes the requested shape (a chain, a top-k tree filled level by level, or for dynamic a
+ * tree with random parents) filled with uniformly random tokens: a drafter that is (almost)
+ * never right, which is what the "speculation must not cost more than it returns" checks need
+ * (bench/spec's do-no-harm rows, tests/test_spec.c). Tokens are a hash of (seed, history length,
+ * node), so a proposal depends only on what was committed. */
+typedef struct {
+    draft base;
+    uint64_t seed;
+    int n_vocab, max_nodes;
+} draft_random;
+
+static uint64_t rnd_mix(uint64_t x)
+{
+    x += 0x9E3779B97F4A7C15ull;
+    x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+    x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+    return x ^ (x >> 31);
+}
+
+static sd_err rnd_propose(draft *d, const tree_shape *s, tree *t)
+{
+    draft_random *x = (draft_random *)d;
+    tree_clear(t);
+    int budget = s->budget < t->cap ? s->budget : t->cap;
+    budget = budget < x->max_nodes ? budget : x->max_nodes;
+    uint64_t h = rnd_mix(x->seed ^ rnd_mix((uint64_t)d->n_hist));
+    for (int i = 0; i < budget; i++) {
+        h = rnd_mix(h + (uint64_t)i);
+        int parent;
+        if (s->kind == TREE_CHAIN) {
+            if (i >= s->depth)
+                break;
+            parent = i - 1;
+        } else if (s->kind == TREE_TOPK) {
+            /* level by level: node i's parent is the first node of the level above that still
+             * has room for a child */
+            parent = -2;
+            for (int p = -1; p < i && parent == -2; p++) {
+                int dp = p < 0 ? 0 : t->depth[p] + 1, kids[64];
+                if (dp < s->depth && tree_children(t, p, kids, 64) < s->branch[dp])
+                    parent = p;
+            }
+            if (parent == -2)
+                break;
+        } else {
+            parent = (int)(h % (uint64_t)(i + 1)) - 1;
+            if (parent >= 0 && t->depth[parent] + 1 >= TREE_MAX_DEPTH)
+                parent = -1;
+        }
+        int32_t tok = (int32_t)((h >> 17) % (uint64_t)x->n_vocab);
+        if (tree_add(t, parent, tok, 0) < 0)
+            break;
+    }
+    return SD_OK;
+}
+
+static sd_err rnd_advance(draft *d, const int32_t *toks, int n)
+{
+    return draft_hist_append(d, toks, n);
+}
+
+static sd_err rnd_rollback(draft *d, int n_keep)
+{
+    return draft_hist_cut(d, n_keep);
+}
+
+static void rnd_free(draft *d)
+{
+    if (!d)
+        return;
+    free(d->hist);
+    free(d);
+}
+
+static sd_err draft_random_open(draft **out, const char *spec, int n_vocab, const draft_opts *o)
+{
+    *out = NULL;
+    char *end;
+    unsigned long long seed = strtoull(spec, &end, 10);
+    if (end == spec || *end)
+        return sd_fail(SD_EINVAL, "drafter 'random:%s': expected random:SEED (an integer)", spec);
+    if (o->max_ctx <= 0 || o->max_nodes <= 0)
+        return sd_fail(SD_EINVAL, "drafter: context %d / tree of %d nodes", o->max_ctx,
+                       o->max_nodes);
+    if (o->sample_children)
+        return sd_fail(SD_EUNSUPPORTED, "the random drafter has no draft distribution to sample "
+                                        "children from; use greedy or sample verification");
+    draft_random *x = calloc(1, sizeof *x);
+    if (!x)
+        return SD_ENOMEM;
+    x->seed = seed;
+    x->n_vocab = n_vocab;
+    x->max_nodes = o->max_nodes;
+    x->base.kind = "random";
+    x->base.propose = rnd_propose;
+    x->base.advance = rnd_advance;
+    x->base.rollback = rnd_rollback;
+    x->base.free = rnd_free;
+    x->base.max_ctx = o->max_ctx;
+    x->base.hist = malloc(sizeof(int32_t) * (size_t)o->max_ctx);
+    if (!x->base.hist) {
+        free(x);
+        return SD_ENOMEM;
+    }
+    *out = &x->base;
+    return SD_OK;
+}
+
 sd_err draft_open(draft **out, const char *spec, model *target, const draft_opts *o)
 {
     *out = NULL;
@@ -118,7 +227,9 @@ sd_err draft_open(draft **out, const char *spec, model *target, const draft_opts
             return SD_ENOMEM;
         sd_err e = parse_layers(spec + 10, L, layers, &n);
         model *dm = NULL;
-        model_opts mo = {.backend = model_backend(target), .layers = layers, .n_layers = n,
+        model_opts mo = {.backend = model_backend(target),
+                         .layers = layers,
+                         .n_layers = n,
                          .share_packed = target};
         if (!e)
             e = model_init(&dm, model_gguf(target), &mo);
@@ -143,7 +254,11 @@ sd_err draft_open(draft **out, const char *spec, model *target, const draft_opts
     }
     if (!strncmp(spec, "replay:", 7))
         return draft_replay_open(out, spec + 7, V, o);
-    return sd_fail(SD_EINVAL, "drafter '%s': expected model:PATH, layerskip:LAYERS or ngram[:N]",
+    if (!strncmp(spec, "random:", 7))
+        return draft_random_open(out, spec + 7, V, o);
+    return sd_fail(SD_EINVAL,
+                   "drafter '%s': expected model:PATH, layerskip:LAYERS, ngram[:N], or the "
+                   "experiment drafters random:SEED and replay:P:SEED:TOKENS",
                    spec);
 }
 

@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "../common/clock.h"
+#include "../common/log.h"
 
 static int is_eog(const spec_config *c, int32_t t)
 {
@@ -41,6 +42,15 @@ sd_err spec_generate(const spec_config *c, const int32_t *prompt, int n, spec_st
         e = verify_work_init(&vw, c->target, max_nodes > 0 ? max_nodes : 1);
     if (!e)
         e = tree_init(&t, max_nodes > 0 ? max_nodes : 1, (max_nodes + 1) * DRAFT_Q_TOP);
+    /* the controller: one per run, i.e. per session */
+    adapt *ad = NULL;
+    if (!e && c->drafter && c->adaptive && max_nodes > 0) {
+        adapt_config ac;
+        adapt_config_defaults(&ac, max_nodes);
+        adapt_config_shape(&ac, &c->shape, max_nodes);
+        ad = malloc(sizeof *ad);
+        e = ad ? adapt_init(ad, &ac) : SD_ENOMEM;
+    }
     double t0 = clock_now_s();
     if (!e && n > 1) {
         e = model_forward(c->target, run, kv, prompt, NULL, n - 1, NULL, 0, NULL);
@@ -55,10 +65,27 @@ sd_err spec_generate(const spec_config *c, const int32_t *prompt, int n, spec_st
     while (!e && !done) {
         double t1 = clock_now_s();
         tree_clear(&t);
-        if (c->drafter) {
-            e = draft_propose(c->drafter, &c->shape, &t);
+        int budget = c->drafter ? max_nodes : 0, exploring = 0;
+        if (ad) {
+            budget = adapt_nodes(ad);
+            st->budget_sum += budget;
+            st->zero_steps += budget == 0;
+            exploring = ad->last_explore;
+            st->explore_steps += exploring;
+        }
+        if (c->drafter && budget > 0) {
+            /* the drafter grows only what the budget keeps: a model drafter's cost falls with it */
+            tree_shape sh = c->shape;
+            if (sh.budget > budget)
+                sh.budget = budget;
+            if (sh.kind == TREE_CHAIN && sh.depth > budget)
+                sh.depth = budget;
+            e = draft_propose(c->drafter, &sh, &t);
             if (e)
                 break;
+            /* a prefix in topological order keeps every parent before its children */
+            if (t.n > budget)
+                t.n = budget;
         }
         double t2 = clock_now_s();
         /* never let the tree run past the context */
@@ -73,15 +100,38 @@ sd_err spec_generate(const spec_config *c, const int32_t *prompt, int n, spec_st
         st->n_steps++;
         st->proposed += t.n;
         st->accepted += res->n_accept;
-        for (int d = 0, node = -1; d <= res->n_accept && d < TREE_MAX_DEPTH; d++) {
+        int n_tried = 0;
+        for (int d = 0, node = -1; d <= res->n_accept; d++) {
             int kid;
             if (tree_children(&t, node, &kid, 1) == 0)
                 break;
-            st->tried[d]++;
+            n_tried++;
+            if (d < TREE_MAX_DEPTH)
+                st->tried[d]++;
             if (d == res->n_accept)
                 break;
-            st->took[d]++;
+            if (d < TREE_MAX_DEPTH)
+                st->took[d]++;
             node = res->path[d];
+        }
+        if (ad) {
+            int levels = 0;
+            for (int i = 0; i < t.n; i++)
+                levels = t.depth[i] + 1 > levels ? t.depth[i] + 1 : levels;
+            adapt_step as = {.budget = budget,
+                             .n_nodes = t.n,
+                             .n_levels = levels,
+                             .n_tried = n_tried,
+                             .n_took = res->n_accept,
+                             .t_draft = budget > 0 ? t2 - t1 : -1,
+                             .t_verify = t3 - t2};
+            adapt_observe(ad, &as);
+            LOG_DEBUG("spec",
+                      "step %d: budget %d%s, %d nodes, %d accepted | draft %.3f ms, verify "
+                      "%.3f ms | model: P(accept depth 1) %.3f, c(1) %.3f ms, c(2) %.3f ms",
+                      st->n_steps, budget, exploring ? " (exploring)" : "", t.n, res->n_accept,
+                      (t2 - t1) * 1e3, (t3 - t2) * 1e3, adapt_accept(ad, 0),
+                      adapt_verify_cost(ad, 1) * 1e3, adapt_verify_cost(ad, 2) * 1e3);
         }
         int nc = 0;
         for (int i = 0; i < res->n_accept; i++)
@@ -103,6 +153,7 @@ sd_err spec_generate(const spec_config *c, const int32_t *prompt, int n, spec_st
             done = 1; /* `last` takes the final slot: a token after it would not fit */
     }
     st->t_total = clock_now_s() - t0;
+    free(ad);
     free(commit);
     free(res);
     tree_free(&t);
@@ -120,6 +171,12 @@ void spec_stats_print(const spec_stats *st, const char *label)
         fprintf(stderr, " (%.1f tok/s prefill)", (st->n_prompt - 1) / st->t_prefill);
     fprintf(stderr, " | generated %d tokens in %d steps, %.1f tok/s\n", st->n_gen, st->n_steps,
             gen_t > 0 ? st->n_gen / gen_t : 0.0);
+    if (st->budget_sum || st->zero_steps)
+        fprintf(stderr,
+                "[%s] adaptive: budget 0 (plain decode) on %.0f%% of steps, %ld exploration steps, "
+                "mean budget %.1f nodes\n",
+                label, 100.0 * st->zero_steps / st->n_steps, st->explore_steps,
+                (double)st->budget_sum / st->n_steps);
     if (st->proposed == 0)
         return;
     fprintf(stderr,

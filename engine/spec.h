@@ -8,6 +8,7 @@
 
 #include <stdint.h>
 
+#include "adapt.h"
 #include "draft.h"
 #include "model.h"
 #include "sample.h"
@@ -21,7 +22,12 @@ typedef struct {
     verify_mode vmode;
     sample_params sp;
     int n_predict;
-    int max_nodes;      /* tree size limit */
+    int max_nodes; /* tree size limit */
+    /* 1: each step's tree is cut to the node budget of an adapt.h controller fed with this run's
+     * measured draft and verify times and acceptance by depth (0 = a plain decode step, no draft
+     * call) — what specd generate and bench_spec do unless told otherwise; 0: the shape as given
+     * every step. The output is the same either way. */
+    int adaptive;
     int n_ctx;          /* 0: prompt + n_predict + tree */
     const int32_t *eog; /* tokens that end generation (not emitted) */
     int n_eog;
@@ -37,6 +43,9 @@ typedef struct {
     long accepted;                                    /* tree nodes accepted */
     long tried[TREE_MAX_DEPTH], took[TREE_MAX_DEPTH]; /* per depth: walks that reached a node
                                                          with children / that accepted one */
+    /* adaptive runs: steps with budget 0 (no draft call), of those explorations of a small
+     * budget, and the sum of the budgets given */
+    long zero_steps, explore_steps, budget_sum;
 } spec_stats;
 
 /* Generate from prompt[0..n). The drafter (if any) must be fresh or rolled back to empty. */

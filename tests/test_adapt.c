@@ -67,9 +67,9 @@ static void test_always_right(void **state)
     adapt a;
     init_chain(&a, 8);
     int b = 0;
-    for (int i = 0; i < 40; i++)
+    for (int i = 0; i < 60; i++)
         b = chain_step(&a, &r, &rng, NULL);
-    fprintf(stderr, "  always right: budget %d after 40 steps, E(8) = %.2f\n", b,
+    fprintf(stderr, "  always right: budget %d after 60 steps, E(8) = %.2f\n", b,
             adapt_expected(&a, 8));
     assert_int_equal(b, 8);
     for (int i = 0; i < 40; i++)
@@ -84,6 +84,10 @@ static void test_never_right(void **state)
     regime r = flat(0.0, 4e-3, 2e-4, 2e-5, 1e-6);
     adapt a;
     init_chain(&a, 4);
+    /* the first step is a plain decode (it measures the 1-position cost), then it speculates
+     * on the prior until the failures say otherwise */
+    assert_int_equal(chain_step(&a, &r, &rng, NULL), 0);
+    assert_true(chain_step(&a, &r, &rng, NULL) > 0);
     int first_zero = -1;
     for (int i = 0; i < 20 && first_zero < 0; i++)
         if (chain_step(&a, &r, &rng, NULL) == 0)
@@ -257,8 +261,8 @@ static void test_choice_is_argmax(void **state)
     }
 }
 
-/* Top-k levels: the exploration budget is the first level, E(b) grows with b, and a drafter
- * whose second choice is often right makes a wider first level worth it. */
+/* Top-k levels: E(b) grows with b, a drafter filling every level at 0.8 per level gets the
+ * whole shape when nodes are cheap, exploration probes (at most) the first level. */
 static void test_levels(void **state)
 {
     tu_rng rng;
@@ -302,7 +306,7 @@ static void test_levels(void **state)
             adapt_expected(&a, b), p_mean);
     assert_true(b >= 12);
     assert_true(fabs(p_mean - 0.8) < 0.15);
-    /* exploration in a top-k shape probes its whole first level */
+    /* exploration in a top-k shape probes its first level, as wide as the drafter fills it */
     regime never = flat(0, 4e-3, 2e-4, 0, 0);
     adapt z;
     assert_int_equal(adapt_init(&z, &c), SD_OK);
@@ -310,7 +314,7 @@ static void test_levels(void **state)
     for (int i = 0; i < 400; i++) {
         int bb = adapt_nodes(&z);
         if (z.last_explore) {
-            assert_int_equal(bb, 4);
+            assert_true(bb >= 1 && bb <= 4);
             seen_explore++;
         }
         adapt_step st = {.budget = bb,
@@ -392,6 +396,8 @@ static void test_inflight(void **state)
     /* a constructed case: verify 10 ms, a chunk drafted in 2 ms, always accepted -> 5 */
     adapt a;
     init_chain(&a, 2);
+    adapt_nodes(&a);
+    adapt_observe(&a, &(adapt_step){.budget = 0, .t_draft = -1, .t_verify = 8e-3});
     for (int i = 0; i < 50; i++) {
         adapt_nodes(&a);
         adapt_observe(&a, &(adapt_step){.budget = 2,

@@ -43,6 +43,10 @@ static const opt_def gen_defs[] = {
      "greedy | sample (lossless tree sampling) | specinfer (needs a model drafter)"},
     {"max-nodes", 0, OPT_INT, F(max_nodes), 1, VERIFY_MAX_NODES, "64", "N",
      "largest tree accepted"},
+    {"no-adapt", 0, OPT_FLAG, F(no_adapt), OPT_NOBOUNDS, NULL, NULL,
+     "speculate the full --tree every step (default: the node budget, and with --mode dsi the "
+     "chunks in flight, adapt to measured acceptance and costs, down to plain decoding; same "
+     "output)"},
     {"compare", 0, OPT_FLAG, F(compare), OPT_NOBOUNDS, NULL, NULL,
      "also run target-only, check identical output, print the speedup"},
     {"ignore-eos", 0, OPT_FLAG, F(ignore_eos), OPT_NOBOUNDS, NULL, NULL,
@@ -237,6 +241,7 @@ int cmd_generate(int argc, char **argv)
                       .sp = sp,
                       .n_predict = n_gen,
                       .max_nodes = o.max_nodes,
+                      .adaptive = !o.no_adapt,
                       .n_ctx = ctx,
                       .eog = eog,
                       .on_token = sink_token,

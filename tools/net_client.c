@@ -88,6 +88,7 @@ int cli_remote_generate(const gen_opts *o, int (*on_token)(void *ud, int32_t tok
     q.max_nodes = o->max_nodes;
     q.ignore_eos = o->ignore_eos;
     q.max_inflight = o->max_inflight;
+    q.no_adapt = o->no_adapt;
     uint8_t *b;
     size_t len;
     FILE *timing = NULL;

@@ -17,7 +17,7 @@ typedef struct {
     const char *model, *prompt, *system, *log_level, *draft, *tree, *verify, *coordinator, *mode,
         *timing, *tokens_out, *cpu_level;
     int n_predict, threads, ctx, chat, f32_act, no_pack, ignore_eos, top_k, compare,
-        max_nodes, timeout_s, max_inflight;
+        max_nodes, timeout_s, max_inflight, no_adapt;
     float temp, top_p;
     unsigned long long seed;
 } gen_opts;
