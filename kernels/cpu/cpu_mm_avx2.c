@@ -56,14 +56,6 @@ INL float hsum8(__m256 v)
     return _mm_cvtss_f32(s);
 }
 
-INL int hsum_epi32(__m256i v)
-{
-    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
-    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4E));
-    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xB1));
-    return _mm_cvtsi128_si32(s);
-}
-
 /* lanes [0, k) (k may be <= 0 or >= 8) */
 INL __m256i lanes_below(int k)
 {
