@@ -401,7 +401,7 @@ static int setup(void **state)
     snprintf(portf, sizeof portf, "%s/coordinator.port", G.dir);
     snprintf(cfg, sizeof cfg,
              "port = 0;\nport_file = \"%s\";\nmodel = \"%s\";\nmax_msg_kib = %d;\n"
-             "draft_wait_ms = 50;\nheartbeat_ms = 250;\nnode_timeout_ms = 4000;\n"
+             "draft_wait_ms = 3000;\nheartbeat_ms = 250;\nnode_timeout_ms = 4000;\n"
              "log_level = \"info\";\n",
              portf, mp, MAX_MSG_KIB);
     spawn_daemon("coordinator", "specd-coordinator", cfg, &G.i_coord);
