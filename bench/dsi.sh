@@ -11,7 +11,7 @@
 # Then, reported separately, the same modes without any emulation on the real default model
 # with the n-gram drafter, W = 2.
 #
-#   bench/dsi.sh [--quick]     (BUILD=build, FORWARD_MS=100, N=40, NODES=8)
+#   bench/dsi.sh [--quick]     (BUILD=build, FORWARD_MS=100, N=40, NODES=8; RATIOS, PS, WS lists)
 # Writes bench/out/dsi.csv and bench/out/dsi_real.csv; prints a table with dsi's ratio over the
 # best of ar/si/async per cell.
 set -u
@@ -22,16 +22,16 @@ FORWARD_MS=${FORWARD_MS:-100}
 N=${N:-40}
 NODES=${NODES:-8} # tree nodes per chunk, every mode alike: keeps the real compute small beside
               # the emulated forward
-RATIOS="5 20 50"
-PS="0.5 0.8 0.95"
-WS="1 2 4 8"
+RATIOS=${RATIOS:-"5 20 50"}
+PS=${PS:-"0.5 0.8 0.95"}
+WS=${WS:-"1 2 4 8"}
 if [ "${1:-}" = --quick ]; then RATIOS="20"; PS="0.8"; WS="1 2 4"; N=24; fi
 mkdir -p bench/out
 out=bench/out/dsi.csv
 cpu=$(grep -m1 "model name" /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')
 echo "# bench/dsi on $cpu, $(nproc) cores (shared machine: ratios within one run only)"
 echo "# EMULATED: +${FORWARD_MS} ms per target forward, ${FORWARD_MS}/RATIO ms per drafted token, replay drafter with acceptance P"
-echo "ratio,p,prompt,mode,workers,tok_s,accepted_per_step,chunks,cancelled,identical,emulated" >"$out"
+echo "ratio,p,prompt,mode,workers,tok_s,accepted_per_step,chunks,cancelled,compute_ms,rtt_ms,identical,emulated" >"$out"
 prompts=("def merge_sort(xs):" "The history of the Roman Empire")
 work=$(mktemp -d)
 trap 'kill $cl 2>/dev/null; wait 2>/dev/null; rm -rf "$work"' EXIT
@@ -54,7 +54,9 @@ run() { # addr mode W spec prompt_i -> one CSV row (and the token check)
     acc=$(grep "mean accepted length" "$err" | sed -n 's/.*mean accepted length \([0-9.]*\).*/\1/p')
     chunks=$(grep -o "[0-9]* chunks" "$err" | head -1 | cut -d' ' -f1)
     canc=$(grep -o "([0-9]* cancelled)" "$err" | tr -dc 0-9)
-    echo "$ratio,$p,$i,$mode,$W,${tps:-0},${acc:-0},${chunks:-0},${canc:-0},$same,yes" >>"$out"
+    comp=$(sed -n 's/.*worker compute \([0-9.]*\) ms per chunk.*/\1/p' "$err" | head -1)
+    rtt=$(sed -n 's/.*chunk round trip \([0-9.]*\) ms.*/\1/p' "$err" | head -1)
+    echo "$ratio,$p,$i,$mode,$W,${tps:-0},${acc:-0},${chunks:-0},${canc:-0},${comp:-0},${rtt:-0},$same,yes" >>"$out"
     [ $same = 1 ] || echo "TOKENS DIFFER: $mode W=$W p=$p ratio=$ratio prompt $i"
 }
 
