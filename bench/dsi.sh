@@ -11,7 +11,7 @@
 # Then, reported separately, the same modes without any emulation on the real default model
 # with the n-gram drafter, W = 2.
 #
-#   bench/dsi.sh [--quick]     (BUILD=build, FORWARD_MS=100, N=40, NODES=8; RATIOS, PS, WS lists)
+#   bench/dsi.sh [--quick | --real-only]     (BUILD=build, FORWARD_MS=100, N=40, NODES=8; RATIOS, PS, WS lists)
 # Writes bench/out/dsi.csv and bench/out/dsi_real.csv; prints a table with dsi's ratio over the
 # best of ar/si/async per cell.
 set -u
@@ -26,6 +26,7 @@ RATIOS=${RATIOS:-"5 20 50"}
 PS=${PS:-"0.5 0.8 0.95"}
 WS=${WS:-"1 2 4 8"}
 if [ "${1:-}" = --quick ]; then RATIOS="20"; PS="0.8"; WS="1 2 4"; N=24; fi
+[ "${1:-}" = --real-only ] && RATIOS=""
 mkdir -p bench/out
 out=bench/out/dsi.csv
 cpu=$(grep -m1 "model name" /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')
@@ -96,16 +97,25 @@ echo "mode,workers,prompt,tok_s,accepted_per_step,identical,emulated" >"$real"
 cl=$!
 for _ in $(seq 1 300); do [ -s "$work/addr" ] && break; sleep 0.2; done
 addr=$(head -n1 "$work/addr")
-for i in 0 1; do
-    for mode in ar si async dsi; do
-        err="$work/err"
-        "$SPECD" generate --coordinator "$addr" -p "${prompts[$i]}" -n $N --ignore-eos --mode $mode \
-            --max-inflight 2 --tokens-out "$work/got" >/dev/null 2>"$err"
-        same=0
-        cmp -s "$work/got" "$work/ref$i" && same=1
-        tps=$(grep "^\[cluster" "$err" | head -1 | sed -n 's/.* \([0-9.]*\) tok\/s.*/\1/p')
-        acc=$(grep "mean accepted length" "$err" | sed -n 's/.*mean accepted length \([0-9.]*\).*/\1/p')
-        echo "$mode,2,$i,${tps:-0},${acc:-0},$same,no" >>"$real"
+"$SPECD" generate -p "Tell me about your favourite season." --chat -n $N --ignore-eos \
+    --draft none --tokens-out "$work/ref2" >/dev/null 2>&1
+prompts+=("Tell me about your favourite season.")
+# prompt 2 is a chat turn drafted by random:1, a drafter that is never right: do no harm
+for rep in 1 2; do
+    for i in 0 1 2; do
+        for mode in ar si async dsi; do
+            err="$work/err"
+            extra=()
+            [ $i = 2 ] && extra=(--chat --draft random:1)
+            "$SPECD" generate --coordinator "$addr" -p "${prompts[$i]}" -n $N --ignore-eos \
+                --mode $mode --max-inflight 2 --tokens-out "$work/got" "${extra[@]}" \
+                >/dev/null 2>"$err"
+            same=0
+            cmp -s "$work/got" "$work/ref$i" && same=1
+            tps=$(grep "^\[cluster" "$err" | head -1 | sed -n 's/.* \([0-9.]*\) tok\/s.*/\1/p')
+            acc=$(grep "mean accepted length" "$err" | sed -n 's/.*mean accepted length \([0-9.]*\).*/\1/p')
+            echo "$mode,2,$i,${tps:-0},${acc:-0},$same,no" >>"$real"
+        done
     done
 done
 kill -TERM $cl
