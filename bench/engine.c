@@ -3,7 +3,8 @@
  * to T = 1 (what makes wide verification pay), over a short prefix and over a long one. Prints a
  * table and writes CSV.
  *
- *   bench_engine --model PATH [--threads N] [--reps R] [--csv FILE] [--f32-act] [--portable]
+ *   bench_engine --model PATH [--threads N] [--reps R] [--csv FILE] [--f32-act]
+ *                [--cpu-level portable|avx2|avx512]
  *                [--long-ctx N]   (bench_engine --help lists them) */
 #include <immintrin.h>
 #include <pthread.h>
@@ -150,8 +151,8 @@ static void die(const char *what, sd_err e)
 }
 
 typedef struct {
-    const char *model, *csv;
-    int threads, reps, f32_act, portable, long_ctx;
+    const char *model, *csv, *cpu_level;
+    int threads, reps, f32_act, long_ctx;
 } bench_opts;
 
 #define F(x) offsetof(bench_opts, x)
@@ -161,7 +162,8 @@ static const opt_def bench_defs[] = {
     {"reps", 0, OPT_INT, F(reps), 3, 100000, "20", "R", "repetitions per measurement"},
     {"csv", 0, OPT_STR, F(csv), OPT_NOBOUNDS, "bench/out/engine.csv", "FILE", "CSV output"},
     {"f32-act", 0, OPT_FLAG, F(f32_act), OPT_NOBOUNDS, NULL, NULL, "f32 activations"},
-    {"portable", 0, OPT_FLAG, F(portable), OPT_NOBOUNDS, NULL, NULL, "plain-C kernels only"},
+    {"cpu-level", 0, OPT_STR, F(cpu_level), OPT_NOBOUNDS, "best", "LEVEL",
+     "cap the CPU kernels: portable | avx2 | avx512 | best"},
     {"long-ctx", 0, OPT_INT, F(long_ctx), 0, 8192, "1024", "N",
      "also tree costs over an N-token prefix (0 = skip)"},
 };
@@ -214,7 +216,10 @@ int main(int argc, char **argv)
     }
     const char *path = bo.model, *csv = bo.csv;
     int threads = bo.threads, reps = bo.reps;
-    unsigned flags = (bo.f32_act ? KERN_CPU_F32_ACT : 0u) | (bo.portable ? KERN_CPU_PORTABLE : 0u);
+    kern_cpu_level lvl;
+    if ((e = kern_cpu_level_parse(bo.cpu_level, &lvl)))
+        die("--cpu-level", e);
+    unsigned flags = (bo.f32_act ? KERN_CPU_F32_ACT : 0u) | KERN_CPU_LEVEL(lvl);
     model_opts mo = {.n_threads = threads, .kern_flags = flags};
     model *m;
     e = model_open(&m, path, &mo);
@@ -242,8 +247,8 @@ int main(int argc, char **argv)
         rs = rs * 6364136223846793005ull + 1442695040888963407ull;
         big[i] = (int32_t)((rs >> 33) % (uint64_t)V);
     }
-    fprintf(stderr, "bench_engine: %s, backend %s, %d threads, features: %s\n", path,
-            model_backend(m)->name, threads, kern_cpu_features());
+    fprintf(stderr, "bench_engine: %s, backend %s (numerics %s), %d threads, features: %s\n", path,
+            model_backend(m)->name, model_backend(m)->numerics, threads, kern_cpu_features());
 
     /* prefill: 128 tokens, logits of the last */
     const int NP = 128;

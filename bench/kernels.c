@@ -1,6 +1,7 @@
 /* bench_kernels: CPU matmul microbenchmark on the default model's shapes.
  *
- *   bench_kernels [--threads N] [--reps R] [--flags portable|avx2|f32] [--csv FILE]
+ *   bench_kernels [--threads N] [--reps R] [--cpu-level portable|avx2|avx512] [--f32-act]
+ *                 [--no-pack] [--csv FILE]
  *
  * Prints, for T = 1, 2, 4, ..., 64:
  *   - per weight shape (hot in cache, same matrix repeated): time and the ratio to T=1;
@@ -171,18 +172,19 @@ int main(int argc, char **argv)
             csv = argv[++i];
         else if (!strcmp(argv[i], "--no-pack"))
             pack = 0;
-        else if (!strcmp(argv[i], "--flags") && i + 1 < argc) {
-            const char *f = argv[++i];
-            if (strstr(f, "portable"))
-                flags |= KERN_CPU_PORTABLE;
-            if (strstr(f, "avx2"))
-                flags |= KERN_CPU_MAX_AVX2;
-            if (strstr(f, "f32"))
-                flags |= KERN_CPU_F32_ACT;
+        else if (!strcmp(argv[i], "--f32-act"))
+            flags |= KERN_CPU_F32_ACT;
+        else if (!strcmp(argv[i], "--cpu-level") && i + 1 < argc) {
+            kern_cpu_level l;
+            if (kern_cpu_level_parse(argv[++i], &l) != SD_OK) {
+                fprintf(stderr, "%s: --cpu-level: %s\n", argv[0], sd_errmsg());
+                return 2;
+            }
+            flags |= KERN_CPU_LEVEL(l);
         } else {
             fprintf(stderr,
-                    "usage: %s [--threads N] [--reps R] [--flags portable,avx2,f32] "
-                    "[--no-pack] [--csv FILE]\n",
+                    "usage: %s [--threads N] [--reps R] [--cpu-level portable|avx2|avx512] "
+                    "[--f32-act] [--no-pack] [--csv FILE]\n",
                     argv[0]);
             return 2;
         }
@@ -197,8 +199,8 @@ int main(int argc, char **argv)
     FILE *cf = csv ? fopen(csv, "w") : NULL;
     if (cf)
         fprintf(cf, "what,dtype,N,K,T,seconds,ratio_to_T1,weight_GBps\n");
-    printf("backend %s, %d threads, features: %s, weights %s\n", b->name, nt,
-           kern_cpu_features(), pack ? "packed where the backend has a layout" : "as stored");
+    printf("backend %s, %d threads, features: %s, weights %s\n", b->name, nt, kern_cpu_features(),
+           pack ? "packed where the backend has a layout" : "as stored");
 
     float *x = aligned_alloc(64, sizeof(float) * 64 * 1536);
     float *out = aligned_alloc(64, sizeof(float) * 64 * 49152);

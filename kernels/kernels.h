@@ -32,7 +32,8 @@ typedef struct {
 } kern_mat;
 
 struct kern_backend {
-    const char *name; /* "cpu-avx512vnni", "cpu-avx2", "cpu-portable", ... */
+    const char *name;     /* "cpu-avx512vnni", "cpu-avx2", "cpu-portable", ... */
+    const char *numerics; /* numerics fingerprint, e.g. "cpu-canon1-act8" */
     void *ctx;
 
     /* out[T][N] = x[T][K] · W[N][K]^T. */
@@ -95,11 +96,27 @@ struct kern_backend {
  *   KERN_CPU_F32_ACT: f32 activations against the dequantized weight values (the same floats
  *     as dtype_dequant_row); error ~1e-7 of sum|x||w| (f32 summation only). */
 enum {
-    KERN_CPU_PORTABLE = 1u << 0, /* plain C only, whatever the CPU has (the tested fallback) */
-    KERN_CPU_F32_ACT = 1u << 1,  /* f32 activations in matmul (exact path); default quantizes
-                                    activations to 8-bit blocks for integer dot products */
-    KERN_CPU_MAX_AVX2 = 1u << 2, /* dispatch no higher than AVX2 (tests, comparisons) */
+    KERN_CPU_F32_ACT = 1u << 1, /* f32 activations in matmul (exact path); default quantizes
+                                   activations to 8-bit blocks for integer dot products */
 };
+
+/* Dispatch levels. Every level computes the canonical numerics of docs/numerics.md bit for bit
+ * (the portable level is the oracle), so the level only changes speed; a cap exists for tests
+ * and comparisons. Pass KERN_CPU_LEVEL(l) in kern_cpu_create's flags to dispatch no higher
+ * than l; asking for a level the CPU lacks is an error (SD_EUNSUPPORTED). */
+typedef enum {
+    KERN_CPU_LEVEL_BEST = 0, /* the best the CPU offers (flags without a cap) */
+    KERN_CPU_LEVEL_PORTABLE = 1,
+    KERN_CPU_LEVEL_AVX2 = 2,   /* AVX2 + FMA + F16C */
+    KERN_CPU_LEVEL_AVX512 = 3, /* AVX-512 F/BW/VL/DQ + VNNI */
+} kern_cpu_level;
+#define KERN_CPU_LEVEL(l) (((unsigned)(l)&0xfu) << 8)
+
+/* "portable", "avx2", "avx512" (and "best"): SD_EINVAL naming the accepted words otherwise. */
+sd_err kern_cpu_level_parse(const char *s, kern_cpu_level *out);
+const char *kern_cpu_level_name(kern_cpu_level l);
+/* 1 if this CPU can run level l (BEST and PORTABLE always). */
+int kern_cpu_level_available(kern_cpu_level l);
 
 /* n_threads <= 0: all online cores. */
 sd_err kern_cpu_create(kern_backend **out, int n_threads, unsigned flags);

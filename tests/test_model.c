@@ -167,7 +167,7 @@ static void test_batch_invariance(void **state)
         fprintf(stderr, "  variant %s (f32 activations)\n", variants[i].name);
         check_batch_invariance(&variants[i], KERN_CPU_F32_ACT);
         fprintf(stderr, "  variant %s (portable)\n", variants[i].name);
-        check_batch_invariance(&variants[i], KERN_CPU_PORTABLE);
+        check_batch_invariance(&variants[i], KERN_CPU_LEVEL(KERN_CPU_LEVEL_PORTABLE));
     }
 }
 

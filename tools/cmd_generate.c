@@ -16,9 +16,8 @@
 #include "specd.h"
 
 typedef struct {
-    const char *model, *prompt, *system, *log_level, *draft, *tree, *verify;
-    int n_predict, threads, ctx, chat, f32_act, portable, no_pack, ignore_eos, top_k, compare,
-        max_nodes;
+    const char *model, *prompt, *system, *log_level, *draft, *tree, *verify, *cpu_level;
+    int n_predict, threads, ctx, chat, f32_act, no_pack, ignore_eos, top_k, compare, max_nodes;
     float temp, top_p;
     unsigned long long seed;
 } gen_opts;
@@ -55,8 +54,8 @@ static const opt_def gen_defs[] = {
      "keep generating past end-of-generation tokens"},
     {"f32-act", 0, OPT_FLAG, F(f32_act), OPT_NOBOUNDS, NULL, NULL,
      "f32 activations in matmuls (exact path; default rounds activations to 8 bits)"},
-    {"portable", 0, OPT_FLAG, F(portable), OPT_NOBOUNDS, NULL, NULL,
-     "plain-C kernels only, whatever the CPU supports"},
+    {"cpu-level", 0, OPT_STR, F(cpu_level), OPT_NOBOUNDS, "best", "LEVEL",
+     "cap the CPU kernels: portable | avx2 | avx512 | best (every level gives the same bits)"},
     {"no-pack", 0, OPT_FLAG, F(no_pack), OPT_NOBOUNDS, NULL, NULL,
      "read weights as stored (default: the backend repacks them at load; same output)"},
     {"log-level", 0, OPT_STR, F(log_level), OPT_NOBOUNDS, "warn", "LEVEL",
@@ -153,9 +152,13 @@ int cmd_generate(int argc, char **argv)
     if (!o.model)
         o.model = cli_default_model();
 
+    kern_cpu_level cpu_level;
+    if (kern_cpu_level_parse(o.cpu_level, &cpu_level) != SD_OK) {
+        fprintf(stderr, "specd generate: --cpu-level: %s\n", sd_errmsg());
+        return 2;
+    }
     model_opts mo = {.n_threads = o.threads,
-                     .kern_flags = (o.f32_act ? KERN_CPU_F32_ACT : 0u) |
-                                   (o.portable ? KERN_CPU_PORTABLE : 0u),
+                     .kern_flags = (o.f32_act ? KERN_CPU_F32_ACT : 0u) | KERN_CPU_LEVEL(cpu_level),
                      .no_pack = o.no_pack};
     model *m = NULL;
     tok *tk = NULL;
@@ -172,6 +175,8 @@ int cmd_generate(int argc, char **argv)
     }
     const model_config *c = model_cfg(m);
     int V = c->n_vocab;
+    LOG_INFO("generate", "backend %s, numerics %s", model_backend(m)->name,
+             model_backend(m)->numerics);
     int ctx = o.ctx ? o.ctx : (c->n_ctx_train < 4096 ? c->n_ctx_train : 4096);
     sample_params sp = {o.temp, o.top_k, o.top_p, (uint64_t)o.seed};
     size_t n_prompt = 0;

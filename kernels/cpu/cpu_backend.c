@@ -134,6 +134,50 @@ const char *kern_cpu_features(void)
     return cpu_feat_buf;
 }
 
+static int cpu_best_level(void);
+
+sd_err kern_cpu_level_parse(const char *s, kern_cpu_level *out)
+{
+    static const struct {
+        const char *name;
+        kern_cpu_level l;
+    } t[] = {{"best", KERN_CPU_LEVEL_BEST},
+             {"portable", KERN_CPU_LEVEL_PORTABLE},
+             {"avx2", KERN_CPU_LEVEL_AVX2},
+             {"avx512", KERN_CPU_LEVEL_AVX512}};
+    for (size_t i = 0; s && i < sizeof t / sizeof t[0]; i++)
+        if (strcmp(s, t[i].name) == 0) {
+            *out = t[i].l;
+            return SD_OK;
+        }
+    return sd_fail(SD_EINVAL, "unknown CPU level '%s' (expected portable, avx2, avx512 or best)",
+                   s ? s : "");
+}
+
+const char *kern_cpu_level_name(kern_cpu_level l)
+{
+    switch (l) {
+    case KERN_CPU_LEVEL_BEST:
+        return "best";
+    case KERN_CPU_LEVEL_PORTABLE:
+        return "portable";
+    case KERN_CPU_LEVEL_AVX2:
+        return "avx2";
+    case KERN_CPU_LEVEL_AVX512:
+        return "avx512";
+    }
+    return "unknown";
+}
+
+int kern_cpu_level_available(kern_cpu_level l)
+{
+    if (l == KERN_CPU_LEVEL_BEST || l == KERN_CPU_LEVEL_PORTABLE)
+        return 1;
+    if (l != KERN_CPU_LEVEL_AVX2 && l != KERN_CPU_LEVEL_AVX512)
+        return 0;
+    return cpu_best_level() >= (int)l - 1;
+}
+
 static int cpu_best_level(void)
 {
     cpu_feat f = cpu_detect();
@@ -490,20 +534,19 @@ static void cpu_pack(void *vctx, void *dst, const void *w, sd_dtype wt, int N, i
 
 /* ---- rmsnorm ---- */
 
-/* Sum of squares in 8 partial sums (i % 8), combined pairwise; then the scale in float. */
+/* The canonical row (docs/numerics.md): LANE16 sum of squares by fma (zero-padded), the R16
+ * tree, then (x*r)*w. */
 static void rmsnorm_row(float *o, const float *x, const float *w, int D, float eps)
 {
-    float a[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-    int i = 0;
-    for (; i + 8 <= D; i += 8)
-        for (int j = 0; j < 8; j++)
-            a[j] += x[i + j] * x[i + j];
-    for (; i < D; i++)
-        a[i & 7] += x[i] * x[i];
-    float ss = ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
+    float a[16] = {0};
+    for (int i = 0; i < (D + 15) / 16 * 16; i++) {
+        float v = i < D ? x[i] : 0.0f;
+        a[i & 15] = fmaf(v, v, a[i & 15]);
+    }
+    float ss = kcpu_r16(a);
     float r = 1.0f / sqrtf(ss / (float)D + eps);
-    for (i = 0; i < D; i++)
-        o[i] = x[i] * r * w[i];
+    for (int i = 0; i < D; i++)
+        o[i] = (x[i] * r) * w[i];
 }
 
 typedef struct {
@@ -645,16 +688,13 @@ typedef struct {
     float scale;
 } attn_job;
 
+/* LANE16 fma over the zero-padded vectors, R16 tree (docs/numerics.md) */
 static float dot_dh(const float *a, const float *b, int n)
 {
-    float s[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-    int i = 0;
-    for (; i + 8 <= n; i += 8)
-        for (int j = 0; j < 8; j++)
-            s[j] += a[i + j] * b[i + j];
-    for (; i < n; i++)
-        s[i & 7] += a[i] * b[i];
-    return ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));
+    float s[16] = {0};
+    for (int i = 0; i < (n + 15) / 16 * 16; i++)
+        s[i & 15] = i < n ? fmaf(a[i], b[i], s[i & 15]) : fmaf(0.0f, 0.0f, s[i & 15]);
+    return kcpu_r16(s);
 }
 
 static void dot4_dh(float *s, const float *q, const float *k0, const float *k1, const float *k2,
@@ -666,7 +706,7 @@ static void dot4_dh(float *s, const float *q, const float *k0, const float *k1, 
     s[3] = dot_dh(q, k3, n);
 }
 
-/* scale, max, expf, then the sum in key order */
+/* scale, max, EXP, then the LANE16 sum in key order and the R16 tree */
 static float softmax_ref(float *s, int n, float scale)
 {
     float mx = -INFINITY;
@@ -675,13 +715,13 @@ static float softmax_ref(float *s, int n, float scale)
         s[i] = v;
         mx = v > mx ? v : mx;
     }
-    float sum = 0.0f;
+    float a[16] = {0};
     for (int i = 0; i < n; i++) {
-        float e = expf(s[i] - mx);
+        float e = kcpu_exp1(s[i] - mx);
         s[i] = e;
-        sum += e;
+        a[i & 15] = a[i & 15] + e;
     }
-    return sum;
+    return kcpu_r16(a);
 }
 
 static void wsum_ref(float *o, const float *p, const float *v, size_t row, int np, const int *anc,
@@ -804,7 +844,7 @@ static void cpu_attention(void *vctx, float *out, const float *q, const float *k
 static void silu_mul_ref(float *g, const float *u, int n)
 {
     for (int i = 0; i < n; i++)
-        g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+        g[i] = (g[i] / (1.0f + kcpu_exp1(0.0f - g[i]))) * u[i];
 }
 
 static void add_ref(float *x, const float *y, int n)
@@ -816,7 +856,7 @@ static void add_ref(float *x, const float *y, int n)
 static void exp_ref(float *y, const float *x, int n)
 {
     for (int i = 0; i < n; i++)
-        y[i] = expf(x[i]);
+        y[i] = kcpu_exp1(x[i]);
 }
 
 typedef struct {
@@ -914,6 +954,18 @@ sd_err kern_cpu_create(kern_backend **out, int n_threads, unsigned flags)
     }
     if (n_threads > 1024)
         return sd_fail(SD_EINVAL, "kern_cpu_create: n_threads %d out of range", n_threads);
+    unsigned cap = (flags >> 8) & 0xfu;
+    if (cap > KERN_CPU_LEVEL_AVX512)
+        return sd_fail(SD_EINVAL, "kern_cpu_create: unknown CPU level %u", cap);
+    int level = cpu_best_level();
+    if (cap != KERN_CPU_LEVEL_BEST) {
+        if (!kern_cpu_level_available((kern_cpu_level)cap))
+            return sd_fail(SD_EUNSUPPORTED,
+                           "kern_cpu_create: CPU level %s requested but this CPU lacks it "
+                           "(features: %s)",
+                           kern_cpu_level_name((kern_cpu_level)cap), kern_cpu_features());
+        level = (int)cap - 1; /* KERN_CPU_LEVEL_x - 1 == KCPU_LEVEL_x */
+    }
     kcpu_f16_init();
     kern_backend *b = calloc(1, sizeof *b);
     cpu_ctx *c = calloc(1, sizeof *c);
@@ -931,9 +983,6 @@ sd_err kern_cpu_create(kern_backend **out, int n_threads, unsigned flags)
         cpu_free(b);
         return sd_fail(SD_ENOMEM, "kern_cpu_create: cannot start %d threads", n_threads);
     }
-    int level = (flags & KERN_CPU_PORTABLE) ? KCPU_LEVEL_PORTABLE : cpu_best_level();
-    if ((flags & KERN_CPU_MAX_AVX2) && level > KCPU_LEVEL_AVX2)
-        level = KCPU_LEVEL_AVX2;
     c->level = level;
     kcpu_mm_portable(c->mm);
     kcpu_ops_for_level(level, &c->attn, &c->ew);
@@ -945,6 +994,8 @@ sd_err kern_cpu_create(kern_backend **out, int n_threads, unsigned flags)
     }
     static const char *names[KCPU_LEVEL_N] = {"cpu-portable", "cpu-avx2", "cpu-avx512vnni"};
     b->name = names[level];
+    /* the levels agree bit for bit (docs/numerics.md): the fingerprint names no level */
+    b->numerics = (flags & KERN_CPU_F32_ACT) ? "cpu-canon1-f32" : "cpu-canon1-act8";
     b->matmul = cpu_matmul;
     b->matmul_multi = cpu_matmul_multi;
     b->pack_bytes = cpu_pack_bytes;

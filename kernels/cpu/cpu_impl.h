@@ -11,8 +11,10 @@
 #ifndef SD_KCPU_IMPL_H
 #define SD_KCPU_IMPL_H
 
+#include <math.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "../dtype.h"
 
@@ -31,23 +33,46 @@ int kcpu_pool_threads(const kcpu_pool *p);
  * not let the result depend on tid (tid only selects scratch memory). */
 void kcpu_pool_run(kcpu_pool *p, kcpu_task_fn fn, void *arg, int n_tasks);
 
+/* ---- canonical numerics (docs/numerics.md) ----
+ * The reduction helpers every level reproduces: kcpu_r16 is the R16 tree (the pairings of
+ * _mm512_reduce_add_ps), kcpu_exp1 the one EXP polynomial, scalar. Static inline so that the
+ * SIMD files, built with -mfma, inline fmaf as one instruction. */
+static inline float kcpu_r16(const float *a)
+{
+    float b[8], c[4];
+    for (int i = 0; i < 8; i++)
+        b[i] = a[i] + a[i + 8];
+    for (int i = 0; i < 4; i++)
+        c[i] = b[i] + b[i + 4];
+    return (c[0] + c[2]) + (c[1] + c[3]);
+}
+
+/* 2^e as a float, exact, for e in [-126, 127] */
+static inline float kcpu_pow2i(int e)
+{
+    uint32_t u = (uint32_t)(e + 127) << 23;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
 /* ---- 8-bit activations (the default "quantized activation" mode) ----
  *
  * Each activation row of K floats is quantized once per matmul call, in blocks of 32:
  *   d = max|x| / 127 (0 for an all-zero block), q = round-to-nearest-even(x * (1/d)) in
- *   [-127, 127]. Per row we keep q[K], d[K/32], ds[K/32] = d * sum(q of the block) and
- *   s16[K/16] = sums of q over 16-element groups (Q6_K needs per-16 sums, Q4_0/Q4_1/Q4_K per-32).
+ *   [-127, 127]. Per row we keep q[K], d[K/32], ds[K/32] = d * sum(q of the block), si[K/32] =
+ *   sum(q of the block) and s16[K/16] = sums of q over 16-element groups (Q6_K needs per-16 sums).
  * Per-32 scales for every weight type (also the K-quants, whose super-blocks are 256 wide) keep
  * the activation error at most d/2 = max|x_block|/254 per element, independent of the weight
  * type. The quantization is the same bitwise on every ISA level (exact max, IEEE division and
- * multiplication, round-to-nearest-even), so levels differ only in float summation order. */
+ * multiplication, round-to-nearest-even) and so is everything after it (docs/numerics.md). */
 typedef struct {
-    size_t q, d, ds, s16, ds16,
+    size_t q, d, ds, s16, ds16, si,
         stride; /* byte offsets in a row record, and its size (64-aligned) */
 } kcpu_q8_layout;
 
-/* The portable record (also used by AVX2): q[K] in natural order, d[K/32], ds[K/32],
- * s16[K/16] (int16), ds16[K/16] = d * s16 (float). */
+/* The record of every level: q[K] in natural order, d[K/32], ds[K/32], s16[K/16] (int16),
+ * ds16[K/16] = d * s16 (float), si[K/32] (int32). */
 kcpu_q8_layout kcpu_q8_layout_for(int K);
 void kcpu_q8_quantize_row(uint8_t *rec, const float *x, int K, const kcpu_q8_layout *L);
 size_t kcpu_q8_stride(int K);
@@ -90,6 +115,16 @@ void kcpu_mm_avx2(kcpu_mm_kernel tab[KCPU_DTYPE_SLOTS][2]);
 void kcpu_mm_avx512(kcpu_mm_kernel tab[KCPU_DTYPE_SLOTS][2]);
 /* Q4_0 / Q4_1 / Q8_0 with 8-bit activations over 16-row interleaved weights (cpu_r16_avx512.c) */
 void kcpu_mm_avx512_r16(kcpu_mm_kernel tab[KCPU_DTYPE_SLOTS][2]);
+
+/* The r16 layout (cpu_r16_pack.c; documented in cpu_r16_avx512.c), read by AVX-512 as 16 lanes
+ * and by AVX2 as two 8-lane halves. pack_group packs rows [0, n) (n <= 16) of src as one group
+ * (a short group padded with zero rows); pack_* convert n_rows file rows. */
+typedef enum { KCPU_R16_Q4_0, KCPU_R16_Q4_1, KCPU_R16_Q8_0 } kcpu_r16_kind;
+void kcpu_r16_pack_group(uint8_t *dst, const uint8_t *src, int n, int K, kcpu_r16_kind k);
+void kcpu_r16_pack_q4_0(uint8_t *dst, const uint8_t *src, int n_rows, int K);
+void kcpu_r16_pack_q4_1(uint8_t *dst, const uint8_t *src, int n_rows, int K);
+void kcpu_r16_pack_q8_0(uint8_t *dst, const uint8_t *src, int n_rows, int K);
+size_t kcpu_r16_packed_bytes(sd_dtype t, int N, int K);
 
 /* Attention inner loops per level. dot: q.k over n floats with the level's fixed order;
  * dot4: four such dots (k0..k3) at once, each bitwise equal to dot;
@@ -153,6 +188,25 @@ int kcpu_ops_for_level(int level, kcpu_attn_ops *a, kcpu_ew_ops *e);
 #define KCPU_EXP_C2 0.04166839f
 #define KCPU_EXP_C3 0.00836871f
 #define KCPU_EXP_C4 0.0013814613f
+
+static inline float kcpu_exp1(float x)
+{
+    x = KCPU_EXP_HI < x ? KCPU_EXP_HI : x; /* NaN: stays x, as min_ps(HI, x) */
+    x = KCPU_EXP_LO > x ? KCPU_EXP_LO : x;
+    float n = nearbyintf(x * KCPU_EXP_LOG2E);
+    float r = fmaf(-n, KCPU_EXP_LN2_HI, x);
+    r = fmaf(-n, KCPU_EXP_LN2_LO, r);
+    float q = KCPU_EXP_C4;
+    q = fmaf(q, r, KCPU_EXP_C3);
+    q = fmaf(q, r, KCPU_EXP_C2);
+    q = fmaf(q, r, KCPU_EXP_C1);
+    q = fmaf(q, r, KCPU_EXP_C0);
+    float p = fmaf(q, r * r, r) + 1.0f;
+    if (n != n)
+        return p;                                             /* NaN in, NaN out */
+    int ni = (int)n, n1 = ni >= 0 ? ni / 2 : -((1 - ni) / 2); /* floor(n / 2) = n >> 1 */
+    return (p * kcpu_pow2i(n1)) * kcpu_pow2i(ni - n1);
+}
 
 /* f16 -> f32 through a table (filled once by kcpu_f16_init; exact). */
 extern float kcpu_f16_tab[65536];

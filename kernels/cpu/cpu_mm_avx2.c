@@ -1,50 +1,31 @@
 /* cpu_mm_avx2: AVX2 + FMA + F16C matmul kernels (compiled with those flags; entered only after
- * run-time dispatch found them).
+ * run-time dispatch found them). Every kernel computes the canonical sequence of
+ * docs/numerics.md, bitwise the portable level's.
  *
- * 8-bit activations, the portable activation record (kcpu_q8_layout: q in natural order,
- * per-32 scales d, ds = d*sum(q), ds16 = d*sum16(q)). Weights are decoded one row at a time
- * into thread scratch as 32 unsigned bytes per 32-element block in natural element order
- * (plus the signed bytes for Q8_0, or the int16 scale words for Q6_K), a float scale per
- * block and the constant-term coefficients mn. Then, per (t, n):
- *     for each block b:  s = madd(maddubs(w_b, x_b), k_b)        8 int32 lanes, exact
- *                        acc = fma(cvt(s), set1(dw_b * dx_b), acc)
- *     for each 8 blocks: acc = fma(mn[b..b+7], ax[b..b+7], acc)
- *     out = hsum8(acc)   (fixed tree: halves, then pairs, then the last pair)
- * with k_b = 1 (word ones) except Q6_K, whose int16 scale words apply the per-16 scales in
- * the integer domain. Unsigned x signed bytes: nibbles as they are; Q6_K q6 (0..63); Q8_0 uses
- * |w| x sign(x, w) so that maddubs cannot saturate (2 * 128 * 127 < 32768). Constant terms:
- *     Q4_0 mn = -8d (ax = ds), Q4_1 mn = m (ds), Q4_K mn_j = -dmin*m_j (ds),
- *     Q6_K mn_g = d*(-32 sc_g) (ax = ds16), Q8_0 none.
- * Tokens are processed 4 at a time against the decoded row; every (t, n) sees the same
- * sequence of float operations whatever T, tile or thread (batch invariance). */
+ * Q4_0 / Q4_1 / Q8_0, 8-bit activations: weights in the r16 layout (rows interleaved 16 at a
+ * time, packed once at load by cpu_r16_pack.c, or one group at a time into scratch when the
+ * matrix was not packed), read as two 8-row halves: int32 lane r of a vector is row r of the
+ * half, so each lane's accumulator runs the canonical per-block loop with no horizontal sum:
+ *     Q4_x: S = madd(sum_j maddubs(nib_j, bcast(q[4j..4j+3])), 1)   (int16 partial sums stay
+ *           below 8 * 2 * 15 * 127 = 30480: no saturation), Q4_0: S -= 8 * isum
+ *     Q8_0: S = sum_j madd(maddubs(|w_j|, sign(bcast(q), w_j)), 1)  (|pair| <= 2*128*127)
+ *     acc = fma(cvt(S), d * dx, acc); Q4_1: acc = fma(m, ds, acc)
+ * Tiles of up to 2 tokens share each group's weights (loaded once per tile, both halves).
+ *
+ * Q4_K / Q6_K, 8-bit activations: a weight row is decoded into thread scratch (32 unsigned
+ * bytes per block in element order; Q6_K also the int16 scale words), S per block by
+ * maddubs/madd and a horizontal integer sum (exact), then the canonical scalar chain
+ * acc = fma(S, dw * dx, acc) (+ fma(mn, ds, acc) for Q4_K); Q6_K stores q6 unsigned and
+ * corrects S -= 32 * (sc0 * s16_0 + sc1 * s16_1) in integers.
+ *
+ * f32 activations: the row dequantized by dtype_dequant_row into scratch, LANE16 FMAs as two
+ * 8-lane accumulators (lanes i % 16 < 8 and >= 8), the R16 tree (lo + hi, then hsum8). */
 #include <immintrin.h>
 #include <string.h>
 
 #include "cpu_impl.h"
 
 #define INL static inline __attribute__((always_inline))
-
-typedef enum { V_Q4_0, V_Q4_1, V_Q8_0, V_Q4_K, V_Q6_K } vkind;
-
-typedef struct {
-    int nb, nmn;            /* blocks; constant-term entries (padded to 8) */
-    size_t wq, aux, dw, mn; /* decoded row offsets */
-    size_t size;
-} v2_dec;
-
-static v2_dec v2_dec_for(int K, vkind k)
-{
-    v2_dec D;
-    D.nb = K / 32;
-    int n = k == V_Q6_K ? 2 * D.nb : D.nb;
-    D.nmn = (n + 7) & ~7;
-    D.wq = 0;
-    D.aux = (size_t)D.nb * 32;
-    D.dw = D.aux + (k == V_Q8_0 || k == V_Q6_K ? (size_t)D.nb * 32 : 0);
-    D.mn = D.dw + (size_t)D.nb * 4;
-    D.size = D.mn + (size_t)D.nmn * 4;
-    return D;
-}
 
 static float f16(const uint8_t *p)
 {
@@ -64,40 +45,58 @@ static void q4k_sm(int j, const uint8_t *q, int *sc, int *m)
     }
 }
 
-INL __m256i nibbles(__m128i v)
+/* the fixed tree: halves, then pairs, then the last pair (the tail of R16) */
+INL float hsum8(__m256 v)
 {
-    const __m128i lo4 = _mm_set1_epi8(0x0f);
-    return _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(v, 4), lo4), _mm_and_si128(v, lo4));
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+INL int hsum_epi32(__m256i v)
+{
+    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4E));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xB1));
+    return _mm_cvtsi128_si32(s);
+}
+
+/* lanes [0, k) (k may be <= 0 or >= 8) */
+INL __m256i lanes_below(int k)
+{
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(k), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+/* ---- K-quants: decoded row + canonical scalar chain ---- */
+
+typedef enum { V_Q4_K, V_Q6_K } vkind;
+
+typedef struct {
+    int nb;
+    size_t wq, aux, dw, mn, sc; /* decoded row offsets */
+    size_t size;
+} v2_dec;
+
+static v2_dec v2_dec_for(int K, vkind k)
+{
+    v2_dec D;
+    D.nb = K / 32;
+    D.wq = 0;
+    D.aux = (size_t)D.nb * 32;
+    D.dw = D.aux + (k == V_Q6_K ? (size_t)D.nb * 32 : 0);
+    D.mn = D.dw + (size_t)D.nb * 4;
+    D.sc = D.mn + (size_t)D.nb * 4;
+    D.size = D.sc + (size_t)D.nb * 8;
+    return D;
 }
 
 static void v2_decode(uint8_t *dec, const uint8_t *w, int K, vkind kind, const v2_dec *D)
 {
     uint8_t *wq = dec + D->wq, *aux = dec + D->aux;
     float *dw = (float *)(dec + D->dw), *mn = (float *)(dec + D->mn);
-    switch (kind) {
-    case V_Q4_0:
-    case V_Q4_1: {
-        int bb = kind == V_Q4_0 ? 18 : 20, qo = kind == V_Q4_0 ? 2 : 4;
-        for (int b = 0; b < D->nb; b++) {
-            const uint8_t *p = w + (size_t)b * bb;
-            _mm256_storeu_si256((__m256i *)(wq + 32 * b),
-                                nibbles(_mm_loadu_si128((const __m128i *)(p + qo))));
-            float d = f16(p);
-            dw[b] = d;
-            mn[b] = kind == V_Q4_0 ? d * -8.0f : f16(p + 2);
-        }
-        break;
-    }
-    case V_Q8_0:
-        for (int b = 0; b < D->nb; b++) {
-            const uint8_t *p = w + (size_t)b * 34;
-            __m256i q = _mm256_loadu_si256((const __m256i *)(p + 2));
-            _mm256_storeu_si256((__m256i *)(wq + 32 * b), _mm256_abs_epi8(q));
-            _mm256_storeu_si256((__m256i *)(aux + 32 * b), q);
-            dw[b] = f16(p);
-        }
-        break;
-    case V_Q4_K:
+    int32_t *isc = (int32_t *)(dec + D->sc);
+    if (kind == V_Q4_K) {
         for (int sb = 0; sb < K / 256; sb++) {
             const uint8_t *p = w + (size_t)sb * 144;
             float d = f16(p), dmin = f16(p + 2);
@@ -116,95 +115,80 @@ static void v2_decode(uint8_t *dec, const uint8_t *w, int K, vkind kind, const v
                 mn[8 * sb + j] = -(dmin * (float)m);
             }
         }
-        break;
-    case V_Q6_K:
-        for (int sb = 0; sb < K / 256; sb++) {
-            const uint8_t *p = w + (size_t)sb * 210;
-            const int8_t *sc = (const int8_t *)(p + 192);
-            float d = f16(p + 208);
-            const __m256i lo4 = _mm256_set1_epi8(0x0f), m3 = _mm256_set1_epi8(3);
-            for (int h = 0; h < 2; h++) {
-                const uint8_t *ql = p + 64 * h, *qh = p + 128 + 32 * h;
-                __m256i l0 = _mm256_loadu_si256((const __m256i *)ql);
-                __m256i l1 = _mm256_loadu_si256((const __m256i *)(ql + 32));
-                __m256i hb = _mm256_loadu_si256((const __m256i *)qh);
-                __m256i v[4] = {
-                    _mm256_or_si256(_mm256_and_si256(l0, lo4),
-                                    _mm256_slli_epi16(_mm256_and_si256(hb, m3), 4)),
-                    _mm256_or_si256(
-                        _mm256_and_si256(l1, lo4),
-                        _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 2), m3), 4)),
-                    _mm256_or_si256(
-                        _mm256_and_si256(_mm256_srli_epi16(l0, 4), lo4),
-                        _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 4), m3), 4)),
-                    _mm256_or_si256(
-                        _mm256_and_si256(_mm256_srli_epi16(l1, 4), lo4),
-                        _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 6), m3), 4))};
-                for (int j = 0; j < 4; j++) {
-                    int b = 8 * sb + 4 * h + j, g = 2 * (4 * h + j);
-                    _mm256_storeu_si256((__m256i *)(wq + 32 * b), v[j]);
-                    _mm256_storeu_si256(
-                        (__m256i *)(aux + 32 * b),
-                        _mm256_set_m128i(_mm_set1_epi16(sc[g + 1]), _mm_set1_epi16(sc[g])));
-                }
-            }
-            for (int b = 8 * sb; b < 8 * sb + 8; b++)
-                dw[b] = d;
-            for (int g = 0; g < 16; g++)
-                mn[16 * sb + g] = d * (float)(-32 * sc[g]);
-        }
-        break;
+        return;
     }
-    int n = kind == V_Q6_K ? 2 * D->nb : D->nb;
-    for (int i = n; i < D->nmn; i++)
-        mn[i] = 0.0f;
-}
-
-INL float hsum8(__m256 v)
-{
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
+    for (int sb = 0; sb < K / 256; sb++) {
+        const uint8_t *p = w + (size_t)sb * 210;
+        const int8_t *sc = (const int8_t *)(p + 192);
+        float d = f16(p + 208);
+        const __m256i lo4 = _mm256_set1_epi8(0x0f), m3 = _mm256_set1_epi8(3);
+        for (int h = 0; h < 2; h++) {
+            const uint8_t *ql = p + 64 * h, *qh = p + 128 + 32 * h;
+            __m256i l0 = _mm256_loadu_si256((const __m256i *)ql);
+            __m256i l1 = _mm256_loadu_si256((const __m256i *)(ql + 32));
+            __m256i hb = _mm256_loadu_si256((const __m256i *)qh);
+            __m256i v[4] = {
+                _mm256_or_si256(_mm256_and_si256(l0, lo4),
+                                _mm256_slli_epi16(_mm256_and_si256(hb, m3), 4)),
+                _mm256_or_si256(
+                    _mm256_and_si256(l1, lo4),
+                    _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 2), m3), 4)),
+                _mm256_or_si256(
+                    _mm256_and_si256(_mm256_srli_epi16(l0, 4), lo4),
+                    _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 4), m3), 4)),
+                _mm256_or_si256(
+                    _mm256_and_si256(_mm256_srli_epi16(l1, 4), lo4),
+                    _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 6), m3), 4))};
+            for (int j = 0; j < 4; j++) {
+                int b = 8 * sb + 4 * h + j, g = 2 * (4 * h + j);
+                _mm256_storeu_si256((__m256i *)(wq + 32 * b), v[j]);
+                _mm256_storeu_si256(
+                    (__m256i *)(aux + 32 * b),
+                    _mm256_set_m128i(_mm_set1_epi16(sc[g + 1]), _mm_set1_epi16(sc[g])));
+                isc[2 * b] = sc[g];
+                isc[2 * b + 1] = sc[g + 1];
+            }
+        }
+        for (int b = 8 * sb; b < 8 * sb + 8; b++) {
+            dw[b] = d;
+            mn[b] = 0.0f;
+        }
+    }
 }
 
 typedef struct {
     const int8_t *q[4];
-    const float *d[4], *ax[4];
+    const float *d[4], *ds[4];
+    const int16_t *s16[4];
 } v2_tok;
 
 #define V2CORE(TT)                                                                                 \
     static void v2core_##TT(float *out, size_t ldo, const v2_tok *tk, const uint8_t *dec,          \
                             const v2_dec *D, vkind kind)                                           \
     {                                                                                              \
-        __m256 acc[TT];                                                                            \
+        float acc[TT];                                                                             \
         const __m256i ones = _mm256_set1_epi16(1);                                                 \
         const float *dw = (const float *)(dec + D->dw), *mn = (const float *)(dec + D->mn);        \
-        _Pragma("GCC unroll 4") for (int t = 0; t < TT; t++) acc[t] = _mm256_setzero_ps();         \
+        const int32_t *isc = (const int32_t *)(dec + D->sc);                                       \
+        _Pragma("GCC unroll 4") for (int t = 0; t < TT; t++) acc[t] = 0.0f;                        \
         for (int b = 0; b < D->nb; b++) {                                                          \
             __m256i w = _mm256_loadu_si256((const __m256i *)(dec + D->wq + 32 * b));               \
-            __m256i a = _mm256_loadu_si256((const __m256i *)(dec + D->aux + 32 * b));              \
+            __m256i a = kind == V_Q6_K                                                             \
+                            ? _mm256_loadu_si256((const __m256i *)(dec + D->aux + 32 * b))         \
+                            : ones;                                                                \
             _Pragma("GCC unroll 4") for (int t = 0; t < TT; t++)                                   \
             {                                                                                      \
                 __m256i x = _mm256_loadu_si256((const __m256i *)(tk->q[t] + 32 * b));              \
-                __m256i s;                                                                         \
-                if (kind == V_Q8_0)                                                                \
-                    s = _mm256_madd_epi16(_mm256_maddubs_epi16(w, _mm256_sign_epi8(x, a)), ones);  \
-                else if (kind == V_Q6_K)                                                           \
-                    s = _mm256_madd_epi16(_mm256_maddubs_epi16(w, x), a);                          \
-                else                                                                               \
-                    s = _mm256_madd_epi16(_mm256_maddubs_epi16(w, x), ones);                       \
-                acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s),                                    \
-                                         _mm256_set1_ps(dw[b] * tk->d[t][b]), acc[t]);             \
+                int S = hsum_epi32(_mm256_madd_epi16(_mm256_maddubs_epi16(w, x), a));              \
+                if (kind == V_Q6_K) /* q6 stored unsigned: S -= 32 * sum_g sc_g * sum16_g(q) */    \
+                    S -= 32 * (isc[2 * b] * tk->s16[t][2 * b] +                                    \
+                               isc[2 * b + 1] * tk->s16[t][2 * b + 1]);                            \
+                acc[t] = fmaf((float)S, dw[b] * tk->d[t][b], acc[t]);                              \
+                if (kind == V_Q4_K)                                                                \
+                    acc[t] = fmaf(mn[b], tk->ds[t][b], acc[t]);                                    \
             }                                                                                      \
         }                                                                                          \
-        if (kind != V_Q8_0)                                                                        \
-            for (int i = 0; i < D->nmn; i += 8) {                                                  \
-                __m256 m = _mm256_loadu_ps(mn + i);                                                \
-                _Pragma("GCC unroll 4") for (int t = 0; t < TT; t++) acc[t] =                      \
-                    _mm256_fmadd_ps(m, _mm256_loadu_ps(tk->ax[t] + i), acc[t]);                    \
-            }                                                                                      \
-        _Pragma("GCC unroll 4") for (int t = 0; t < TT; t++) out[t * ldo] = hsum8(acc[t]);         \
+        _Pragma("GCC unroll 4") for (int t = 0; t < TT; t++) out[t * ldo] = acc[t];                \
     }
 V2CORE(1)
 V2CORE(2)
@@ -219,7 +203,6 @@ static void rows_v2(float *out, int ldo, const uint8_t *act, size_t as, int T, c
 {
     v2_dec D = v2_dec_for(K, kind);
     kcpu_q8_layout L = kcpu_q8_layout_for(K);
-    size_t ax_off = kind == V_Q6_K ? L.ds16 : L.ds;
     uint8_t *dec = scratch;
     for (int n = n0; n < n1; n++) {
         v2_decode(dec, w + (size_t)n * ws, K, kind, &D);
@@ -230,7 +213,8 @@ static void rows_v2(float *out, int ldo, const uint8_t *act, size_t as, int T, c
                 const uint8_t *r = act + (size_t)(t0 + t) * as;
                 tk.q[t] = (const int8_t *)(r + L.q);
                 tk.d[t] = (const float *)(r + L.d);
-                tk.ax[t] = (const float *)(r + ax_off);
+                tk.ds[t] = (const float *)(r + L.ds);
+                tk.s16[t] = (const int16_t *)(r + L.s16);
             }
             v2cores[tt](out + (size_t)t0 * ldo + n, (size_t)ldo, &tk, dec, &D, kind);
         }
@@ -243,11 +227,248 @@ static void rows_v2(float *out, int ldo, const uint8_t *act, size_t as, int T, c
     {                                                                                              \
         rows_v2(out, ldo, act, as, T, w, ws, n0, n1, K, scratch, kind);                            \
     }
-ROWS_V2(rows_v2_q4_0, V_Q4_0)
-ROWS_V2(rows_v2_q4_1, V_Q4_1)
-ROWS_V2(rows_v2_q8_0, V_Q8_0)
 ROWS_V2(rows_v2_q4_k, V_Q4_K)
 ROWS_V2(rows_v2_q6_k, V_Q6_K)
+
+/* ---- Q4_0 / Q4_1 / Q8_0 over r16 groups, two 8-row halves ---- */
+
+INL int r16_blk_bytes(kcpu_r16_kind k)
+{
+    return k == KCPU_R16_Q4_0 ? 18 : k == KCPU_R16_Q4_1 ? 20 : 34;
+}
+
+INL __m256i bcast4(const int8_t *p)
+{
+    int32_t v;
+    memcpy(&v, p, 4);
+    return _mm256_set1_epi32(v);
+}
+
+/* res[2 * t + h]: lanes = rows 8h .. 8h+7 of the group, token t of the tile */
+#define A2R16(TT, KIND)                                                                            \
+    static void a2r16_##KIND##_##TT(__m256 *res, const uint8_t *g, int nb,                         \
+                                    const uint8_t *const *ap, const kcpu_q8_layout *L)             \
+    {                                                                                              \
+        const kcpu_r16_kind k = KIND;                                                              \
+        const size_t gb = 16 * (size_t)r16_blk_bytes(k);                                           \
+        const __m256i lo4 = _mm256_set1_epi8(0x0f), ones = _mm256_set1_epi16(1);                   \
+        const __m256i x80 = _mm256_set1_epi8((char)0x80);                                          \
+        __m256 acc[TT][2];                                                                         \
+        _Pragma("GCC unroll 2") for (int t = 0; t < TT; t++) acc[t][0] = acc[t][1] =               \
+            _mm256_setzero_ps();                                                                   \
+        for (int b = 0; b < nb; b++) {                                                             \
+            const uint8_t *p = g + (size_t)b * gb;                                                 \
+            __m256i s[TT][2];                                                                      \
+            __m256 d[2], mn[2];                                                                    \
+            if (k == KCPU_R16_Q8_0) {                                                              \
+                _Pragma("GCC unroll 2") for (int t = 0; t < TT; t++) s[t][0] = s[t][1] =           \
+                    _mm256_setzero_si256();                                                        \
+                _Pragma("GCC unroll 8") for (int j = 0; j < 8; j++)                                \
+                {                                                                                  \
+                    __m256i w0 =                                                                   \
+                        _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(p + 64 * j)), x80);  \
+                    __m256i w1 = _mm256_xor_si256(                                                 \
+                        _mm256_loadu_si256((const __m256i *)(p + 64 * j + 32)), x80);              \
+                    __m256i a0 = _mm256_abs_epi8(w0), a1 = _mm256_abs_epi8(w1);                    \
+                    _Pragma("GCC unroll 2") for (int t = 0; t < TT; t++)                           \
+                    {                                                                              \
+                        __m256i x = bcast4((const int8_t *)(ap[t] + L->q) + 32 * b + 4 * j);       \
+                        s[t][0] = _mm256_add_epi32(                                                \
+                            s[t][0],                                                               \
+                            _mm256_madd_epi16(_mm256_maddubs_epi16(a0, _mm256_sign_epi8(x, w0)),   \
+                                              ones));                                              \
+                        s[t][1] = _mm256_add_epi32(                                                \
+                            s[t][1],                                                               \
+                            _mm256_madd_epi16(_mm256_maddubs_epi16(a1, _mm256_sign_epi8(x, w1)),   \
+                                              ones));                                              \
+                    }                                                                              \
+                }                                                                                  \
+                d[0] = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p + 512)));               \
+                d[1] = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p + 528)));               \
+                mn[0] = mn[1] = d[0];                                                              \
+            } else {                                                                               \
+                __m256i p16[TT][2];                                                                \
+                _Pragma("GCC unroll 2") for (int t = 0; t < TT; t++) p16[t][0] = p16[t][1] =       \
+                    _mm256_setzero_si256();                                                        \
+                _Pragma("GCC unroll 4") for (int j = 0; j < 4; j++)                                \
+                {                                                                                  \
+                    __m256i v0 = _mm256_loadu_si256((const __m256i *)(p + 64 * j));                \
+                    __m256i v1 = _mm256_loadu_si256((const __m256i *)(p + 64 * j + 32));           \
+                    __m256i l0 = _mm256_and_si256(v0, lo4);                                        \
+                    __m256i h0 = _mm256_and_si256(_mm256_srli_epi16(v0, 4), lo4);                  \
+                    __m256i l1 = _mm256_and_si256(v1, lo4);                                        \
+                    __m256i h1 = _mm256_and_si256(_mm256_srli_epi16(v1, 4), lo4);                  \
+                    _Pragma("GCC unroll 2") for (int t = 0; t < TT; t++)                           \
+                    {                                                                              \
+                        const int8_t *q = (const int8_t *)(ap[t] + L->q) + 32 * b + 4 * j;         \
+                        __m256i xl = bcast4(q), xh = bcast4(q + 16);                               \
+                        p16[t][0] = _mm256_add_epi16(                                              \
+                            p16[t][0], _mm256_add_epi16(_mm256_maddubs_epi16(l0, xl),              \
+                                                        _mm256_maddubs_epi16(h0, xh)));            \
+                        p16[t][1] = _mm256_add_epi16(                                              \
+                            p16[t][1], _mm256_add_epi16(_mm256_maddubs_epi16(l1, xl),              \
+                                                        _mm256_maddubs_epi16(h1, xh)));            \
+                    }                                                                              \
+                }                                                                                  \
+                _Pragma("GCC unroll 2") for (int t = 0; t < TT; t++)                               \
+                {                                                                                  \
+                    s[t][0] = _mm256_madd_epi16(p16[t][0], ones);                                  \
+                    s[t][1] = _mm256_madd_epi16(p16[t][1], ones);                                  \
+                }                                                                                  \
+                d[0] = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p + 256)));               \
+                d[1] = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p + 272)));               \
+                if (k == KCPU_R16_Q4_1) {                                                          \
+                    mn[0] = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p + 288)));          \
+                    mn[1] = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p + 304)));          \
+                } else {                                                                           \
+                    mn[0] = mn[1] = d[0];                                                          \
+                }                                                                                  \
+            }                                                                                      \
+            _Pragma("GCC unroll 2") for (int t = 0; t < TT; t++)                                   \
+            {                                                                                      \
+                __m256 dx = _mm256_set1_ps(((const float *)(ap[t] + L->d))[b]);                    \
+                __m256i corr = _mm256_set1_epi32(8 * ((const int32_t *)(ap[t] + L->si))[b]);       \
+                __m256 dsx = _mm256_set1_ps(((const float *)(ap[t] + L->ds))[b]);                  \
+                _Pragma("GCC unroll 2") for (int h = 0; h < 2; h++)                                \
+                {                                                                                  \
+                    __m256i S = s[t][h];                                                           \
+                    if (k == KCPU_R16_Q4_0)                                                        \
+                        S = _mm256_sub_epi32(S, corr);                                             \
+                    acc[t][h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(S), _mm256_mul_ps(d[h], dx),    \
+                                                acc[t][h]);                                        \
+                    if (k == KCPU_R16_Q4_1)                                                        \
+                        acc[t][h] = _mm256_fmadd_ps(mn[h], dsx, acc[t][h]);                        \
+                }                                                                                  \
+            }                                                                                      \
+        }                                                                                          \
+        _Pragma("GCC unroll 2") for (int t = 0; t < TT; t++)                                       \
+        {                                                                                          \
+            res[2 * t] = acc[t][0];                                                                \
+            res[2 * t + 1] = acc[t][1];                                                            \
+        }                                                                                          \
+    }
+
+typedef void (*a2r16_fn)(__m256 *, const uint8_t *, int, const uint8_t *const *,
+                         const kcpu_q8_layout *);
+#define A2R16_KIND(KIND)                                                                           \
+    A2R16(1, KIND)                                                                                 \
+    A2R16(2, KIND)                                                                                 \
+    static const a2r16_fn a2r16_tab_##KIND[3] = {NULL, a2r16_##KIND##_1, a2r16_##KIND##_2};
+A2R16_KIND(KCPU_R16_Q4_0)
+A2R16_KIND(KCPU_R16_Q4_1)
+A2R16_KIND(KCPU_R16_Q8_0)
+
+/* Rows [n0, n1): from packed groups at w (group g at w + 16 g ws), or, when not packed, from
+ * the file rows at w (ws bytes each) packed one group at a time into scratch. */
+static void a2r16_rows(float *out, int ldo, const uint8_t *act, size_t as, int T, const uint8_t *w,
+                       size_t ws, int n0, int n1, int K, void *scratch, kcpu_r16_kind k, int packed)
+{
+    kcpu_q8_layout L = kcpu_q8_layout_for(K);
+    const a2r16_fn *tab = k == KCPU_R16_Q4_0   ? a2r16_tab_KCPU_R16_Q4_0
+                          : k == KCPU_R16_Q4_1 ? a2r16_tab_KCPU_R16_Q4_1
+                                               : a2r16_tab_KCPU_R16_Q8_0;
+    int nb = K / 32;
+    size_t gbytes = 16 * ws;
+    for (int g = n0 / 16; 16 * g < n1; g++) {
+        const uint8_t *grp = w + (size_t)g * gbytes;
+        if (!packed) {
+            int nr = ldo - 16 * g < 16 ? ldo - 16 * g : 16;
+            kcpu_r16_pack_group(scratch, w + (size_t)16 * g * ws, nr, K, k);
+            grp = scratch;
+        }
+        /* lanes of this task: rows [lo, hi) of the group, per half */
+        int lo = n0 > 16 * g ? n0 - 16 * g : 0, hi = n1 < 16 * g + 16 ? n1 - 16 * g : 16;
+        __m256i km[2];
+        for (int h = 0; h < 2; h++)
+            km[h] = _mm256_andnot_si256(lanes_below(lo - 8 * h), lanes_below(hi - 8 * h));
+        for (int t0 = 0, TT; t0 < T; t0 += TT) {
+            TT = T - t0 >= 2 ? 2 : 1;
+            const uint8_t *ap[2];
+            for (int t = 0; t < TT; t++)
+                ap[t] = act + (size_t)(t0 + t) * as;
+            __m256 res[4];
+            tab[TT](res, grp, nb, ap, &L);
+            for (int t = 0; t < TT; t++)
+                for (int h = 0; h < 2; h++)
+                    _mm256_maskstore_ps(out + (size_t)(t0 + t) * ldo + 16 * g + 8 * h, km[h],
+                                        res[2 * t + h]);
+        }
+    }
+}
+
+#define A2R16_ENTRY(name, KIND, PACKED)                                                            \
+    static void name(float *out, int ldo, const uint8_t *act, size_t as, int T, const uint8_t *w,  \
+                     size_t ws, int n0, int n1, int K, void *scratch)                              \
+    {                                                                                              \
+        a2r16_rows(out, ldo, act, as, T, w, ws, n0, n1, K, scratch, KIND, PACKED);                 \
+    }
+A2R16_ENTRY(rows_r_q4_0, KCPU_R16_Q4_0, 0)
+A2R16_ENTRY(rows_r_q4_1, KCPU_R16_Q4_1, 0)
+A2R16_ENTRY(rows_r_q8_0, KCPU_R16_Q8_0, 0)
+A2R16_ENTRY(rows_rp_q4_0, KCPU_R16_Q4_0, 1)
+A2R16_ENTRY(rows_rp_q4_1, KCPU_R16_Q4_1, 1)
+A2R16_ENTRY(rows_rp_q8_0, KCPU_R16_Q8_0, 1)
+
+/* ---- f32 activations ---- */
+
+#define FCORE2(TT)                                                                                 \
+    static void fcore2_##TT(float *out, int ldo, const float *x, size_t xs, const float *wr,       \
+                            int n, int K)                                                          \
+    {                                                                                              \
+        __m256 lo[TT], hi[TT];                                                                     \
+        _Pragma("GCC unroll 4") for (int t = 0; t < TT; t++) lo[t] = hi[t] = _mm256_setzero_ps();  \
+        for (int i = 0; i < K; i += 16) {                                                          \
+            __m256 w0 = _mm256_loadu_ps(wr + i), w1 = _mm256_loadu_ps(wr + i + 8);                 \
+            _Pragma("GCC unroll 4") for (int t = 0; t < TT; t++)                                   \
+            {                                                                                      \
+                lo[t] = _mm256_fmadd_ps(_mm256_loadu_ps(x + t * xs + i), w0, lo[t]);               \
+                hi[t] = _mm256_fmadd_ps(_mm256_loadu_ps(x + t * xs + i + 8), w1, hi[t]);           \
+            }                                                                                      \
+        }                                                                                          \
+        _Pragma("GCC unroll 4") for (int t = 0; t < TT; t++) out[(size_t)t * ldo + n] =            \
+            hsum8(_mm256_add_ps(lo[t], hi[t]));                                                    \
+    }
+FCORE2(1)
+FCORE2(2)
+FCORE2(3)
+FCORE2(4)
+typedef void (*fcore2_fn)(float *, int, const float *, size_t, const float *, int, int);
+static const fcore2_fn fcores2[5] = {NULL, fcore2_1, fcore2_2, fcore2_3, fcore2_4};
+
+static void rows_f(float *out, int ldo, const uint8_t *act, size_t as, int T, const uint8_t *w,
+                   size_t ws, int n0, int n1, int K, void *scratch, sd_dtype t)
+{
+    const float *x = (const float *)act;
+    size_t xs = as / 4;
+    for (int n = n0; n < n1; n++) {
+        const float *wr;
+        if (t == SD_DTYPE_F32) {
+            wr = (const float *)(w + (size_t)n * ws);
+        } else {
+            dtype_dequant_row(scratch, w + (size_t)n * ws, t, (size_t)K);
+            wr = scratch;
+        }
+        for (int t0 = 0; t0 < T; t0 += 4) {
+            int tt = T - t0 < 4 ? T - t0 : 4;
+            fcores2[tt](out + (size_t)t0 * ldo, ldo, x + (size_t)t0 * xs, xs, wr, n, K);
+        }
+    }
+}
+
+#define ROWS_F(name, t)                                                                            \
+    static void name(float *out, int ldo, const uint8_t *act, size_t as, int T, const uint8_t *w,  \
+                     size_t ws, int n0, int n1, int K, void *scratch)                              \
+    {                                                                                              \
+        rows_f(out, ldo, act, as, T, w, ws, n0, n1, K, scratch, t);                                \
+    }
+ROWS_F(rows_f_f32, SD_DTYPE_F32)
+ROWS_F(rows_f_f16, SD_DTYPE_F16)
+ROWS_F(rows_f_bf16, SD_DTYPE_BF16)
+ROWS_F(rows_f_q8_0, SD_DTYPE_Q8_0)
+ROWS_F(rows_f_q4_0, SD_DTYPE_Q4_0)
+ROWS_F(rows_f_q4_1, SD_DTYPE_Q4_1)
+ROWS_F(rows_f_q4_k, SD_DTYPE_Q4_K)
+ROWS_F(rows_f_q6_k, SD_DTYPE_Q6_K)
 
 /* AVX2 activation prep: bitwise the portable kcpu_q8_quantize_row (same max, division,
  * multiplication and round-to-nearest-even), eight lanes at a time. */
@@ -257,6 +478,7 @@ static void v2_prep(uint8_t *rec, const float *x, int K)
     int8_t *q = (int8_t *)(rec + L.q);
     float *d = (float *)(rec + L.d), *ds = (float *)(rec + L.ds), *ds16 = (float *)(rec + L.ds16);
     int16_t *s16 = (int16_t *)(rec + L.s16);
+    int32_t *si = (int32_t *)(rec + L.si);
     const __m256 absm = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
     for (int b = 0; b < K / 32; b++) {
         __m256 v[4];
@@ -294,6 +516,7 @@ static void v2_prep(uint8_t *rec, const float *x, int K)
             sb += t[i];
         d[b] = db;
         ds[b] = db * (float)(sa + sb);
+        si[b] = sa + sb;
         s16[2 * b] = (int16_t)sa;
         s16[2 * b + 1] = (int16_t)sb;
         ds16[2 * b] = db * (float)sa;
@@ -310,37 +533,71 @@ void kcpu_mm_avx2(kcpu_mm_kernel tab[KCPU_DTYPE_SLOTS][2])
 {
     static const struct {
         sd_dtype t;
+        kcpu_rows_fn f32;
+    } f[] = {
+        {SD_DTYPE_F32, rows_f_f32},   {SD_DTYPE_F16, rows_f_f16},   {SD_DTYPE_BF16, rows_f_bf16},
+        {SD_DTYPE_Q8_0, rows_f_q8_0}, {SD_DTYPE_Q4_0, rows_f_q4_0}, {SD_DTYPE_Q4_1, rows_f_q4_1},
+        {SD_DTYPE_Q4_K, rows_f_q4_k}, {SD_DTYPE_Q6_K, rows_f_q6_k},
+    };
+    for (size_t i = 0; i < sizeof f / sizeof f[0]; i++) {
+        kcpu_mm_kernel k = {.rows = f[i].f32, .scratch_per_k = 4, .row_tile = 4};
+        tab[f[i].t][0] = k;
+        if (f[i].t == SD_DTYPE_F32 || f[i].t == SD_DTYPE_F16 || f[i].t == SD_DTYPE_BF16)
+            tab[f[i].t][1] = k; /* float weights: f32 activations in both modes */
+    }
+    static const struct {
+        sd_dtype t;
         kcpu_rows_fn f;
-    } k[] = {{SD_DTYPE_Q4_0, rows_v2_q4_0},
-             {SD_DTYPE_Q4_1, rows_v2_q4_1},
-             {SD_DTYPE_Q8_0, rows_v2_q8_0},
-             {SD_DTYPE_Q4_K, rows_v2_q4_k},
-             {SD_DTYPE_Q6_K, rows_v2_q6_k}};
-    for (size_t i = 0; i < sizeof k / sizeof k[0]; i++)
-        /* scratch: one decoded row, ~2 bytes per weight + scales */
-        tab[k[i].t][1] = (kcpu_mm_kernel){.rows = k[i].f,
+    } kq[] = {{SD_DTYPE_Q4_K, rows_v2_q4_k}, {SD_DTYPE_Q6_K, rows_v2_q6_k}};
+    for (size_t i = 0; i < sizeof kq / sizeof kq[0]; i++)
+        /* scratch: one decoded row, ~2.4 bytes per weight + scales */
+        tab[kq[i].t][1] = (kcpu_mm_kernel){.rows = kq[i].f,
+                                           .quantized_act = 1,
+                                           .prep = v2_prep,
+                                           .prep_stride = kcpu_q8_stride,
+                                           .scratch_per_k = 3,
+                                           .row_tile = 4};
+    static const struct {
+        sd_dtype t;
+        kcpu_rows_fn rows, packed;
+        void (*pack)(uint8_t *, const uint8_t *, int, int);
+    } r[] = {
+        {SD_DTYPE_Q4_0, rows_r_q4_0, rows_rp_q4_0, kcpu_r16_pack_q4_0},
+        {SD_DTYPE_Q4_1, rows_r_q4_1, rows_rp_q4_1, kcpu_r16_pack_q4_1},
+        {SD_DTYPE_Q8_0, rows_r_q8_0, rows_rp_q8_0, kcpu_r16_pack_q8_0},
+    };
+    /* scratch: one packed group (16 rows, <= 17 bytes per element of K) */
+    for (size_t i = 0; i < sizeof r / sizeof r[0]; i++)
+        tab[r[i].t][1] = (kcpu_mm_kernel){.rows = r[i].rows,
                                           .quantized_act = 1,
                                           .prep = v2_prep,
                                           .prep_stride = kcpu_q8_stride,
-                                          .scratch_per_k = 3,
-                                          .row_tile = 4};
+                                          .scratch_per_k = 18,
+                                          .row_tile = 16,
+                                          .pack = r[i].pack,
+                                          .rows_packed = r[i].packed,
+                                          .packed_bytes = kcpu_r16_packed_bytes};
 }
 
 /* ---- attention inner loops ---- */
 
-/* 8-lane FMA accumulator over i (scalar-FMA-free tail folded in lane order), then hsum8. */
+/* LANE16 fma as two 8-lane accumulators over chunks of 16 (the last one masked, zeros past n),
+ * then the R16 tree: bitwise the portable dot. */
 static float a2_dot(const float *q, const float *k, int n)
 {
-    __m256 a = _mm256_setzero_ps();
+    __m256 lo = _mm256_setzero_ps(), hi = lo;
     int i = 0;
-    for (; i + 8 <= n; i += 8)
-        a = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), _mm256_loadu_ps(k + i), a);
-    if (i < n) {
-        __m256i m =
-            _mm256_cmpgt_epi32(_mm256_set1_epi32(n - i), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-        a = _mm256_fmadd_ps(_mm256_maskload_ps(q + i, m), _mm256_maskload_ps(k + i, m), a);
+    for (; i + 16 <= n; i += 16) {
+        lo = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), _mm256_loadu_ps(k + i), lo);
+        hi = _mm256_fmadd_ps(_mm256_loadu_ps(q + i + 8), _mm256_loadu_ps(k + i + 8), hi);
     }
-    return hsum8(a);
+    if (i < n) {
+        __m256i m0 = lanes_below(n - i), m1 = lanes_below(n - i - 8);
+        lo = _mm256_fmadd_ps(_mm256_maskload_ps(q + i, m0), _mm256_maskload_ps(k + i, m0), lo);
+        hi = _mm256_fmadd_ps(_mm256_maskload_ps(q + i + 8, m1), _mm256_maskload_ps(k + i + 8, m1),
+                             hi);
+    }
+    return hsum8(_mm256_add_ps(lo, hi));
 }
 
 static void a2_dot4(float *s, const float *q, const float *k0, const float *k1, const float *k2,

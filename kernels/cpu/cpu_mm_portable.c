@@ -1,16 +1,18 @@
 /* cpu_mm_portable: plain-C matmul kernels for every weight type, in both activation modes.
  * The tested fallback (KERN_CPU_PORTABLE) and the reference the SIMD levels are compared with.
  *
+ * This file is the oracle of the canonical numerics (docs/numerics.md): the SIMD levels must
+ * give bitwise its results, and it is written as literally as that file.
+ *
  * f32 activations: a weight row is dequantized into thread scratch with dtype_dequant_row (the
- * very reference values) and dotted with each x row: products x[i]*w[i] (rounded, no FMA) are
- * added into 8 partial sums acc[i % 8] in increasing i, combined as
- * ((a0+a1)+(a2+a3))+((a4+a5)+(a6+a7)). Error vs exact: about K/8 * 2^-24 relative to
+ * very reference values) and dotted with each x row: acc[i % 16] = fma(x[i], w[i], acc[i % 16])
+ * in increasing i, then the R16 tree. Error vs exact: about K/16 * 2^-24 relative to
  * sum|x||w| at worst, far below 1e-5 for the K of real models.
  *
  * 8-bit activations: integer dot products per 32-element block (exact), then one float
- * accumulator over the blocks in increasing order; see the per-type functions for the exact
- * expression. F32/F16/BF16 weights always use the f32 path (there is nothing to gain from
- * quantizing activations against float weights). */
+ * accumulator over the blocks in increasing order, acc = fma(S, dw*dx, acc) (and
+ * acc = fma(mn, ds, acc) for Q4_1 / Q4_K). F32/F16/BF16 weights always use the f32 path (there
+ * is nothing to gain from quantizing activations against float weights). */
 #include <math.h>
 #include <pthread.h>
 #include <string.h>
@@ -42,7 +44,8 @@ kcpu_q8_layout kcpu_q8_layout_for(int K)
     L.ds = L.d + ((k / 32 * 4 + 63) & ~(size_t)63);
     L.s16 = L.ds + ((k / 32 * 4 + 63) & ~(size_t)63);
     L.ds16 = L.s16 + ((k / 16 * 2 + 63) & ~(size_t)63);
-    L.stride = L.ds16 + ((k / 16 * 4 + 63) & ~(size_t)63);
+    L.si = L.ds16 + ((k / 16 * 4 + 63) & ~(size_t)63);
+    L.stride = L.si + ((k / 32 * 4 + 63) & ~(size_t)63);
     return L;
 }
 
@@ -63,6 +66,7 @@ void kcpu_q8_quantize_row(uint8_t *rec, const float *x, int K, const kcpu_q8_lay
     float *d = (float *)(rec + L->d), *ds = (float *)(rec + L->ds);
     int16_t *s16 = (int16_t *)(rec + L->s16);
     float *ds16 = (float *)(rec + L->ds16);
+    int32_t *si = (int32_t *)(rec + L->si);
     for (int b = 0; b < K / 32; b++) {
         const float *xb = x + 32 * b;
         float amax = 0.0f;
@@ -81,6 +85,7 @@ void kcpu_q8_quantize_row(uint8_t *rec, const float *x, int K, const kcpu_q8_lay
         }
         d[b] = db;
         ds[b] = db * (float)(s[0] + s[1]);
+        si[b] = s[0] + s[1];
         s16[2 * b] = (int16_t)s[0];
         s16[2 * b + 1] = (int16_t)s[1];
         ds16[2 * b] = db * (float)s[0];
@@ -90,13 +95,14 @@ void kcpu_q8_quantize_row(uint8_t *rec, const float *x, int K, const kcpu_q8_lay
 
 /* ---- f32 activations ---- */
 
+/* LANE16 + R16 (docs/numerics.md); K % 16 == 0 */
 static float dot_f32(const float *x, const float *w, int K)
 {
-    float a[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-    for (int i = 0; i < K; i += 8)
-        for (int j = 0; j < 8; j++)
-            a[j] += x[i + j] * w[i + j];
-    return ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
+    float a[16] = {0};
+    for (int i = 0; i < K; i += 16)
+        for (int j = 0; j < 16; j++)
+            a[j] = fmaf(x[i + j], w[i + j], a[j]);
+    return kcpu_r16(a);
 }
 
 static void rows_f32act(float *out, int ldo, const uint8_t *act, size_t act_stride, int T,
@@ -141,16 +147,18 @@ typedef struct {
     const int8_t *q;
     const float *d, *ds;
     const int16_t *s16;
+    const int32_t *si;
 } q8act;
 
 static q8act q8act_at(const uint8_t *rec, const kcpu_q8_layout *L)
 {
     q8act a = {(const int8_t *)(rec + L->q), (const float *)(rec + L->d),
-               (const float *)(rec + L->ds), (const int16_t *)(rec + L->s16)};
+               (const float *)(rec + L->ds), (const int16_t *)(rec + L->s16),
+               (const int32_t *)(rec + L->si)};
     return a;
 }
 
-/* acc += (dw*dx) * sumi, sumi = sum q_w*q_x */
+/* S = sum w*q; acc = fma(S, d*dx, acc) */
 static float dotq_q8_0(const uint8_t *w, const q8act *a, int K)
 {
     float acc = 0.0f;
@@ -159,12 +167,12 @@ static float dotq_q8_0(const uint8_t *w, const q8act *a, int K)
         int s = 0;
         for (int j = 0; j < 32; j++)
             s += qw[j] * qx[j];
-        acc += (kcpu_f16(w) * a->d[b]) * (float)s;
+        acc = fmaf((float)s, kcpu_f16(w) * a->d[b], acc);
     }
     return acc;
 }
 
-/* acc += (dw*dx) * (sum nib*q_x - 8*sum q_x) */
+/* S = sum (nib-8)*q = sum nib*q - 8*sum q; acc = fma(S, d*dx, acc) */
 static float dotq_q4_0(const uint8_t *w, const q8act *a, int K)
 {
     float acc = 0.0f;
@@ -174,13 +182,13 @@ static float dotq_q4_0(const uint8_t *w, const q8act *a, int K)
         int s = 0;
         for (int j = 0; j < 16; j++)
             s += (qs[j] & 15) * qx[j] + (qs[j] >> 4) * qx[j + 16];
-        s -= 8 * (a->s16[2 * b] + a->s16[2 * b + 1]);
-        acc += (kcpu_f16(w) * a->d[b]) * (float)s;
+        s -= 8 * a->si[b];
+        acc = fmaf((float)s, kcpu_f16(w) * a->d[b], acc);
     }
     return acc;
 }
 
-/* acc += ((dw*dx) * sumi + mw * ds), ds = dx * sum q_x */
+/* S = sum nib*q; acc = fma(S, d*dx, acc); acc = fma(m, ds, acc) */
 static float dotq_q4_1(const uint8_t *w, const q8act *a, int K)
 {
     float acc = 0.0f;
@@ -190,7 +198,8 @@ static float dotq_q4_1(const uint8_t *w, const q8act *a, int K)
         int s = 0;
         for (int j = 0; j < 16; j++)
             s += (qs[j] & 15) * qx[j] + (qs[j] >> 4) * qx[j + 16];
-        acc += (kcpu_f16(w) * a->d[b]) * (float)s + kcpu_f16(w + 2) * a->ds[b];
+        acc = fmaf((float)s, kcpu_f16(w) * a->d[b], acc);
+        acc = fmaf(kcpu_f16(w + 2), a->ds[b], acc);
     }
     return acc;
 }
@@ -206,8 +215,8 @@ static void q4k_sm(int j, const uint8_t *q, int *sc, int *m)
     }
 }
 
-/* Per 32-element sub-block j (scale sc, min m; both exact small integers):
- * acc += dx_j * (d * (float)(sc*sumi) - dmin * (float)(m * sum q_x)) */
+/* Per 32-element sub-block j (scale sc, min m; both exact small integers): S = sum nib*q,
+ * acc = fma(S, (d*sc)*dx, acc); acc = fma(-(dmin*m), ds, acc) */
 static float dotq_q4_k(const uint8_t *w, const q8act *a, int K)
 {
     float acc = 0.0f;
@@ -223,15 +232,15 @@ static float dotq_q4_k(const uint8_t *w, const q8act *a, int K)
             int si = 0;
             for (int l = 0; l < 32; l++)
                 si += ((ql[l] >> shift) & 15) * qx[l];
-            int sx = a->s16[2 * blk] + a->s16[2 * blk + 1];
-            acc += a->d[blk] * (d * (float)(s * si) - dmin * (float)(m * sx));
+            acc = fmaf((float)si, (d * (float)s) * a->d[blk], acc);
+            acc = fmaf(-(dmin * (float)m), a->ds[blk], acc);
         }
     }
     return acc;
 }
 
 /* Q6_K element e of a super-block has scale sc[e/16]. Per 32-element act block j:
- * acc += (d*dx_j) * (float)(sc[2j]*sumi(2j) + sc[2j+1]*sumi(2j+1)), sumi over (q6-32)*q_x. */
+ * S = sc[2j]*sumi(2j) + sc[2j+1]*sumi(2j+1), sumi over (q6-32)*q_x; acc = fma(S, d*dx, acc). */
 static void q6k_unpack(int8_t *v, const uint8_t *p)
 {
     const uint8_t *ql = p, *qh = p + 128;
@@ -259,7 +268,7 @@ static float dotq_q6_k(const uint8_t *w, const q8act *a, int K)
                 s0 += vj[l] * qx[l];
                 s1 += vj[l + 16] * qx[l + 16];
             }
-            acc += (d * a->d[blk]) * (float)(sc[2 * j] * s0 + sc[2 * j + 1] * s1);
+            acc = fmaf((float)(sc[2 * j] * s0 + sc[2 * j + 1] * s1), d * a->d[blk], acc);
         }
     }
     return acc;

@@ -61,6 +61,8 @@ INL float hmax8(__m256 v)
 
 /* ---- attention ---- */
 
+/* Scale and max in 8 lanes (exact: max does not round); the exp sum as LANE16 (two 8-lane
+ * accumulators over chunks of 16, the last masked) and the R16 tree: bitwise the portable. */
 static float a2_softmax(float *s, int n, float scale)
 {
     __m256 vs = _mm256_set1_ps(scale), mx = _mm256_set1_ps(-INFINITY);
@@ -76,19 +78,25 @@ static float a2_softmax(float *s, int n, float scale)
         _mm256_maskstore_ps(s + i, m, v);
         mx = _mm256_blendv_ps(mx, _mm256_max_ps(mx, v), _mm256_castsi256_ps(m));
     }
-    __m256 vm = _mm256_set1_ps(hmax8(mx)), acc = _mm256_setzero_ps();
-    for (i = 0; i + 8 <= n; i += 8) {
-        __m256 e = exp8(_mm256_sub_ps(_mm256_loadu_ps(s + i), vm));
-        _mm256_storeu_ps(s + i, e);
-        acc = _mm256_add_ps(acc, e);
+    __m256 vm = _mm256_set1_ps(hmax8(mx)), lo = _mm256_setzero_ps(), hi = lo;
+    for (i = 0; i + 16 <= n; i += 16) {
+        __m256 e0 = exp8(_mm256_sub_ps(_mm256_loadu_ps(s + i), vm));
+        __m256 e1 = exp8(_mm256_sub_ps(_mm256_loadu_ps(s + i + 8), vm));
+        _mm256_storeu_ps(s + i, e0);
+        _mm256_storeu_ps(s + i + 8, e1);
+        lo = _mm256_add_ps(lo, e0);
+        hi = _mm256_add_ps(hi, e1);
     }
     if (i < n) {
-        __m256i m = tail_mask(n - i);
-        __m256 e = exp8(_mm256_sub_ps(_mm256_maskload_ps(s + i, m), vm));
-        _mm256_maskstore_ps(s + i, m, e);
-        acc = _mm256_add_ps(acc, _mm256_and_ps(e, _mm256_castsi256_ps(m)));
+        __m256i m0 = tail_mask(n - i), m1 = tail_mask(n - i - 8);
+        __m256 e0 = exp8(_mm256_sub_ps(_mm256_maskload_ps(s + i, m0), vm));
+        __m256 e1 = exp8(_mm256_sub_ps(_mm256_maskload_ps(s + i + 8, m1), vm));
+        _mm256_maskstore_ps(s + i, m0, e0);
+        _mm256_maskstore_ps(s + i + 8, m1, e1);
+        lo = _mm256_add_ps(lo, _mm256_and_ps(e0, _mm256_castsi256_ps(m0)));
+        hi = _mm256_add_ps(hi, _mm256_and_ps(e1, _mm256_castsi256_ps(m1)));
     }
-    return hsum8(acc);
+    return hsum8(_mm256_add_ps(lo, hi));
 }
 
 /* 32 columns at a time in four registers (masked past Dh); keys in order, product rounded
@@ -149,20 +157,24 @@ static void a2_add(float *x, const float *y, int n)
     }
 }
 
-/* Sum of squares by FMA in 8 lanes (lane i % 8), hsum8; then (x*r)*w. */
+/* Sum of squares as LANE16 fma (two 8-lane accumulators, zero-padded tail), the R16 tree;
+ * then (x*r)*w: bitwise the portable row. */
 static void a2_rms_row(float *o, const float *x, const float *w, int D, float eps)
 {
-    __m256 acc = _mm256_setzero_ps();
+    __m256 lo = _mm256_setzero_ps(), hi = lo;
     int i = 0;
-    for (; i + 8 <= D; i += 8) {
-        __m256 v = _mm256_loadu_ps(x + i);
-        acc = _mm256_fmadd_ps(v, v, acc);
+    for (; i + 16 <= D; i += 16) {
+        __m256 v0 = _mm256_loadu_ps(x + i), v1 = _mm256_loadu_ps(x + i + 8);
+        lo = _mm256_fmadd_ps(v0, v0, lo);
+        hi = _mm256_fmadd_ps(v1, v1, hi);
     }
     if (i < D) {
-        __m256 v = _mm256_maskload_ps(x + i, tail_mask(D - i));
-        acc = _mm256_fmadd_ps(v, v, acc);
+        __m256 v0 = _mm256_maskload_ps(x + i, tail_mask(D - i));
+        __m256 v1 = _mm256_maskload_ps(x + i + 8, tail_mask(D - i - 8));
+        lo = _mm256_fmadd_ps(v0, v0, lo);
+        hi = _mm256_fmadd_ps(v1, v1, hi);
     }
-    float ss = hsum8(acc);
+    float ss = hsum8(_mm256_add_ps(lo, hi));
     __m256 r = _mm256_set1_ps(1.0f / sqrtf(ss / (float)D + eps));
     for (i = 0; i + 8 <= D; i += 8)
         _mm256_storeu_ps(

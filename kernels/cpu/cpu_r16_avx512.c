@@ -13,14 +13,16 @@
  * (kern_backend.pack); weights as stored are packed 16 rows at a time into scratch by the same
  * code, so both give bitwise the same results.
  *
- * Arithmetic. Lane r of a vector is row r, so the 16 rows of a group are computed side by side
- * and no horizontal sum is ever needed. For token t and block b, with the token's int8 block
- * q (the portable record: q = rne(x / dx), dx = max|x| / 127, ds = dx * sum(q)):
+ * Arithmetic: the canonical sequence (docs/numerics.md). Lane r of a vector is row r, so the 16
+ * rows of a group are computed side by side and no horizontal sum is ever needed. For token t
+ * and block b, with the token's int8 block q (the portable record: q = rne(x / dx),
+ * dx = max|x| / 127, isum = sum(q), ds = dx * isum):
  *     s   = sum_j dpbusd(W_j, broadcast(q[4j..4j+3]))          exact integer dot product
+ *     s  -= off * isum               Q4_0 off = 8, Q8_0 off = 128 (undoing the unsigned storage)
  *     acc = fma(cvt(s), d * dx, acc)
- *     acc = fma(mn, ds, acc)        mn = m (Q4_1), -8 d (Q4_0), -128 d (Q8_0)
+ *     acc = fma(m, ds, acc)          Q4_1 only
  * over b = 0, 1, ... in order. Every (t, n) gets exactly this sequence whatever T, the tile of
- * tokens, the rows around it or the thread: batch-invariant by construction. */
+ * tokens, the rows around it or the thread: batch-invariant, and bitwise the portable level. */
 #include <immintrin.h>
 #include <string.h>
 
@@ -28,62 +30,11 @@
 
 #define INL static inline __attribute__((always_inline))
 
-typedef enum { R_Q4_0, R_Q4_1, R_Q8_0 } rkind;
+typedef kcpu_r16_kind rkind;
 
-/* bytes of one block of one row in the file; a group holds 16 of them per block */
 static inline int blk_bytes(rkind k)
 {
-    return k == R_Q4_0 ? 18 : k == R_Q4_1 ? 20 : 34;
-}
-
-/* Pack rows [0, n) of src (file layout, n <= 16) as one group at dst (16 rows long). */
-static void r16_pack_group(uint8_t *dst, const uint8_t *src, int n, int K, rkind k)
-{
-    int nb = K / 32, bb = blk_bytes(k), rb = nb * bb, gb = 16 * bb;
-    memset(dst, 0, (size_t)gb * nb);
-    for (int r = 0; r < n; r++) {
-        const uint8_t *row = src + (size_t)r * rb;
-        for (int b = 0; b < nb; b++) {
-            uint8_t *o = dst + (size_t)b * gb;
-            if (k == R_Q8_0) {
-                const uint8_t *blk = row + bb * b;
-                for (int j = 0; j < 8; j++)
-                    for (int i = 0; i < 4; i++)
-                        o[64 * j + 4 * r + i] = blk[2 + 4 * j + i] ^ 0x80;
-                memcpy(o + 512 + 2 * r, blk, 2);
-            } else {
-                int qo = k == R_Q4_0 ? 2 : 4; /* nibbles after d (and m) */
-                const uint8_t *blk = row + bb * b;
-                for (int j = 0; j < 4; j++)
-                    memcpy(o + 64 * j + 4 * r, blk + qo + 4 * j, 4);
-                memcpy(o + 256 + 2 * r, blk, 2);
-                if (k == R_Q4_1)
-                    memcpy(o + 288 + 2 * r, blk + 2, 2);
-            }
-        }
-    }
-}
-
-static void r16_pack(uint8_t *dst, const uint8_t *src, int n_rows, int K, rkind k)
-{
-    size_t rb = (size_t)blk_bytes(k) * (size_t)(K / 32);
-    for (int g = 0; 16 * g < n_rows; g++) {
-        int n = n_rows - 16 * g < 16 ? n_rows - 16 * g : 16;
-        r16_pack_group(dst + 16 * rb * g, src + 16 * rb * g, n, K, k);
-    }
-}
-
-static void pack_q4_0(uint8_t *dst, const uint8_t *src, int n_rows, int K)
-{
-    r16_pack(dst, src, n_rows, K, R_Q4_0);
-}
-static void pack_q4_1(uint8_t *dst, const uint8_t *src, int n_rows, int K)
-{
-    r16_pack(dst, src, n_rows, K, R_Q4_1);
-}
-static void pack_q8_0(uint8_t *dst, const uint8_t *src, int n_rows, int K)
-{
-    r16_pack(dst, src, n_rows, K, R_Q8_0);
+    return k == KCPU_R16_Q4_0 ? 18 : k == KCPU_R16_Q4_1 ? 20 : 34;
 }
 
 /* The activation record: the portable layout (kcpu_q8_layout) without the 16-element sums,
@@ -93,6 +44,7 @@ static void r16_prep(uint8_t *rec, const float *x, int K)
     kcpu_q8_layout L = kcpu_q8_layout_for(K);
     int8_t *q = (int8_t *)(rec + L.q);
     float *d = (float *)(rec + L.d), *ds = (float *)(rec + L.ds);
+    int32_t *si = (int32_t *)(rec + L.si);
     const __m512 absmask = _mm512_castsi512_ps(_mm512_set1_epi32(0x7fffffff));
     const __m512i lim = _mm512_set1_epi32(127), nlim = _mm512_set1_epi32(-127);
     for (int b = 0; b < K / 32; b++) {
@@ -107,8 +59,10 @@ static void r16_prep(uint8_t *rec, const float *x, int K)
         q1 = _mm512_max_epi32(_mm512_min_epi32(q1, lim), nlim);
         _mm_storeu_si128((__m128i *)(q + 32 * b), _mm512_cvtepi32_epi8(q0));
         _mm_storeu_si128((__m128i *)(q + 32 * b + 16), _mm512_cvtepi32_epi8(q1));
+        int sum = _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
         d[b] = db;
-        ds[b] = db * (float)_mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
+        ds[b] = db * (float)sum;
+        si[b] = sum;
     }
 }
 
@@ -126,6 +80,8 @@ INL __m512i bcast4(const int8_t *p)
                                   const kcpu_q8_layout *L, size_t pf)                              \
     {                                                                                              \
         const rkind k = KIND;                                                                      \
+        const int off =                                                                            \
+            k == KCPU_R16_Q8_0 ? 128 : 8; /* the unsigned offset of the stored values */           \
         const size_t gb = 16 * (size_t)blk_bytes(k);                                               \
         const __m512i lo4 = _mm512_set1_epi8(0x0f);                                                \
         __m512 acc[TT];                                                                            \
@@ -136,12 +92,11 @@ INL __m512i bcast4(const int8_t *p)
                 for (size_t o = 0; o < gb; o += 64)                                                \
                     _mm_prefetch((const char *)p + pf + o, _MM_HINT_T0);                           \
             __m512i W[8];                                                                          \
-            __m512 d, mn;                                                                          \
-            if (k == R_Q8_0) {                                                                     \
+            __m512 d, mn = _mm512_setzero_ps();                                                    \
+            if (k == KCPU_R16_Q8_0) {                                                              \
                 _Pragma("GCC unroll 8") for (int j = 0; j < 8; j++) W[j] =                         \
                     _mm512_loadu_si512(p + 64 * j);                                                \
                 d = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(p + 512)));               \
-                mn = _mm512_mul_ps(d, _mm512_set1_ps(-128.0f));                                    \
             } else {                                                                               \
                 _Pragma("GCC unroll 4") for (int j = 0; j < 4; j++)                                \
                 {                                                                                  \
@@ -150,8 +105,8 @@ INL __m512i bcast4(const int8_t *p)
                     W[4 + j] = _mm512_and_si512(_mm512_srli_epi16(v, 4), lo4);                     \
                 }                                                                                  \
                 d = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(p + 256)));               \
-                mn = k == R_Q4_1 ? _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(p + 288))) \
-                                 : _mm512_mul_ps(d, _mm512_set1_ps(-8.0f));                        \
+                if (k == KCPU_R16_Q4_1)                                                            \
+                    mn = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(p + 288)));          \
             }                                                                                      \
             _Pragma("GCC unroll 16") for (int t = 0; t < TT; t++)                                  \
             {                                                                                      \
@@ -165,9 +120,13 @@ INL __m512i bcast4(const int8_t *p)
                 }                                                                                  \
                 __m512i s = _mm512_add_epi32(s0, s1);                                              \
                 __m512 dx = _mm512_set1_ps(((const float *)(ap[t] + L->d))[b]);                    \
-                __m512 dsx = _mm512_set1_ps(((const float *)(ap[t] + L->ds))[b]);                  \
+                if (k != KCPU_R16_Q4_1) /* S = sum (u - off) q = sum u q - off * sum q, exact */   \
+                    s = _mm512_sub_epi32(                                                          \
+                        s, _mm512_set1_epi32(((const int32_t *)(ap[t] + L->si))[b] * off));        \
                 acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(d, dx), acc[t]);     \
-                acc[t] = _mm512_fmadd_ps(mn, dsx, acc[t]);                                         \
+                if (k == KCPU_R16_Q4_1)                                                            \
+                    acc[t] = _mm512_fmadd_ps(                                                      \
+                        mn, _mm512_set1_ps(((const float *)(ap[t] + L->ds))[b]), acc[t]);          \
             }                                                                                      \
         }                                                                                          \
         _Pragma("GCC unroll 16") for (int t = 0; t < TT; t++) res[t] = acc[t];                     \
@@ -189,9 +148,9 @@ typedef void (*r16_fn)(__m512 *, const uint8_t *, int, const uint8_t *const *,
     static const r16_fn r16_tab_##KIND[17] = {                                                     \
         NULL,           r16_##KIND##_1, r16_##KIND##_2, r16_##KIND##_3, r16_##KIND##_4,            \
         r16_##KIND##_5, r16_##KIND##_6, r16_##KIND##_7, r16_##KIND##_8, [16] = r16_##KIND##_16};
-R16_KIND(R_Q4_0)
-R16_KIND(R_Q4_1)
-R16_KIND(R_Q8_0)
+R16_KIND(KCPU_R16_Q4_0)
+R16_KIND(KCPU_R16_Q4_1)
+R16_KIND(KCPU_R16_Q8_0)
 
 /* Rows [n0, n1): from packed groups at w (group g at w + 16 g ws), or, when not packed, from
  * the file rows at w (ws bytes each) packed one group at a time into scratch. */
@@ -199,9 +158,9 @@ static void r16_rows(float *out, int ldo, const uint8_t *act, size_t as, int T, 
                      size_t ws, int n0, int n1, int K, void *scratch, rkind k, int packed)
 {
     kcpu_q8_layout L = kcpu_q8_layout_for(K);
-    const r16_fn *tab = k == R_Q4_0   ? r16_tab_R_Q4_0
-                        : k == R_Q4_1 ? r16_tab_R_Q4_1
-                                      : r16_tab_R_Q8_0;
+    const r16_fn *tab = k == KCPU_R16_Q4_0   ? r16_tab_KCPU_R16_Q4_0
+                        : k == KCPU_R16_Q4_1 ? r16_tab_KCPU_R16_Q4_1
+                                             : r16_tab_KCPU_R16_Q8_0;
     int nb = K / 32;
     size_t gbytes = 16 * ws;
     int g_last = (ldo - 1) / 16;
@@ -209,7 +168,7 @@ static void r16_rows(float *out, int ldo, const uint8_t *act, size_t as, int T, 
         const uint8_t *grp = w + (size_t)g * gbytes;
         if (!packed) {
             int nr = ldo - 16 * g < 16 ? ldo - 16 * g : 16;
-            r16_pack_group(scratch, w + (size_t)16 * g * ws, nr, K, k);
+            kcpu_r16_pack_group(scratch, w + (size_t)16 * g * ws, nr, K, k);
             grp = scratch;
         }
         /* lanes of this task: rows [lo, hi) of the group */
@@ -236,17 +195,12 @@ static void r16_rows(float *out, int ldo, const uint8_t *act, size_t as, int T, 
     {                                                                                              \
         r16_rows(out, ldo, act, as, T, w, ws, n0, n1, K, scratch, KIND, PACKED);                   \
     }
-R16_ENTRY(rows_q4_0, R_Q4_0, 0)
-R16_ENTRY(rows_q4_1, R_Q4_1, 0)
-R16_ENTRY(rows_q8_0, R_Q8_0, 0)
-R16_ENTRY(rows_p_q4_0, R_Q4_0, 1)
-R16_ENTRY(rows_p_q4_1, R_Q4_1, 1)
-R16_ENTRY(rows_p_q8_0, R_Q8_0, 1)
-
-static size_t r16_packed_bytes(sd_dtype t, int N, int K)
-{
-    return (size_t)((N + 15) / 16) * 16 * dtype_row_bytes(t, (size_t)K);
-}
+R16_ENTRY(rows_q4_0, KCPU_R16_Q4_0, 0)
+R16_ENTRY(rows_q4_1, KCPU_R16_Q4_1, 0)
+R16_ENTRY(rows_q8_0, KCPU_R16_Q8_0, 0)
+R16_ENTRY(rows_p_q4_0, KCPU_R16_Q4_0, 1)
+R16_ENTRY(rows_p_q4_1, KCPU_R16_Q4_1, 1)
+R16_ENTRY(rows_p_q8_0, KCPU_R16_Q8_0, 1)
 
 void kcpu_mm_avx512_r16(kcpu_mm_kernel tab[KCPU_DTYPE_SLOTS][2])
 {
@@ -255,9 +209,9 @@ void kcpu_mm_avx512_r16(kcpu_mm_kernel tab[KCPU_DTYPE_SLOTS][2])
         kcpu_rows_fn rows, packed;
         void (*pack)(uint8_t *, const uint8_t *, int, int);
     } k[] = {
-        {SD_DTYPE_Q4_0, rows_q4_0, rows_p_q4_0, pack_q4_0},
-        {SD_DTYPE_Q4_1, rows_q4_1, rows_p_q4_1, pack_q4_1},
-        {SD_DTYPE_Q8_0, rows_q8_0, rows_p_q8_0, pack_q8_0},
+        {SD_DTYPE_Q4_0, rows_q4_0, rows_p_q4_0, kcpu_r16_pack_q4_0},
+        {SD_DTYPE_Q4_1, rows_q4_1, rows_p_q4_1, kcpu_r16_pack_q4_1},
+        {SD_DTYPE_Q8_0, rows_q8_0, rows_p_q8_0, kcpu_r16_pack_q8_0},
     };
     /* scratch: one packed group (16 rows, <= 17 bytes per element of K) */
     for (size_t i = 0; i < sizeof k / sizeof k[0]; i++)
@@ -269,5 +223,5 @@ void kcpu_mm_avx512_r16(kcpu_mm_kernel tab[KCPU_DTYPE_SLOTS][2])
                                           .row_tile = 16,
                                           .pack = k[i].pack,
                                           .rows_packed = k[i].packed,
-                                          .packed_bytes = r16_packed_bytes};
+                                          .packed_bytes = kcpu_r16_packed_bytes};
 }
