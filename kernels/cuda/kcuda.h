@@ -5,13 +5,10 @@
  * Dimension letters as in kernels/kernels.h: T positions, N output rows, K reduction length,
  * D model width, H / Hkv query / key-value heads, Dh head width, V vocabulary.
  *
- * Numerics (docs/cuda.md): each output element is computed by one thread or one warp with an
- * operation sequence fixed by the element alone — the same sequence as the CPU backend's
- * portable level (kernels/cpu/cpu_mm_portable.c, cpu_backend.c) — so results never depend on T,
- * the grid or the position of a row in a batch, and matmul, rmsnorm, rope, add and add_bias are
- * bitwise the CPU portable level's. softmax and SiLU use the CPU SIMD levels' exp polynomial
- * (cpu_impl.h), so attention and silu_mul differ from the portable level (libm expf) by a few
- * ulps; silu_mul is bitwise the AVX2 level's. */
+ * Numerics: every output element is computed with the canonical sequence of docs/numerics.md
+ * (canon1) — the CPU backend's on every level — by one thread, or by lanes that each replay one
+ * LANE16 accumulator and combine with the R16 pairings, so results are bitwise the CPU's and
+ * never depend on T, the grid or the position of a row in a batch. */
 #ifndef SD_KCUDA_H
 #define SD_KCUDA_H
 
@@ -70,7 +67,7 @@ cudaError_t kcuda_add_bias(float *out, const float *bias, int T, int N, cudaStre
 cudaError_t kcuda_argmax(int *idx, const float *logits, int rows, int V, size_t ld,
                          cudaStream_t st);
 
-/* The exp of the CPU SIMD levels (cpu_impl.h KCPU_EXP_*), for tests: y[i] = exp(x[i]). */
+/* EXP of docs/numerics.md (for tests): y[i] = EXP(x[i]). */
 cudaError_t kcuda_exp(float *y, const float *x, int n, cudaStream_t st);
 
 #endif

@@ -2,12 +2,14 @@
  * for every weight type in both activation modes, rmsnorm, rope, tree attention, SiLU-gating,
  * add, add-bias, argmax.
  *
- * Dimension letters as in kernels/kernels.h. The reduction order of every output element is the
- * CPU portable level's (kcuda.h): work is spread over threads only where the pieces are exact
- * (integer block dot products, per-element products) or where each thread replays one of the
- * CPU's partial sums in its own order; the float sums that the CPU does sequentially are done
- * sequentially here too, by one lane. Fast paths sit in the small helpers at the top under
- * __CUDA_ARCH__ guards, each with a portable fallback giving the same integers. */
+ * Dimension letters as in kernels/kernels.h. Every output element follows the canonical
+ * numerics of docs/numerics.md (canon1) operation for operation: work is spread over threads
+ * only where the pieces are exact (integer block dot products, per-element products, a max) or
+ * where a thread replays exactly one LANE16 accumulator; R16 trees are warp butterflies with
+ * the canonical pairings (offsets 8, 4, 2, 1); sequential chains (the 8-bit matmul's fma chain
+ * over blocks, the attention's weighted sum over keys) run on one lane. Fast paths sit in the
+ * small helpers at the top under __CUDA_ARCH__ guards, each with a portable fallback giving the
+ * same integers. */
 #include "kcuda.h"
 
 #include <math.h>
@@ -62,7 +64,7 @@ static __device__ __forceinline__ float kc_f16p(const uint8_t *p)
     return kc_f16(kc_ld16(p));
 }
 
-/* The CPU SIMD levels' exp (cpu_ops_avx2.c exp8), operation for operation. */
+/* EXP of docs/numerics.md, operation for operation. */
 static __device__ __forceinline__ float kc_exp(float x)
 {
     x = KCPU_EXP_HI < x ? KCPU_EXP_HI : x; /* NaN stays NaN, as with min_ps(HI, x) */
@@ -83,28 +85,42 @@ static __device__ __forceinline__ float kc_exp(float x)
     return __fmul_rn(__fmul_rn(p, s1), s2);
 }
 
-/* dot of n floats in the CPU order: 8 partial sums (element i into sum i % 8, increasing i),
- * combined ((0+1)+(2+3))+((4+5)+(6+7)); products rounded before each add (no FMA). */
-static __device__ __forceinline__ float kc_dot8(const float *a, const float *b, int n)
+/* The R16 tree of docs/numerics.md over a[0..15] */
+static __device__ __forceinline__ float kc_r16(const float *a)
 {
-    float s[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-    int i = 0;
-    for (; i + 8 <= n; i += 8)
-        for (int j = 0; j < 8; j++)
-            s[j] = __fadd_rn(s[j], __fmul_rn(a[i + j], b[i + j]));
-    for (; i < n; i++)
-        s[i & 7] = __fadd_rn(s[i & 7], __fmul_rn(a[i], b[i]));
-    return __fadd_rn(__fadd_rn(__fadd_rn(s[0], s[1]), __fadd_rn(s[2], s[3])),
-                     __fadd_rn(__fadd_rn(s[4], s[5]), __fadd_rn(s[6], s[7])));
+    float b[8], c[4];
+    for (int i = 0; i < 8; i++)
+        b[i] = __fadd_rn(a[i], a[i + 8]);
+    for (int i = 0; i < 4; i++)
+        c[i] = __fadd_rn(b[i], b[i + 4]);
+    return __fadd_rn(__fadd_rn(c[0], c[2]), __fadd_rn(c[1], c[3]));
 }
 
-/* Lanes 8g..8g+7 hold the partial sums 0..7 of group g: the CPU's pairwise combination, by
- * butterflies 1, 2, 4 (a + b is commutative, so both partners get the same bits). */
-static __device__ __forceinline__ float kc_combine8(float a)
+/* R16(LANE16 over i < n of acc = fma(a_i, b_i, acc)), by one thread (zero padding steps leave
+ * an accumulator that starts at +0 unchanged, so they are skipped) */
+static __device__ __forceinline__ float kc_dot16(const float *a, const float *b, int n)
 {
-    a = __fadd_rn(a, __shfl_xor_sync(KC_FULL, a, 1));
-    a = __fadd_rn(a, __shfl_xor_sync(KC_FULL, a, 2));
+    float s[16];
+    for (int j = 0; j < 16; j++)
+        s[j] = 0.0f;
+    int i = 0;
+    for (; i + 16 <= n; i += 16)
+        for (int j = 0; j < 16; j++)
+            s[j] = __fmaf_rn(a[i + j], b[i + j], s[j]);
+    for (; i < n; i++)
+        s[i & 15] = __fmaf_rn(a[i], b[i], s[i & 15]);
+    return kc_r16(s);
+}
+
+/* Lanes 16g..16g+15 hold the LANE16 accumulators 0..15 of group g: the R16 tree by butterflies
+ * 8, 4, 2, 1 (a + b commutes, so both partners get the same bits); every lane of the group ends
+ * with the result. */
+static __device__ __forceinline__ float kc_r16_lanes(float a)
+{
+    a = __fadd_rn(a, __shfl_xor_sync(KC_FULL, a, 8));
     a = __fadd_rn(a, __shfl_xor_sync(KC_FULL, a, 4));
+    a = __fadd_rn(a, __shfl_xor_sync(KC_FULL, a, 2));
+    a = __fadd_rn(a, __shfl_xor_sync(KC_FULL, a, 1));
     return a;
 }
 
@@ -147,13 +163,13 @@ cudaError_t kcuda_quant_q8(int8_t *q, float *d, const float *x, int T, int K, cu
 /* ---- matmul, 8-bit activations ----
  *
  * A warp owns one weight row and up to TT tokens. Lane l takes the 32-element units l, l+32, ...
- * of the row; per unit and token it computes the CPU's term exactly (an integer dot product and
- * the same float products), into shared memory; then lane t adds token t's terms in increasing
- * unit order — the CPU's sequential accumulator. */
+ * of the row; per unit and token it computes the canonical step's operands exactly — (float)S,
+ * the rounded DW*dx and, for Q4_1/Q4_K, MN and ds — into shared memory; then lane t runs token
+ * t's fma chain over the units in increasing order (docs/numerics.md). */
 
 enum { MM_WARPS = 8, MM_TT_MAX = 8 };
 
-/* Sum of the 32 int8 of a unit (for the -8 of Q4_0, Q4_1's m term and Q4_K's mins). */
+/* Sum of the 32 int8 of a unit (Q4_0's -8 correction, the ds of Q4_1 / Q4_K). */
 static __device__ __forceinline__ int kc_sum32(const int *xq)
 {
     int s = 0;
@@ -162,22 +178,28 @@ static __device__ __forceinline__ int kc_sum32(const int *xq)
     return s;
 }
 
-/* the term of unit u of a row against one token's unit (xq: 8 words, dx its scale) */
+/* o[0] = (float)S, o[1] = DW*dx and, where NV == 4, o[2] = MN, o[3] = ds, for unit u of a row
+ * against one token's unit (xq: its 8 words, dx its scale) */
 template <int WT> struct q8term;
 
 template <> struct q8term<SD_DTYPE_Q8_0> {
-    static __device__ __forceinline__ float f(const uint8_t *row, int u, const int *xq, float dx)
+    enum { NV = 2 };
+    static __device__ __forceinline__ void f(float *o, const uint8_t *row, int u, const int *xq,
+                                             float dx)
     {
         const uint8_t *b = row + 34 * (size_t)u;
         int s = 0;
         for (int i = 0; i < 8; i++)
             s = kc_dp4a((int)kc_ld32(b + 2 + 4 * i), xq[i], s);
-        return __fmul_rn(__fmul_rn(kc_f16p(b), dx), (float)s);
+        o[0] = (float)s;
+        o[1] = __fmul_rn(kc_f16p(b), dx);
     }
 };
 
 template <> struct q8term<SD_DTYPE_Q4_0> {
-    static __device__ __forceinline__ float f(const uint8_t *row, int u, const int *xq, float dx)
+    enum { NV = 2 };
+    static __device__ __forceinline__ void f(float *o, const uint8_t *row, int u, const int *xq,
+                                             float dx)
     {
         const uint8_t *b = row + 18 * (size_t)u;
         int s = 0;
@@ -186,13 +208,15 @@ template <> struct q8term<SD_DTYPE_Q4_0> {
             s = kc_dp4a((int)(w & 0x0f0f0f0fu), xq[i], s);
             s = kc_dp4a((int)(w >> 4 & 0x0f0f0f0fu), xq[4 + i], s);
         }
-        s -= 8 * kc_sum32(xq);
-        return __fmul_rn(__fmul_rn(kc_f16p(b), dx), (float)s);
+        o[0] = (float)(s - 8 * kc_sum32(xq));
+        o[1] = __fmul_rn(kc_f16p(b), dx);
     }
 };
 
 template <> struct q8term<SD_DTYPE_Q4_1> {
-    static __device__ __forceinline__ float f(const uint8_t *row, int u, const int *xq, float dx)
+    enum { NV = 4 };
+    static __device__ __forceinline__ void f(float *o, const uint8_t *row, int u, const int *xq,
+                                             float dx)
     {
         const uint8_t *b = row + 20 * (size_t)u;
         int s = 0;
@@ -201,9 +225,10 @@ template <> struct q8term<SD_DTYPE_Q4_1> {
             s = kc_dp4a((int)(w & 0x0f0f0f0fu), xq[i], s);
             s = kc_dp4a((int)(w >> 4 & 0x0f0f0f0fu), xq[4 + i], s);
         }
-        float ds = __fmul_rn(dx, (float)kc_sum32(xq)); /* the CPU record's ds */
-        return __fadd_rn(__fmul_rn(__fmul_rn(kc_f16p(b), dx), (float)s),
-                         __fmul_rn(kc_f16p(b + 2), ds));
+        o[0] = (float)s;
+        o[1] = __fmul_rn(kc_f16p(b), dx);
+        o[2] = kc_f16p(b + 2);
+        o[3] = __fmul_rn(dx, (float)kc_sum32(xq));
     }
 };
 
@@ -219,7 +244,9 @@ static __device__ __forceinline__ void kc_q4k_sm(int j, const uint8_t *q, int *s
 }
 
 template <> struct q8term<SD_DTYPE_Q4_K> {
-    static __device__ __forceinline__ float f(const uint8_t *row, int u, const int *xq, float dx)
+    enum { NV = 4 };
+    static __device__ __forceinline__ void f(float *o, const uint8_t *row, int u, const int *xq,
+                                             float dx)
     {
         const uint8_t *b = row + 144 * (size_t)(u / 8);
         int j = u % 8, sc, m;
@@ -228,14 +255,17 @@ template <> struct q8term<SD_DTYPE_Q4_K> {
         int shift = (j & 1) * 4, si = 0;
         for (int i = 0; i < 8; i++)
             si = kc_dp4a((int)(kc_ld32(ql + 4 * i) >> shift & 0x0f0f0f0fu), xq[i], si);
-        int sx = kc_sum32(xq);
-        return __fmul_rn(dx, __fsub_rn(__fmul_rn(kc_f16p(b), (float)(sc * si)),
-                                       __fmul_rn(kc_f16p(b + 2), (float)(m * sx))));
+        o[0] = (float)si;
+        o[1] = __fmul_rn(__fmul_rn(kc_f16p(b), (float)sc), dx);
+        o[2] = -__fmul_rn(kc_f16p(b + 2), (float)m);
+        o[3] = __fmul_rn(dx, (float)kc_sum32(xq));
     }
 };
 
 template <> struct q8term<SD_DTYPE_Q6_K> {
-    static __device__ __forceinline__ float f(const uint8_t *row, int u, const int *xq, float dx)
+    enum { NV = 2 };
+    static __device__ __forceinline__ void f(float *o, const uint8_t *row, int u, const int *xq,
+                                             float dx)
     {
         const uint8_t *b = row + 210 * (size_t)(u / 8);
         int j = u % 8, h = j / 4, g = j % 4;
@@ -250,7 +280,8 @@ template <> struct q8term<SD_DTYPE_Q6_K> {
         /* (q6 - 32) * x summed per 16 elements */
         int s0 = s[0] - 32 * sx[0], s1 = s[1] - 32 * sx[1];
         const int8_t *sc = reinterpret_cast<const int8_t *>(b + 192) + 2 * j;
-        return __fmul_rn(__fmul_rn(kc_f16p(b + 208), dx), (float)(sc[0] * s0 + sc[1] * s1));
+        o[0] = (float)(sc[0] * s0 + sc[1] * s1);
+        o[1] = __fmul_rn(kc_f16p(b + 208), dx);
     }
 };
 
@@ -259,25 +290,30 @@ __global__ void __launch_bounds__(256)
     k_mm_q8(float *out, int ldo, const int8_t *q, const float *d, const uint8_t *w, size_t w_stride,
             int T, int N, int K, int tt)
 {
+    enum { NV = q8term<WT>::NV };
     CUDA_DYN_SMEM(float, terms);
     int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     int n = blockIdx.x * MM_WARPS + warp, t0 = blockIdx.y * tt;
     int nu = K / 32, ntok = T - t0 < tt ? T - t0 : tt;
     if (n >= N) /* whole warps: only warp-level synchronisation below */
         return;
-    float *tw = terms + (size_t)warp * tt * nu;
+    float *tw = terms + (size_t)warp * tt * nu * NV;
     const uint8_t *row = w + (size_t)n * w_stride;
     for (int u = lane; u < nu; u += 32)
         for (int k = 0; k < ntok; k++) {
             size_t t = (size_t)(t0 + k);
             const int *xq = reinterpret_cast<const int *>(q + t * K + 32 * (size_t)u);
-            tw[k * nu + u] = q8term<WT>::f(row, u, xq, d[t * nu + u]);
+            q8term<WT>::f(tw + ((size_t)k * nu + u) * NV, row, u, xq, d[t * nu + u]);
         }
     __syncwarp();
     if (lane < ntok) {
+        const float *o = tw + (size_t)lane * nu * NV;
         float acc = 0.0f;
-        for (int u = 0; u < nu; u++)
-            acc = __fadd_rn(acc, tw[lane * nu + u]);
+        for (int u = 0; u < nu; u++, o += NV) {
+            acc = __fmaf_rn(o[0], o[1], acc);
+            if (NV == 4)
+                acc = __fmaf_rn(o[2], o[3], acc);
+        }
         out[(size_t)(t0 + lane) * ldo + n] = acc;
     }
 }
@@ -296,13 +332,14 @@ cudaError_t kcuda_matmul_q8(float *out, int ldo, const int8_t *q, const float *d
     size_t be = dtype_block_elems(wt);
     if (T <= 0 || N <= 0 || K <= 0 || K % 32 || !be || K % (int)be || !kcuda_q8_type(wt))
         return cudaErrorInvalidValue;
-    int nu = K / 32;
-    int tt = (int)(KC_SMEM_MAX / ((size_t)MM_WARPS * nu * sizeof(float)));
+    int nu = K / 32, nv = wt == SD_DTYPE_Q4_1 || wt == SD_DTYPE_Q4_K ? 4 : 2;
+    int tt = (int)(KC_SMEM_MAX / ((size_t)MM_WARPS * nu * nv * sizeof(float)));
     tt = tt > MM_TT_MAX ? MM_TT_MAX : tt;
     if (tt < 1)
-        return cudaErrorInvalidValue; /* K > 49152: more than the terms of one token fit */
+        return cudaErrorInvalidValue; /* K > 12288 (Q4_1/Q4_K) or 24576: the operands of one
+                                         token do not fit */
     tt = tt > T ? T : tt;
-    size_t smem = (size_t)MM_WARPS * tt * nu * sizeof(float);
+    size_t smem = (size_t)MM_WARPS * tt * nu * nv * sizeof(float);
     size_t rb = dtype_row_bytes(wt, (size_t)K);
     dim3 grid(kc_blocks(N, MM_WARPS), kc_blocks(T, tt));
     const uint8_t *wb = static_cast<const uint8_t *>(w);
@@ -366,25 +403,25 @@ template <int WT> static __device__ __forceinline__ float kc_deq(const uint8_t *
     return __fmul_rn(__fmul_rn(kc_f16p(b + 208), (float)sc), (float)(qv - 32));
 }
 
-/* A warp owns one weight row and 4 tokens at a time: lane 8g + j replays the CPU's partial sum
- * j for token g (elements j, j+8, ... in increasing order), then kc_combine8. */
+/* A warp owns one weight row and 2 tokens at a time: lane 16g + j runs LANE16 accumulator j
+ * for token g (elements j, j+16, ... in increasing order), then the R16 butterflies. */
 template <int WT>
 __global__ void __launch_bounds__(256)
     k_mm_f32(float *out, int ldo, const float *x, const uint8_t *w, size_t w_stride, int T, int N,
              int K)
 {
-    int warp = threadIdx.x / 32, lane = threadIdx.x % 32, j = lane & 7, g = lane >> 3;
+    int warp = threadIdx.x / 32, lane = threadIdx.x % 32, j = lane & 15, g = lane >> 4;
     int n = blockIdx.x * MM_WARPS + warp;
     if (n >= N)
         return;
     const uint8_t *row = w + (size_t)n * w_stride;
-    for (int t0 = blockIdx.y * 16; t0 < T && t0 < (int)(blockIdx.y + 1) * 16; t0 += 4) {
+    for (int t0 = blockIdx.y * 16; t0 < T && t0 < (int)(blockIdx.y + 1) * 16; t0 += 2) {
         int t = t0 + g < T ? t0 + g : T - 1; /* lanes past T compute a copy, store nothing */
         const float *xr = x + (size_t)t * K;
         float a = 0.0f;
-        for (int i = 0; i < K; i += 8)
-            a = __fadd_rn(a, __fmul_rn(xr[i + j], kc_deq<WT>(row, i + j)));
-        a = kc_combine8(a);
+        for (int i = j; i < K; i += 16)
+            a = __fmaf_rn(xr[i], kc_deq<WT>(row, i), a);
+        a = kc_r16_lanes(a);
         if (j == 0 && t0 + g < T)
             out[(size_t)(t0 + g) * ldo + n] = a;
     }
@@ -419,7 +456,7 @@ cudaError_t kcuda_matmul_f32(float *out, int ldo, const float *x, const void *w,
     return cudaGetLastError();
 }
 
-/* ---- rmsnorm: a warp per row; lanes 0..7 replay the CPU's 8 partial sums ---- */
+/* ---- rmsnorm: a warp per row; lanes 0..15 run the LANE16 accumulators ---- */
 
 __global__ void __launch_bounds__(256)
     k_rmsnorm(float *out, const float *x, const float *w, int T, int D, float eps)
@@ -429,10 +466,10 @@ __global__ void __launch_bounds__(256)
         return;
     const float *xr = x + (size_t)t * D;
     float a = 0.0f;
-    if (lane < 8)
-        for (int i = lane; i < D; i += 8)
-            a = __fadd_rn(a, __fmul_rn(xr[i], xr[i]));
-    a = kc_combine8(a); /* lane 0: the CPU's ss */
+    if (lane < 16)
+        for (int i = lane; i < D; i += 16)
+            a = __fmaf_rn(xr[i], xr[i], a);
+    a = kc_r16_lanes(a); /* lanes 0..15: ss */
     float ss = __shfl_sync(KC_FULL, a, 0);
     float r = __fdiv_rn(1.0f, __fsqrt_rn(__fadd_rn(__fdiv_rn(ss, (float)D), eps)));
     float *o = out + (size_t)t * D;
@@ -497,9 +534,9 @@ void kcuda_rope_table(float *tab, int p0, int p1, int n_rot, float base)
 
 /* ---- attention: a block per (query head, node) ----
  *
- * Scores: one thread per key (kc_dot8, the CPU's dot), scaled; the max (exact in any order);
- * exp per key; then in parallel: threads d < Dh each run the CPU's weighted sum for output
- * element d over the keys in order, and the last warp's lane 0 sums the exps in key order. */
+ * Scores: one thread per key (kc_dot16), scaled; the max (exact in any order); EXP per key;
+ * then in parallel: threads d < Dh each run the weighted sum for output element d over the keys
+ * in order, and the last warp sums the exps (LANE16 + R16). */
 
 enum { ATT_SMEM_MAX = 200 * 1024 };
 
@@ -519,7 +556,7 @@ __global__ void __launch_bounds__(1024)
     float mx = -INFINITY;
     for (int i = tid; i < nk; i += nt) {
         int slot = i < np ? i : an[i - np];
-        float v = __fmul_rn(kc_dot8(qh, kb + (size_t)slot * ld_slot, Dh), scale);
+        float v = __fmul_rn(kc_dot16(qh, kb + (size_t)slot * ld_slot, Dh), scale);
         s[i] = v;
         mx = v > mx ? v : mx;
     }
@@ -542,11 +579,15 @@ __global__ void __launch_bounds__(1024)
             int slot = i < np ? i : an[i - np];
             o = __fadd_rn(o, __fmul_rn(s[i], vb[(size_t)slot * ld_slot + tid]));
         }
-    } else if (tid == nt - 32) {
+    } else if (tid >= nt - 32) { /* the last warp: LANE16 over the keys, then R16 */
+        int j = tid - (nt - 32);
         float sum = 0.0f;
-        for (int i = 0; i < nk; i++)
-            sum = __fadd_rn(sum, s[i]);
-        red[0] = nk > 0 ? __fdiv_rn(1.0f, sum) : 0.0f;
+        if (j < 16)
+            for (int i = j; i < nk; i += 16)
+                sum = __fadd_rn(sum, s[i]);
+        sum = kc_r16_lanes(sum);
+        if (j == 0)
+            red[0] = nk > 0 ? __fdiv_rn(1.0f, sum) : 0.0f;
     }
     __syncthreads();
     if (tid < Dh)
