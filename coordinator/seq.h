@@ -1,0 +1,117 @@
+/* seq: the per-session sequencer (DESIGN.md §4). It holds the session's committed sequence and
+ * the draft tree the drafter keeps extending, cuts chunks out of the tree for workers, applies
+ * verdicts in base order, cancels chunks whose base the commit contradicts, and prunes the tree
+ * to the subtree under the new newest token. It is pure logic — no threads, no network: every
+ * effect goes out through the seq_io callbacks, so tests drive it alone.
+ *
+ * Positions: the committed sequence is com[0..n_com); its newest token com[n_com-1] is the root
+ * of the tree (node -1). A chunk is rooted at a position r >= n_com-1 (the committed end, or a
+ * node of the tree assumed accepted — speculation parallelism, mode dsi): its base is the
+ * assumed sequence from what its worker already holds up to r, its nodes the subtree under r.
+ * Its verdict yields the tokens of positions r+1 .. r+1+len(path). A verdict is applied once
+ * the committed sequence reaches r+1 and agrees with the chunk's base; one whose base the
+ * committed sequence contradicts is dropped (its chunk cancelled). */
+#ifndef SD_SEQ_H
+#define SD_SEQ_H
+
+#include <stdint.h>
+
+#include "../common/sd_err.h"
+
+typedef enum { SEQ_AR = 1, SEQ_SI = 2, SEQ_ASYNC = 3, SEQ_DSI = 4 } seq_mode;
+
+#define SEQ_MAX_WORKERS 16
+#define SEQ_MAX_DEPTH 32
+
+typedef struct {
+    seq_mode mode;
+    int n_workers;     /* workers this session may use, indices 0 .. n_workers-1 */
+    int max_inflight;  /* chunks in flight (1 except in dsi) */
+    int max_nodes;     /* tree nodes per chunk */
+    int max_tree;      /* nodes the tree may hold per epoch */
+    int n_predict;     /* tokens to generate */
+    int max_ctx;       /* committed tokens may not exceed this */
+    double draft_wait_ms; /* si/async: dispatch without a tree after waiting this long */
+    const int32_t *eog; /* tokens that end generation (not emitted) */
+    int n_eog;
+} seq_config;
+
+typedef struct {
+    uint64_t id;
+    int worker;
+    int base_pos;         /* the worker holds positions [0, base_pos) */
+    const int32_t *base;  /* positions base_pos .. root (n_base >= 1) */
+    int n_base;
+    const int32_t *parent; /* nodes under the root: parent -1 = the root */
+    const int32_t *tok;
+    int n;
+} seq_chunk;
+
+typedef struct {
+    uint32_t epoch;
+    int n_committed;
+    const int32_t *tokens; /* the new committed tokens */
+    int n_tokens;
+    int root_node; /* the previous epoch's node id of the new newest token, -1 if not in the tree */
+    int n_seen;    /* nodes of the previous epoch the sequencer had */
+} seq_commit;
+
+typedef struct {
+    void (*send_chunk)(void *ud, const seq_chunk *c);
+    void (*send_cancel)(void *ud, int worker, uint64_t chunk_id);
+    void (*send_commit)(void *ud, const seq_commit *c); /* to the drafter and the workers */
+    /* Newly committed tokens for the client (eog and everything after it are not emitted). */
+    void (*emit)(void *ud, const int32_t *tok, int n);
+    void *ud;
+} seq_io;
+
+typedef enum { SEQ_RUNNING = 0, SEQ_DONE_EOS, SEQ_DONE_LENGTH, SEQ_DONE_CONTEXT } seq_state;
+
+typedef struct {
+    int n_gen, steps;
+    long chunks, cancelled, stale_extends, tree_hits, late_verdicts;
+    long proposed, accepted;
+    long tried[SEQ_MAX_DEPTH], took[SEQ_MAX_DEPTH];
+    double rtt_ms_sum;
+} seq_stats;
+
+typedef struct seq seq;
+
+/* prompt[0..n) is committed at once (n >= 1). */
+sd_err seq_init(seq **out, const seq_config *c, const seq_io *io, const int32_t *prompt, int n);
+void seq_free(seq *s);
+
+/* Nodes from the drafter for `epoch` starting at node id first_id (parents: -1 or earlier ids of
+ * that epoch). Extensions of an older epoch are stale and ignored; ones that arrive ahead of a
+ * gap wait (bounded) until the gap is filled. Checked: bad parents/ids are SD_EPROTO and change
+ * nothing. logp may be NULL. */
+sd_err seq_tree_extend(seq *s, uint32_t epoch, uint32_t first_id, const int32_t *parent,
+                       const int32_t *tok, const float *logp, int n, double now_ms);
+
+/* The verdict of chunk `id`: accepted chunk node indices path[0..n_path) and the target's token
+ * after them. Unknown (cancelled, already applied) chunks are ignored. SD_EPROTO for a path that
+ * is not a root-to-node path of the chunk (nothing changes). */
+sd_err seq_verdict(seq *s, uint64_t id, const int32_t *path, int n_path, int32_t next,
+                   double now_ms);
+
+/* The worker rejected chunk id (reason logged by the caller): it is re-sent with its full base
+ * when possible; SD_EPROTO when the same chunk failed twice. */
+sd_err seq_chunk_failed(seq *s, uint64_t id, double now_ms);
+
+/* The drafter is gone: from now on every chunk is empty (mode ar). */
+void seq_drafter_lost(seq *s);
+
+/* Send whatever should go out now (chunks to idle workers; a chunk without a tree once
+ * draft_wait_ms has passed). Called after every event and periodically. */
+void seq_pump(seq *s, double now_ms);
+
+seq_state seq_get_state(const seq *s);
+const seq_stats *seq_get_stats(const seq *s);
+/* The committed sequence (prompt included). */
+const int32_t *seq_committed(const seq *s, int *n);
+int seq_inflight(const seq *s);
+seq_mode seq_get_mode(const seq *s);
+uint32_t seq_epoch(const seq *s);
+int seq_tree_size(const seq *s);
+
+#endif
