@@ -80,6 +80,24 @@ struct kern_backend {
     /* out[T][N] += bias[N] (Qwen2 QKV bias). */
     void (*add_bias)(void *ctx, float *out, const float *bias, int T, int N);
 
+    /* ---- backend memory ----
+     * Every float pointer the ops above take (activations, the KV cache, norm weights, biases,
+     * packed weights) is backend memory: plain host memory on the CPU backend, device memory on
+     * CUDA. The small int arrays (rope's pos, attention's anc / anc_off) and kern_mat.data are
+     * host memory on every backend (a device backend stages them itself). Work is queued in
+     * order on the backend's one stream: upload and copy are ordered with the ops, download and
+     * sync wait for everything queued before them. A failure inside queued work is reported by
+     * the next download or sync (SD_ECUDA with the device's message). */
+    void *(*buf_alloc)(void *ctx, size_t bytes); /* 256-byte aligned; NULL when out of memory */
+    void (*buf_free)(void *ctx, void *p);        /* NULL is a no-op */
+    void (*upload)(void *ctx, void *dst, const void *src, size_t bytes);     /* host -> backend */
+    sd_err (*download)(void *ctx, void *dst, const void *src, size_t bytes); /* backend -> host */
+    void (*copy)(void *ctx, void *dst, const void *src, size_t bytes); /* may overlap (memmove) */
+    sd_err (*sync)(void *ctx);
+    /* idx[r] = sample_argmax(logits + r * ld, V) for r < rows, computed where the logits are;
+     * idx is host memory (the call waits). */
+    sd_err (*argmax)(void *ctx, int *idx, const float *logits, int rows, int V, size_t ld);
+
     void (*free)(kern_backend *b);
 };
 
@@ -120,6 +138,12 @@ int kern_cpu_level_available(kern_cpu_level l);
 
 /* n_threads <= 0: all online cores. */
 sd_err kern_cpu_create(kern_backend **out, int n_threads, unsigned flags);
+
+/* The CUDA backend (kernels/cuda, docs/cuda.md) on GPU `device`; flags: KERN_CPU_F32_ACT picks
+ * the f32-activation numerics as on the CPU (both modes are canon1, bitwise the CPU backend's).
+ * SD_EUNSUPPORTED when the build has no CUDA, or there is no GPU or no driver (message says
+ * which); SD_ECUDA for other CUDA failures. */
+sd_err kern_cuda_create(kern_backend **out, int device, unsigned flags);
 
 /* What the CPU offers, as detected at run time: "avx512vnni avx2 fma ..." */
 const char *kern_cpu_features(void);

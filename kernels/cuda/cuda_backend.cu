@@ -1,0 +1,484 @@
+/* cuda_backend: the CUDA kern_backend (kernels.h) over the kernels of kcuda_ops.cu — device
+ * memory, one stream, weights uploaded once at load (kern_mat.packed: the rows as stored, in
+ * device memory), host-side staging of the small int arrays (positions, ancestor lists) and the
+ * RoPE cos/sin table (computed on the host in double, as the canonical numerics ask).
+ *
+ * Dimension letters as in kernels.h. Every op is canon1 (docs/numerics.md), so the backend
+ * advertises the CPU backend's numerics strings: its logits are bitwise the CPU's.
+ *
+ * Errors: the table's ops return nothing, so the first CUDA error is kept (sticky) and reported
+ * by the next download / sync / argmax as SD_ECUDA; an op with arguments the kernels refuse
+ * (a program bug: shapes are validated at model load) fills its output with NaN. */
+#include "kcuda.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+extern "C" {
+#include "../../common/log.h"
+#include "../kernels.h"
+}
+
+namespace
+{
+
+struct cuda_ctx {
+    int device;
+    unsigned flags;
+    cudaStream_t st;
+    cudaError_t err; /* first failure, sticky */
+    char where[96];
+    /* 8-bit activation record (device) */
+    int8_t *aq;
+    float *ad;
+    size_t aq_cap, ad_cap;
+    /* staging for the int arrays, one per kind (0: rope positions, 1: ancestor lists): pinned
+     * host memory -> device, grown on demand; every layer of a forward passes the same arrays,
+     * so an unchanged array is not copied again */
+    struct {
+        int *h, *d;
+        size_t cap, n;
+    } stg[2];
+    /* rope table for positions [0, rope_cap) of (rope_nrot, rope_base) */
+    float *rope_tab;
+    int rope_cap, rope_nrot;
+    float rope_base;
+    int *d_idx; /* argmax results */
+    int idx_cap;
+    char name[320];
+};
+
+void note(cuda_ctx *c, cudaError_t e, const char *where)
+{
+    if (e != cudaSuccess && c->err == cudaSuccess) {
+        c->err = e;
+        snprintf(c->where, sizeof c->where, "%s", where);
+    }
+}
+
+sd_err report(cuda_ctx *c)
+{
+    if (c->err == cudaSuccess)
+        return SD_OK;
+    return sd_fail(SD_ECUDA, "cuda backend: %s failed: %s (%s)", c->where,
+                   cudaGetErrorString(c->err), cudaGetErrorName(c->err));
+}
+
+void nan_fill(cuda_ctx *c, float *out, size_t n, const char *where)
+{
+    note(c, cudaMemsetAsync(out, 0xff, n * sizeof(float), c->st), where);
+}
+
+/* grow a device buffer (the stream is drained first: queued work may still read the old one) */
+template <class T> int grow_dev(cuda_ctx *c, T **p, size_t *cap, size_t need)
+{
+    if (need <= *cap)
+        return 0;
+    size_t n = need + need / 2 + 1024;
+    cudaStreamSynchronize(c->st);
+    cudaFree(*p);
+    *p = nullptr;
+    *cap = 0;
+    cudaError_t e = cudaMalloc((void **)p, n * sizeof(T));
+    if (e != cudaSuccess) {
+        note(c, e, "cudaMalloc (scratch)");
+        *p = nullptr;
+        return -1;
+    }
+    *cap = n;
+    return 0;
+}
+
+int ensure_act(cuda_ctx *c, size_t n)
+{
+    return grow_dev(c, &c->aq, &c->aq_cap, n) || grow_dev(c, &c->ad, &c->ad_cap, n / 32 + 1) ? -1
+                                                                                             : 0;
+}
+
+/* The concatenation of k host int arrays in device memory (staging slot `kind`); dev_parts[i]
+ * points at array i there. NULL (error noted) when out of memory. */
+int *stage_ints(cuda_ctx *c, int kind, const int *const *srcs, const size_t *ns, int k,
+                int **dev_parts)
+{
+    auto &s = c->stg[kind];
+    size_t total = 0;
+    for (int i = 0; i < k; i++)
+        total += ns[i];
+    int same = total == s.n && s.h;
+    for (size_t i = 0, o = 0; same && i < (size_t)k; o += ns[i], i++)
+        same = memcmp(s.h + o, srcs[i], ns[i] * sizeof(int)) == 0;
+    if (!same) {
+        /* the pinned buffer is rewritten: copies out of it must have finished */
+        cudaStreamSynchronize(c->st);
+        if (total > s.cap) {
+            size_t n = total + total / 2 + 4096;
+            cudaFreeHost(s.h);
+            cudaFree(s.d);
+            s.h = nullptr;
+            s.d = nullptr;
+            s.cap = s.n = 0;
+            cudaError_t e = cudaMallocHost((void **)&s.h, n * sizeof(int));
+            if (e == cudaSuccess)
+                e = cudaMalloc((void **)&s.d, n * sizeof(int));
+            if (e != cudaSuccess) {
+                note(c, e, "cudaMalloc (staging)");
+                return nullptr;
+            }
+            s.cap = n;
+        }
+        for (size_t i = 0, o = 0; i < (size_t)k; o += ns[i], i++)
+            memcpy(s.h + o, srcs[i], ns[i] * sizeof(int));
+        s.n = total;
+        note(c, cudaMemcpyAsync(s.d, s.h, total * sizeof(int), cudaMemcpyHostToDevice, c->st),
+             "staging copy");
+    }
+    for (size_t i = 0, o = 0; i < (size_t)k; o += ns[i], i++)
+        dev_parts[i] = s.d + o;
+    return s.d;
+}
+
+const uint8_t *mat_bytes(const kern_mat *w)
+{
+    return static_cast<const uint8_t *>(w->packed ? w->packed : w->data);
+}
+
+int use_q8(const cuda_ctx *c, sd_dtype wt)
+{
+    return !(c->flags & KERN_CPU_F32_ACT) && kcuda_q8_type(wt);
+}
+
+/* ---- ops ---- */
+
+void cu_matmul_multi(void *vctx, int n, float *const *outs, const float *x,
+                     const kern_mat *const *ws, const int *Ns, int T, int K)
+{
+    cuda_ctx *c = static_cast<cuda_ctx *>(vctx);
+    if (T <= 0)
+        return;
+    int any_q8 = 0;
+    for (int i = 0; i < n; i++)
+        any_q8 |= use_q8(c, ws[i]->type);
+    if (any_q8) { /* one activation record for every quantized matrix */
+        if (K <= 0 || K % 32 || ensure_act(c, (size_t)T * K) != 0) {
+            for (int i = 0; i < n; i++)
+                nan_fill(c, outs[i], (size_t)T * Ns[i], "matmul");
+            return;
+        }
+        note(c, kcuda_quant_q8(c->aq, c->ad, x, T, K, c->st), "activation quantization");
+    }
+    for (int i = 0; i < n; i++) {
+        sd_dtype wt = ws[i]->type;
+        cudaError_t e = use_q8(c, wt) ? kcuda_matmul_q8(outs[i], Ns[i], c->aq, c->ad,
+                                                        mat_bytes(ws[i]), wt, T, Ns[i], K, c->st)
+                                      : kcuda_matmul_f32(outs[i], Ns[i], x, mat_bytes(ws[i]), wt, T,
+                                                         Ns[i], K, c->st);
+        if (e == cudaErrorInvalidValue)
+            nan_fill(c, outs[i], (size_t)T * Ns[i], "matmul");
+        else
+            note(c, e, "matmul");
+    }
+}
+
+void cu_matmul(void *vctx, float *out, const float *x, const kern_mat *w, int T, int N, int K)
+{
+    float *const outs[1] = {out};
+    const kern_mat *const ws[1] = {w};
+    const int Ns[1] = {N};
+    cu_matmul_multi(vctx, 1, outs, x, ws, Ns, T, K);
+}
+
+size_t cu_pack_bytes(void *vctx, sd_dtype wt, int N, int K)
+{
+    (void)vctx;
+    size_t be = dtype_block_elems(wt);
+    if (!be || N <= 0 || K <= 0 || K % (int)be)
+        return 0;
+    return dtype_row_bytes(wt, (size_t)K) * (size_t)N;
+}
+
+/* The "packed" copy is the rows as stored, uploaded: dst is device memory from buf_alloc. */
+void cu_pack(void *vctx, void *dst, const void *w, sd_dtype wt, int N, int K)
+{
+    cuda_ctx *c = static_cast<cuda_ctx *>(vctx);
+    size_t n = cu_pack_bytes(vctx, wt, N, K);
+    if (n)
+        note(c, cudaMemcpyAsync(dst, w, n, cudaMemcpyHostToDevice, c->st), "weight upload");
+}
+
+void cu_rmsnorm(void *vctx, float *out, const float *x, const float *w, int T, int D, float eps)
+{
+    cuda_ctx *c = static_cast<cuda_ctx *>(vctx);
+    if (T > 0)
+        note(c, kcuda_rmsnorm(out, x, w, T, D, eps, c->st), "rmsnorm");
+}
+
+void cu_rope(void *vctx, float *x, const int *pos, int T, int H, int Dh, int n_rot, float freq_base,
+             int neox)
+{
+    cuda_ctx *c = static_cast<cuda_ctx *>(vctx);
+    if (T <= 0)
+        return;
+    int nr = (n_rot > Dh ? Dh : n_rot) & ~1, maxp = 0;
+    for (int t = 0; t < T; t++)
+        maxp = pos[t] > maxp ? pos[t] : maxp;
+    if (nr <= 0)
+        return;
+    if (maxp >= c->rope_cap || nr != c->rope_nrot || freq_base != c->rope_base) {
+        /* a table for positions [0, cap): the angles depend on (pos, i) alone */
+        int cap = maxp + 1 > 2 * c->rope_cap ? maxp + 1 : 2 * c->rope_cap;
+        cap = cap < 4096 ? 4096 : cap;
+        size_t n = (size_t)cap * nr;
+        float *h = static_cast<float *>(malloc(n * sizeof(float)));
+        if (!h) {
+            note(c, cudaErrorMemoryAllocation, "rope table");
+            return;
+        }
+        kcuda_rope_table(h, 0, cap, nr, freq_base);
+        cudaStreamSynchronize(c->st);
+        cudaFree(c->rope_tab);
+        c->rope_tab = nullptr;
+        c->rope_cap = 0;
+        cudaError_t e = cudaMalloc((void **)&c->rope_tab, n * sizeof(float));
+        if (e == cudaSuccess)
+            e = cudaMemcpy(c->rope_tab, h, n * sizeof(float), cudaMemcpyHostToDevice);
+        free(h);
+        if (e != cudaSuccess) {
+            note(c, e, "rope table");
+            return;
+        }
+        c->rope_cap = cap;
+        c->rope_nrot = nr;
+        c->rope_base = freq_base;
+    }
+    const int *srcs[1] = {pos};
+    size_t ns[1] = {(size_t)T};
+    int *dpos[1];
+    if (!stage_ints(c, 0, srcs, ns, 1, dpos))
+        return;
+    note(c, kcuda_rope(x, dpos[0], c->rope_tab, T, H, Dh, nr, neox, c->st), "rope");
+}
+
+void cu_attention(void *vctx, float *out, const float *q, const float *kc, const float *vc,
+                  size_t ld_slot, size_t ld_head, int n_prefix, const int *anc, const int *anc_off,
+                  int T, int H, int Hkv, int Dh, float scale)
+{
+    cuda_ctx *c = static_cast<cuda_ctx *>(vctx);
+    if (T <= 0)
+        return;
+    int maxk = 0;
+    for (int t = 0; t < T; t++) {
+        int n = n_prefix + anc_off[t + 1] - anc_off[t];
+        maxk = n > maxk ? n : maxk;
+    }
+    size_t na = (size_t)anc_off[T];
+    const int *srcs[2] = {anc, anc_off};
+    size_t ns[2] = {na, (size_t)T + 1};
+    int *d[2];
+    if (!stage_ints(c, 1, srcs, ns, 2, d))
+        return;
+    cudaError_t e = kcuda_attention(out, q, kc, vc, ld_slot, ld_head, n_prefix, d[0], d[1], T, H,
+                                    Hkv, Dh, scale, maxk, c->st);
+    if (e == cudaErrorInvalidValue)
+        nan_fill(c, out, (size_t)T * H * Dh, "attention");
+    else
+        note(c, e, "attention");
+}
+
+void cu_silu_mul(void *vctx, float *gate, const float *up, int n)
+{
+    cuda_ctx *c = static_cast<cuda_ctx *>(vctx);
+    note(c, kcuda_silu_mul(gate, up, n, c->st), "silu_mul");
+}
+
+void cu_add(void *vctx, float *x, const float *y, int n)
+{
+    cuda_ctx *c = static_cast<cuda_ctx *>(vctx);
+    note(c, kcuda_add(x, y, n, c->st), "add");
+}
+
+void cu_add_bias(void *vctx, float *out, const float *bias, int T, int N)
+{
+    cuda_ctx *c = static_cast<cuda_ctx *>(vctx);
+    if (T > 0)
+        note(c, kcuda_add_bias(out, bias, T, N, c->st), "add_bias");
+}
+
+/* ---- memory ---- */
+
+void *cu_buf_alloc(void *vctx, size_t bytes)
+{
+    (void)vctx;
+    void *p = nullptr;
+    cudaError_t e = cudaMalloc(&p, bytes ? bytes : 1);
+    if (e != cudaSuccess) {
+        cudaGetLastError(); /* an allocation failure is reported by the NULL, not kept */
+        LOG_WARN("cuda", "cudaMalloc(%zu): %s", bytes, cudaGetErrorString(e));
+        return nullptr;
+    }
+    return p;
+}
+
+void cu_buf_free(void *vctx, void *p)
+{
+    (void)vctx;
+    if (p)
+        cudaFree(p);
+}
+
+void cu_upload(void *vctx, void *dst, const void *src, size_t bytes)
+{
+    cuda_ctx *c = static_cast<cuda_ctx *>(vctx);
+    if (bytes)
+        note(c, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, c->st), "upload");
+}
+
+void cu_copy(void *vctx, void *dst, const void *src, size_t bytes)
+{
+    cuda_ctx *c = static_cast<cuda_ctx *>(vctx);
+    if (!bytes || dst == src)
+        return;
+    const char *d = static_cast<const char *>(dst), *s = static_cast<const char *>(src);
+    if (d < s + bytes && s < d + bytes) { /* overlapping: forward chunks below the gap */
+        size_t gap = d > s ? (size_t)(d - s) : (size_t)(s - d);
+        if (d < s) {
+            for (size_t o = 0; o < bytes; o += gap) {
+                size_t n = bytes - o < gap ? bytes - o : gap;
+                note(c, cudaMemcpyAsync((char *)dst + o, s + o, n, cudaMemcpyDeviceToDevice, c->st),
+                     "copy");
+            }
+        } else {
+            for (size_t end = bytes; end > 0;) {
+                size_t n = end < gap ? end : gap;
+                end -= n;
+                note(
+                    c,
+                    cudaMemcpyAsync((char *)dst + end, s + end, n, cudaMemcpyDeviceToDevice, c->st),
+                    "copy");
+            }
+        }
+        return;
+    }
+    note(c, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, c->st), "copy");
+}
+
+sd_err cu_sync(void *vctx)
+{
+    cuda_ctx *c = static_cast<cuda_ctx *>(vctx);
+    note(c, cudaStreamSynchronize(c->st), "stream");
+    return report(c);
+}
+
+sd_err cu_download(void *vctx, void *dst, const void *src, size_t bytes)
+{
+    cuda_ctx *c = static_cast<cuda_ctx *>(vctx);
+    if (bytes)
+        note(c, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, c->st), "download");
+    return cu_sync(vctx);
+}
+
+sd_err cu_argmax(void *vctx, int *idx, const float *logits, int rows, int V, size_t ld)
+{
+    cuda_ctx *c = static_cast<cuda_ctx *>(vctx);
+    if (rows <= 0)
+        return SD_OK;
+    if (rows > c->idx_cap) {
+        cudaStreamSynchronize(c->st);
+        cudaFree(c->d_idx);
+        c->d_idx = nullptr;
+        c->idx_cap = 0;
+        cudaError_t e = cudaMalloc((void **)&c->d_idx, sizeof(int) * (size_t)rows);
+        if (e != cudaSuccess) {
+            note(c, e, "argmax");
+            return report(c);
+        }
+        c->idx_cap = rows;
+    }
+    note(c, kcuda_argmax(c->d_idx, logits, rows, V, ld, c->st), "argmax");
+    return cu_download(vctx, idx, c->d_idx, sizeof(int) * (size_t)rows);
+}
+
+void cu_free(kern_backend *b)
+{
+    if (!b)
+        return;
+    cuda_ctx *c = static_cast<cuda_ctx *>(b->ctx);
+    if (c) {
+        if (c->st)
+            cudaStreamSynchronize(c->st);
+        cudaFree(c->aq);
+        cudaFree(c->ad);
+        for (int k = 0; k < 2; k++) {
+            cudaFree(c->stg[k].d);
+            cudaFreeHost(c->stg[k].h);
+        }
+        cudaFree(c->rope_tab);
+        cudaFree(c->d_idx);
+        if (c->st)
+            cudaStreamDestroy(c->st);
+        free(c);
+    }
+    free(b);
+}
+
+} // namespace
+
+extern "C" sd_err kern_cuda_create(kern_backend **out, int device, unsigned flags)
+{
+    *out = nullptr;
+    int n = 0;
+    cudaError_t e = cudaGetDeviceCount(&n);
+    if (e == cudaErrorInsufficientDriver || e == cudaErrorNoDevice || (e == cudaSuccess && !n)) {
+        cudaGetLastError();
+        return sd_fail(SD_EUNSUPPORTED, "no CUDA GPU: %s",
+                       e == cudaErrorInsufficientDriver ? "no driver (cudaErrorInsufficientDriver)"
+                                                        : "no device (cudaErrorNoDevice)");
+    }
+    if (e != cudaSuccess)
+        return sd_fail(SD_ECUDA, "cudaGetDeviceCount: %s", cudaGetErrorString(e));
+    if (device < 0 || device >= n)
+        return sd_fail(SD_EINVAL, "CUDA device %d: this machine has %d (0..%d)", device, n, n - 1);
+    if ((e = cudaSetDevice(device)) != cudaSuccess)
+        return sd_fail(SD_ECUDA, "cudaSetDevice(%d): %s", device, cudaGetErrorString(e));
+    cudaDeviceProp prop;
+    if ((e = cudaGetDeviceProperties(&prop, device)) != cudaSuccess)
+        return sd_fail(SD_ECUDA, "cudaGetDeviceProperties(%d): %s", device, cudaGetErrorString(e));
+    kern_backend *b = static_cast<kern_backend *>(calloc(1, sizeof *b));
+    cuda_ctx *c = static_cast<cuda_ctx *>(calloc(1, sizeof *c));
+    if (!b || !c) {
+        free(b);
+        free(c);
+        return sd_fail(SD_ENOMEM, "kern_cuda_create: out of memory");
+    }
+    b->ctx = c;
+    b->free = cu_free;
+    c->device = device;
+    c->flags = flags;
+    if ((e = cudaStreamCreateWithFlags(&c->st, cudaStreamNonBlocking)) != cudaSuccess) {
+        cu_free(b);
+        return sd_fail(SD_ECUDA, "cudaStreamCreate: %s", cudaGetErrorString(e));
+    }
+    snprintf(c->name, sizeof c->name, "cuda:%d %s sm_%d%d", device, prop.name, prop.major,
+             prop.minor);
+    b->name = c->name;
+    b->numerics = (flags & KERN_CPU_F32_ACT) ? "cpu-canon1-f32" : "cpu-canon1-act8";
+    b->matmul = cu_matmul;
+    b->matmul_multi = cu_matmul_multi;
+    b->pack_bytes = cu_pack_bytes;
+    b->pack = cu_pack;
+    b->rmsnorm = cu_rmsnorm;
+    b->rope = cu_rope;
+    b->attention = cu_attention;
+    b->silu_mul = cu_silu_mul;
+    b->add = cu_add;
+    b->add_bias = cu_add_bias;
+    b->buf_alloc = cu_buf_alloc;
+    b->buf_free = cu_buf_free;
+    b->upload = cu_upload;
+    b->download = cu_download;
+    b->copy = cu_copy;
+    b->sync = cu_sync;
+    b->argmax = cu_argmax;
+    *out = b;
+    return SD_OK;
+}
