@@ -22,10 +22,16 @@ struct model {
     uint64_t weight_bytes;
     void *pack_mem; /* the backend's packed copies of the matrices (anonymous mapping) */
     size_t pack_len, pack_bytes;
+    /* device backends: the packed copies (all matrices, rows as the backend reads them) and the
+     * norm weights and biases, in its memory */
+    void *dev_pack, *dev_vecs;
 };
 
 struct model_run {
+    kern_backend *be; /* the activations below are in its memory */
     int t_max;
+    float *hx;     /* device backends: embeddings made on the host, [t_max][D] */
+    float *logits; /* device backends: logits rows before the download, [t_max][V] */
     float *x, *xn, *q, *k, *v, *att, *gate, *up, *tmp; /* [t_max][...] */
     int *pos, *anc_off, *anc;
     size_t anc_cap;
@@ -288,7 +294,9 @@ static const void *packed_in(const model *sh, const kern_mat *w)
 static sd_err pack_weights(model *m, const model_opts *o)
 {
     kern_backend *be = m->be;
-    if (!be->pack_bytes || !be->pack || (o && o->no_pack))
+    if (be->device && (!be->pack_bytes || !be->pack))
+        return sd_fail(SD_EUNSUPPORTED, "backend %s has no way to take the weights", be->name);
+    if (!be->pack_bytes || !be->pack || (o && o->no_pack && !be->device))
         return SD_OK;
     int n = 1 + 7 * m->cfg.n_layer, *N = malloc(sizeof(int) * 2 * (size_t)n), *K = N + n;
     kern_mat **mats = malloc(sizeof *mats * (size_t)n);
@@ -309,9 +317,35 @@ static sd_err pack_weights(model *m, const model_opts *o)
     }
     size_t total = 0;
     for (int i = 0; i < n; i++)
-        total += (be->pack_bytes(be->ctx, mats[i]->type, N[i], K[i]) + 63) & ~(size_t)63;
+        total += (be->pack_bytes(be->ctx, mats[i]->type, N[i], K[i]) + 255) & ~(size_t)255;
     if (!total)
         goto done;
+    if (be->device) { /* the weights must be in its memory: upload every matrix */
+        uint8_t *mem = be->buf_alloc(be->ctx, total);
+        if (!mem) {
+            e = sd_fail(SD_ENOMEM, "%s: cannot allocate %.1f MB for the weights on backend %s",
+                        gguf_path(m->g), (double)total / 1e6, be->name);
+            goto done;
+        }
+        size_t off = 0;
+        for (int i = 0; i < n; i++) {
+            size_t b = be->pack_bytes(be->ctx, mats[i]->type, N[i], K[i]);
+            if (!b) {
+                be->buf_free(be->ctx, mem);
+                e = sd_fail(SD_EUNSUPPORTED, "%s: backend %s cannot hold a %s matrix",
+                            gguf_path(m->g), be->name, dtype_name(mats[i]->type));
+                goto done;
+            }
+            be->pack(be->ctx, mem + off, mats[i]->data, mats[i]->type, N[i], K[i]);
+            mats[i]->packed = mem + off;
+            off += (b + 255) & ~(size_t)255;
+        }
+        m->dev_pack = mem;
+        m->pack_bytes = total;
+        LOG_INFO("model", "%s: uploaded %.1f MB of weights to backend %s", gguf_path(m->g),
+                 (double)total / 1e6, be->name);
+        goto done;
+    }
     size_t huge = (size_t)2 << 20, len = (total + huge - 1) & ~(huge - 1);
     void *mem = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (mem == MAP_FAILED) { /* still correct without: the backend reads the stored rows */
@@ -342,6 +376,44 @@ done:
     return e;
 }
 
+/* Device backends: one buffer with every norm weight and bias, the model's pointers moved to
+ * it (they point into the mapped file otherwise). */
+static sd_err upload_vecs(model *m)
+{
+    kern_backend *be = m->be;
+    if (!be->device)
+        return SD_OK;
+    const model_config *c = &m->cfg;
+    size_t D = (size_t)c->n_embd, Q = (size_t)c->n_head * c->head_dim,
+           KV = (size_t)c->n_head_kv * c->head_dim;
+    size_t per = 2 * D + (c->qkv_bias ? Q + 2 * KV : 0), n = D + per * (size_t)c->n_layer;
+    float *mem = be->buf_alloc(be->ctx, n * sizeof(float));
+    if (!mem)
+        return sd_fail(SD_ENOMEM, "%s: cannot allocate the norm weights on backend %s",
+                       gguf_path(m->g), be->name);
+    size_t off = 0;
+#define VEC(p, len)                                                                                \
+    do {                                                                                           \
+        be->upload(be->ctx, mem + off, (p), (len) * sizeof(float));                                \
+        (p) = mem + off;                                                                           \
+        off += (len);                                                                              \
+    } while (0)
+    VEC(m->out_norm, D);
+    for (int l = 0; l < c->n_layer; l++) {
+        model_layer *L = &m->layers[l];
+        VEC(L->attn_norm, D);
+        VEC(L->ffn_norm, D);
+        if (L->bq) {
+            VEC(L->bq, Q);
+            VEC(L->bk, KV);
+            VEC(L->bv, KV);
+        }
+    }
+#undef VEC
+    m->dev_vecs = mem;
+    return be->sync(be->ctx);
+}
+
 sd_err model_init(model **out, const gguf *g, const model_opts *o)
 {
     *out = NULL;
@@ -362,6 +434,8 @@ sd_err model_init(model **out, const gguf *g, const model_opts *o)
     }
     if (!e)
         e = pack_weights(m, o);
+    if (!e)
+        e = upload_vecs(m);
     if (e) {
         model_free(m);
         return e;
@@ -393,6 +467,10 @@ void model_free(model *m)
 {
     if (!m)
         return;
+    if (m->be && m->be->device) {
+        m->be->buf_free(m->be->ctx, m->dev_pack);
+        m->be->buf_free(m->be->ctx, m->dev_vecs);
+    }
     if (m->own_be)
         kern_free(m->be);
     if (m->pack_mem)
@@ -438,7 +516,7 @@ sd_err model_kv_init(const model *m, kv_cache **out, int n_ctx)
 {
     if (n_ctx <= 0)
         n_ctx = m->cfg.n_ctx_train;
-    return kv_init(out, m->cfg.n_layer, m->cfg.n_head_kv, m->cfg.head_dim, n_ctx);
+    return kv_init_on(out, m->cfg.n_layer, m->cfg.n_head_kv, m->cfg.head_dim, n_ctx, m->be);
 }
 
 sd_err model_run_init(model_run **out, const model *m, int t_max)
@@ -452,20 +530,30 @@ sd_err model_run_init(model_run **out, const model *m, int t_max)
         return SD_ENOMEM;
     size_t T = (size_t)t_max, D = (size_t)c->n_embd, Q = (size_t)c->n_head * c->head_dim,
            KV = (size_t)c->n_head_kv * c->head_dim, F = (size_t)c->n_ff;
+    kern_backend *be = m->be;
+    r->be = be;
     r->t_max = t_max;
-    r->x = malloc(sizeof(float) * T * D);
-    r->xn = malloc(sizeof(float) * T * D);
-    r->tmp = malloc(sizeof(float) * T * D);
-    r->q = malloc(sizeof(float) * T * Q);
-    r->att = malloc(sizeof(float) * T * Q);
-    r->k = malloc(sizeof(float) * T * KV);
-    r->v = malloc(sizeof(float) * T * KV);
-    r->gate = malloc(sizeof(float) * T * F);
-    r->up = malloc(sizeof(float) * T * F);
+#define BUF(n) be->buf_alloc(be->ctx, sizeof(float) * (n)) /* activations: backend memory */
+    r->x = BUF(T * D);
+    r->xn = BUF(T * D);
+    r->tmp = BUF(T * D);
+    r->q = BUF(T * Q);
+    r->att = BUF(T * Q);
+    r->k = BUF(T * KV);
+    r->v = BUF(T * KV);
+    r->gate = BUF(T * F);
+    r->up = BUF(T * F);
+    int dev_ok = 1;
+    if (be->device) {
+        r->hx = malloc(sizeof(float) * T * D);
+        r->logits = BUF(T * (size_t)c->n_vocab);
+        dev_ok = r->hx && r->logits;
+    }
+#undef BUF
     r->pos = malloc(sizeof(int) * T);
     r->anc_off = malloc(sizeof(int) * (T + 1));
     if (!r->x || !r->xn || !r->tmp || !r->q || !r->att || !r->k || !r->v || !r->gate || !r->up ||
-        !r->pos || !r->anc_off) {
+        !r->pos || !r->anc_off || !dev_ok) {
         model_run_free(r);
         return SD_ENOMEM;
     }
@@ -477,15 +565,10 @@ void model_run_free(model_run *r)
 {
     if (!r)
         return;
-    free(r->x);
-    free(r->xn);
-    free(r->tmp);
-    free(r->q);
-    free(r->att);
-    free(r->k);
-    free(r->v);
-    free(r->gate);
-    free(r->up);
+    float *bufs[] = {r->x, r->xn, r->tmp, r->q, r->att, r->k, r->v, r->gate, r->up, r->logits};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
+        r->be->buf_free(r->be->ctx, bufs[i]);
+    free(r->hx);
     free(r->pos);
     free(r->anc_off);
     free(r->anc);
@@ -637,11 +720,16 @@ sd_err model_forward(model *m, model_run *r, kv_cache *kv, const int32_t *tokens
             kv->n_pending = P;
             return e;
         }
+        /* embeddings on the host (the table stays in the mapped file); a device backend gets
+         * the T rows uploaded */
+        float *hx = m->be->device ? r->hx : r->x;
         for (int i = 0; i < n; i++)
-            dtype_dequant_row(r->x + (size_t)i * D,
+            dtype_dequant_row(hx + (size_t)i * D,
                               (const uint8_t *)m->tok_embd.data +
                                   (size_t)tokens[c0 + i] * dtype_row_bytes(m->tok_embd.type, D),
                               m->tok_embd.type, (size_t)D);
+        if (m->be->device)
+            m->be->upload(m->be->ctx, r->x, hx, sizeof(float) * (size_t)n * D);
         for (int l = 0; l < c->n_layer; l++)
             layer_forward(m, r, kv, l, P + c0, n);
         /* Gather the rows whose logits are wanted, then one matmul over the head for them. */
@@ -650,13 +738,24 @@ sd_err model_forward(model *m, model_run *r, kv_cache *kv, const int32_t *tokens
             int bi = out_idx ? out_idx[j] : T - 1;
             if (bi >= c0 + n)
                 break;
-            memcpy(r->xn + (size_t)g * D, r->x + (size_t)(bi - c0) * D, sizeof(float) * D);
+            m->be->copy(m->be->ctx, r->xn + (size_t)g * D, r->x + (size_t)(bi - c0) * D,
+                        sizeof(float) * D);
             g++;
         }
         if (g) {
-            m->be->rmsnorm(m->be->ctx, r->xn, r->xn, m->out_norm, g, D, c->norm_eps);
-            m->be->matmul(m->be->ctx, logits + (size_t)j0 * V, r->xn, &m->output, g, V, D);
+            kern_backend *be = m->be;
+            float *lg = be->device ? r->logits : logits + (size_t)j0 * V;
+            be->rmsnorm(be->ctx, r->xn, r->xn, m->out_norm, g, D, c->norm_eps);
+            be->matmul(be->ctx, lg, r->xn, &m->output, g, V, D);
+            if (be->device) {
+                sd_err e = be->download(be->ctx, logits + (size_t)j0 * V, lg,
+                                        sizeof(float) * (size_t)g * V);
+                if (e) {
+                    kv->n_pending = P;
+                    return e;
+                }
+            }
         }
     }
-    return SD_OK;
+    return m->be->sync(m->be->ctx);
 }

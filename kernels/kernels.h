@@ -88,11 +88,15 @@ struct kern_backend {
      * order on the backend's one stream: upload and copy are ordered with the ops, download and
      * sync wait for everything queued before them. A failure inside queued work is reported by
      * the next download or sync (SD_ECUDA with the device's message). */
+    int device; /* 1: backend memory is not host memory (CUDA); 0: it is (the CPU) */
     void *(*buf_alloc)(void *ctx, size_t bytes); /* 256-byte aligned; NULL when out of memory */
     void (*buf_free)(void *ctx, void *p);        /* NULL is a no-op */
     void (*upload)(void *ctx, void *dst, const void *src, size_t bytes);     /* host -> backend */
     sd_err (*download)(void *ctx, void *dst, const void *src, size_t bytes); /* backend -> host */
     void (*copy)(void *ctx, void *dst, const void *src, size_t bytes); /* may overlap (memmove) */
+    /* rows blocks of width bytes, dst + r * dpitch <- src + r * spitch (no overlap) */
+    void (*copy2d)(void *ctx, void *dst, size_t dpitch, const void *src, size_t spitch,
+                   size_t width, size_t rows);
     sd_err (*sync)(void *ctx);
     /* idx[r] = sample_argmax(logits + r * ld, V) for r < rows, computed where the logits are;
      * idx is host memory (the call waits). */

@@ -951,6 +951,14 @@ static sd_err cpu_download(void *vctx, void *dst, const void *src, size_t bytes)
     return SD_OK;
 }
 
+static void cpu_copy2d(void *vctx, void *dst, size_t dpitch, const void *src, size_t spitch,
+                       size_t width, size_t rows)
+{
+    (void)vctx;
+    for (size_t r = 0; r < rows; r++)
+        memcpy((uint8_t *)dst + r * dpitch, (const uint8_t *)src + r * spitch, width);
+}
+
 static sd_err cpu_sync(void *vctx)
 {
     (void)vctx;
@@ -1059,6 +1067,7 @@ sd_err kern_cpu_create(kern_backend **out, int n_threads, unsigned flags)
     b->upload = cpu_upload;
     b->download = cpu_download;
     b->copy = cpu_upload;
+    b->copy2d = cpu_copy2d;
     b->sync = cpu_sync;
     b->argmax = cpu_argmax;
     *out = b;

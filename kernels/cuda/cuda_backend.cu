@@ -362,6 +362,17 @@ void cu_copy(void *vctx, void *dst, const void *src, size_t bytes)
     note(c, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, c->st), "copy");
 }
 
+void cu_copy2d(void *vctx, void *dst, size_t dpitch, const void *src, size_t spitch, size_t width,
+               size_t rows)
+{
+    cuda_ctx *c = static_cast<cuda_ctx *>(vctx);
+    if (width && rows)
+        note(c,
+             cudaMemcpy2DAsync(dst, dpitch, src, spitch, width, rows, cudaMemcpyDeviceToDevice,
+                               c->st),
+             "copy2d");
+}
+
 sd_err cu_sync(void *vctx)
 {
     cuda_ctx *c = static_cast<cuda_ctx *>(vctx);
@@ -477,6 +488,8 @@ extern "C" sd_err kern_cuda_create(kern_backend **out, int device, unsigned flag
     b->upload = cu_upload;
     b->download = cu_download;
     b->copy = cu_copy;
+    b->copy2d = cu_copy2d;
+    b->device = 1;
     b->sync = cu_sync;
     b->argmax = cu_argmax;
     *out = b;

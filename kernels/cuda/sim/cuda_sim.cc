@@ -596,23 +596,23 @@ static cudaError_t run_launch(dim3 grid, dim3 block, size_t smem, cusim_thunk fn
     L.destroy = destroy;
     L.n_blocks = (unsigned long)grid.x * grid.y * grid.z;
     Pool *p = g_pool;
-    int helpers = (int)p->workers.size() - 1;
-    if ((unsigned long)helpers > L.n_blocks - 1)
-        helpers = (int)(L.n_blocks - 1);
-    {
-        std::lock_guard<std::mutex> g(p->mu);
-        p->cur = &L;
-        p->busy = (int)p->workers.size() - 1;
-        p->gen++;
+    /* waking the other OS threads costs more than a few small blocks take to run */
+    int helpers = L.n_blocks * nt >= 4096 && p->workers.size() > 1;
+    if (helpers) {
+        {
+            std::lock_guard<std::mutex> g(p->mu);
+            p->cur = &L;
+            p->busy = (int)p->workers.size() - 1;
+            p->gen++;
+        }
+        p->cv.notify_all();
     }
-    p->cv.notify_all();
-    (void)helpers;
     uint64_t s = g_seed.fetch_add(0x9e3779b97f4a7c15ull) ^ 0x243f6a8885a308d3ull;
     p->workers[0]->rng = s | 1;
     for (size_t i = 1; i < p->workers.size(); i++)
         p->workers[i]->rng = (s + 0x632be59bd9b4e019ull * i) | 1;
     run_worker(p->workers[0], &L);
-    {
+    if (helpers) {
         std::unique_lock<std::mutex> lk(p->mu);
         p->done_cv.wait(lk, [&] { return p->busy == 0; });
         p->cur = nullptr;
@@ -930,6 +930,19 @@ cudaError_t cudaMemcpyAsync(void *d, const void *s, size_t n, cudaMemcpyKind k, 
         return cudaSuccess;
     }
     return cudaMemcpy(d, s, n, k);
+}
+
+cudaError_t cudaMemcpy2DAsync(void *d, size_t dp, const void *s, size_t sp, size_t w, size_t h,
+                              cudaMemcpyKind k, cudaStream_t st)
+{
+    if (w > dp || w > sp)
+        return set_last(cudaErrorInvalidValue);
+    for (size_t r = 0; r < h; r++) {
+        cudaError_t e = cudaMemcpyAsync((char *)d + r * dp, (const char *)s + r * sp, w, k, st);
+        if (e != cudaSuccess)
+            return e;
+    }
+    return cudaSuccess;
 }
 
 cudaError_t cudaMemset(void *d, int v, size_t n)
