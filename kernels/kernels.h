@@ -149,6 +149,13 @@ sd_err kern_cpu_create(kern_backend **out, int n_threads, unsigned flags);
  * which); SD_ECUDA for other CUDA failures. */
 sd_err kern_cuda_create(kern_backend **out, int device, unsigned flags);
 
+/* The backend a user names (--backend, a config's backend key): "cpu" (or NULL) the CPU
+ * backend; "cuda" the CUDA backend on GPU `device`, or — with no GPU, no driver or a build
+ * without CUDA — one log line and the CPU backend; "cuda!" CUDA or SD_EUNSUPPORTED. n_threads
+ * and the CPU flags serve the CPU backend; KERN_CPU_F32_ACT picks the mode on both. */
+sd_err kern_backend_open(kern_backend **out, const char *spec, int device, int n_threads,
+                         unsigned flags);
+
 /* What the CPU offers, as detected at run time: "avx512vnni avx2 fma ..." */
 const char *kern_cpu_features(void);
 
