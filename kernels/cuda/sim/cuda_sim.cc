@@ -502,6 +502,9 @@ void pool_thread(Pool *p, int idx)
 
 void pool_init()
 {
+    const char *sd = getenv("CUSIM_SEED"); /* rand order: replayable sequences of orders */
+    if (sd && *sd)
+        g_seed.store(strtoull(sd, nullptr, 0));
     int n = 2;
     const char *e = getenv("CUSIM_THREADS");
     if (e && atoi(e) > 0)
