@@ -135,6 +135,11 @@ sd_err kv_commit_path(kv_cache *kv, const int *path, int n)
 void kv_put(kv_cache *kv, int layer, int slot0, const float *k, const float *v, int T)
 {
     size_t dh = (size_t)kv->dh;
+    if (kv->be && kv->be->kv_put) {
+        kv->be->kv_put(kv->be->ctx, kv_k(kv, layer), kv_v(kv, layer), k, v, slot0, T, kv->n_head,
+                       kv->dh, kv_head_stride(kv));
+        return;
+    }
     if (kv->be) { /* per head: T rows of dh floats, strided in the source */
         for (int h = 0; h < kv->n_head; h++) {
             size_t o = (size_t)h * kv_head_stride(kv) + (size_t)slot0 * dh;

@@ -668,6 +668,43 @@ static void layer_forward(model *m, model_run *r, kv_cache *kv, int l, int first
     be->add(bc, r->x, r->tmp, T * D);
 }
 
+/* The output head over the first g rows of r->xn (already gathered) into lg. */
+static void head_forward(model *m, model_run *r, float *lg, int g)
+{
+    kern_backend *be = m->be;
+    be->rmsnorm(be->ctx, r->xn, r->xn, m->out_norm, g, m->cfg.n_embd, m->cfg.norm_eps);
+    be->matmul(be->ctx, lg, r->xn, &m->output, g, m->cfg.n_vocab, m->cfg.n_embd);
+}
+
+/* A plain decode step (one token, no pending nodes) on a backend with decode graphs: the layers
+ * and the head into r->logits, captured once per (model, run, cache) and replayed after that
+ * (kernels.h graph_begin). 1: done; 0: not graphed (run the ops as usual); an error < 0. */
+static int decode_graph(model *m, model_run *r, kv_cache *kv, int first)
+{
+    kern_backend *be = m->be;
+    struct {
+        const void *m, *r, *k, *v;
+        long n_ctx;
+    } key;
+    memset(&key, 0, sizeof key); /* the padding is part of the key's bytes */
+    key.m = m;
+    key.r = r;
+    key.k = kv->k;
+    key.v = kv->v;
+    key.n_ctx = kv->n_ctx;
+    int have = be->graph_begin(be->ctx, &key, sizeof key, kv->n_committed, kv->n_ctx);
+    if (have < 0)
+        return 0;
+    if (!have) {
+        for (int l = 0; l < m->cfg.n_layer; l++)
+            layer_forward(m, r, kv, l, first, 1);
+        be->copy(be->ctx, r->xn, r->x, sizeof(float) * (size_t)m->cfg.n_embd);
+        head_forward(m, r, r->logits, 1);
+    }
+    sd_err e = be->graph_end(be->ctx);
+    return e == SD_EAGAIN ? 0 : e ? -1 : 1;
+}
+
 sd_err model_forward(model *m, model_run *r, kv_cache *kv, const int32_t *tokens,
                      const int *parents, int T, const int *out_idx, int n_out, float *logits)
 {
@@ -730,6 +767,19 @@ sd_err model_forward(model *m, model_run *r, kv_cache *kv, const int32_t *tokens
                               m->tok_embd.type, (size_t)D);
         if (m->be->device)
             m->be->upload(m->be->ctx, r->x, hx, sizeof(float) * (size_t)n * D);
+        int graphed = 0;
+        if (T == 1 && P == 0 && n_out == 1 && m->be->device && m->be->graph_begin)
+            graphed = decode_graph(m, r, kv, P);
+        if (graphed < 0) {
+            kv->n_pending = P;
+            return SD_ECUDA; /* the backend's message stands */
+        }
+        if (graphed) {
+            sd_err e = m->be->download(m->be->ctx, logits, r->logits, sizeof(float) * (size_t)V);
+            if (e)
+                kv->n_pending = P;
+            return e;
+        }
         for (int l = 0; l < c->n_layer; l++)
             layer_forward(m, r, kv, l, P + c0, n);
         /* Gather the rows whose logits are wanted, then one matmul over the head for them. */
@@ -745,8 +795,7 @@ sd_err model_forward(model *m, model_run *r, kv_cache *kv, const int32_t *tokens
         if (g) {
             kern_backend *be = m->be;
             float *lg = be->device ? r->logits : logits + (size_t)j0 * V;
-            be->rmsnorm(be->ctx, r->xn, r->xn, m->out_norm, g, D, c->norm_eps);
-            be->matmul(be->ctx, lg, r->xn, &m->output, g, V, D);
+            head_forward(m, r, lg, g);
             if (be->device) {
                 sd_err e = be->download(be->ctx, logits + (size_t)j0 * V, lg,
                                         sizeof(float) * (size_t)g * V);

@@ -98,6 +98,21 @@ struct kern_backend {
     void (*copy2d)(void *ctx, void *dst, size_t dpitch, const void *src, size_t spitch,
                    size_t width, size_t rows);
     sd_err (*sync)(void *ctx);
+    /* Store T rows k/v[T][Hkv][Dh] (backend memory) at slots slot0.. of one layer of a
+     * head-major cache (kl, vl: the layer's keys and values, head_stride floats between heads).
+     * NULL: kv.c uses copy2d. */
+    void (*kv_put)(void *ctx, float *kl, float *vl, const float *k, const float *v, int slot0,
+                   int T, int Hkv, int Dh, size_t head_stride);
+    /* Decode graphs (both NULL where unsupported): a plain decode step — one token at position
+     * `step` after a committed prefix of `step` slots, no pending nodes, whose keys are slots
+     * 0..step — recorded once per key (the caller's buffers: model, run, cache) and replayed.
+     * graph_begin returns 1 when a graph for key exists (issue no ops; graph_end replays it),
+     * 0 when the ops issued until graph_end are to be captured (graph_end then replays them),
+     * -1 when graphs cannot be used now (run the ops as usual; no graph_end). graph_end:
+     * SD_OK once the step ran; SD_EAGAIN when the capture failed and nothing ran (run the ops
+     * as usual). max_keys: the cache's capacity (the largest step + 1 a replay may see). */
+    int (*graph_begin)(void *ctx, const void *key, size_t key_len, int step, int max_keys);
+    sd_err (*graph_end)(void *ctx);
     /* idx[r] = sample_argmax(logits + r * ld, V) for r < rows, computed where the logits are;
      * idx is host memory (the call waits). */
     sd_err (*argmax)(void *ctx, int *idx, const float *logits, int rows, int V, size_t ld);

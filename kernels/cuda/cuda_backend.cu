@@ -47,6 +47,18 @@ struct cuda_ctx {
     int *d_idx; /* argmax results */
     int idx_cap;
     char name[320];
+    /* decode graphs: a few captured steps, by key; any scratch regrowth (gen) drops them, since
+     * the graphs hold the old addresses */
+    enum { NG = 4, KEYMAX = 64 };
+    struct {
+        unsigned char key[KEYMAX];
+        size_t key_len;
+        cudaGraphExec_t exec;
+        unsigned long gen, used;
+    } g[NG];
+    unsigned long gen, tick;
+    int capturing, cap_failed, cap_slot, step, max_keys;
+    int *d_step, *h_step; /* the step of the moment: pinned host -> device before a replay */
 };
 
 void note(cuda_ctx *c, cudaError_t e, const char *where)
@@ -75,6 +87,11 @@ template <class T> int grow_dev(cuda_ctx *c, T **p, size_t *cap, size_t need)
 {
     if (need <= *cap)
         return 0;
+    if (c->capturing) { /* no allocation inside a capture: the step runs uncaptured instead */
+        c->cap_failed = 1;
+        return -1;
+    }
+    c->gen++;
     size_t n = need + need / 2 + 1024;
     cudaStreamSynchronize(c->st);
     cudaFree(*p);
@@ -224,7 +241,19 @@ void cu_rope(void *vctx, float *x, const int *pos, int T, int H, int Dh, int n_r
         maxp = pos[t] > maxp ? pos[t] : maxp;
     if (nr <= 0)
         return;
+    if (c->capturing) { /* the replayed position is the device-side step */
+        if (T != 1 || pos[0] != c->step || c->max_keys > c->rope_cap || nr != c->rope_nrot ||
+            freq_base != c->rope_base) {
+            c->cap_failed = 1;
+            return;
+        }
+        note(c, kcuda_rope_step(x, c->d_step, c->rope_tab, H, Dh, nr, neox, c->st), "rope");
+        return;
+    }
+    if (c->max_keys > maxp)
+        maxp = c->max_keys; /* room for the positions a decode graph will replay */
     if (maxp >= c->rope_cap || nr != c->rope_nrot || freq_base != c->rope_base) {
+        c->gen++;
         /* a table for positions [0, cap): the angles depend on (pos, i) alone */
         int cap = maxp + 1 > 2 * c->rope_cap ? maxp + 1 : 2 * c->rope_cap;
         cap = cap < 4096 ? 4096 : cap;
@@ -266,6 +295,18 @@ void cu_attention(void *vctx, float *out, const float *q, const float *kc, const
     cuda_ctx *c = static_cast<cuda_ctx *>(vctx);
     if (T <= 0)
         return;
+    if (c->capturing) { /* one node at slot step over the keys 0..step, read at replay */
+        if (T != 1 || n_prefix != c->step || anc_off[0] != 0 || anc_off[1] != 1 ||
+            anc[0] != c->step) {
+            c->cap_failed = 1;
+            return;
+        }
+        note(c,
+             kcuda_attention_step(out, q, kc, vc, ld_slot, ld_head, c->d_step, H, Hkv, Dh, scale,
+                                  c->max_keys, c->st),
+             "attention");
+        return;
+    }
     int maxk = 0;
     for (int t = 0; t < T; t++) {
         int n = n_prefix + anc_off[t + 1] - anc_off[t];
@@ -409,6 +450,106 @@ sd_err cu_argmax(void *vctx, int *idx, const float *logits, int rows, int V, siz
     return cu_download(vctx, idx, c->d_idx, sizeof(int) * (size_t)rows);
 }
 
+void cu_kv_put(void *vctx, float *kl, float *vl, const float *k, const float *v, int slot0, int T,
+               int Hkv, int Dh, size_t head_stride)
+{
+    cuda_ctx *c = static_cast<cuda_ctx *>(vctx);
+    if (c->capturing && (T != 1 || slot0 != c->step)) {
+        c->cap_failed = 1;
+        return;
+    }
+    note(c,
+         kcuda_kv_put(kl, vl, k, v, slot0, c->capturing ? c->d_step : nullptr, T, Hkv, Dh,
+                      head_stride, c->st),
+         "kv_put");
+}
+
+int cu_graph_begin(void *vctx, const void *key, size_t key_len, int step, int max_keys)
+{
+    cuda_ctx *c = static_cast<cuda_ctx *>(vctx);
+    if (c->capturing || c->err != cudaSuccess || key_len > cuda_ctx::KEYMAX || step < 0 ||
+        step >= max_keys || max_keys > kcuda_attention_max_keys())
+        return -1;
+    if (!c->d_step) {
+        if (cudaMalloc((void **)&c->d_step, sizeof(int)) != cudaSuccess ||
+            cudaMallocHost((void **)&c->h_step, sizeof(int)) != cudaSuccess) {
+            cudaGetLastError();
+            cudaFree(c->d_step);
+            c->d_step = nullptr;
+            return -1;
+        }
+    }
+    /* the previous step ended with a download: nothing reads h_step any more */
+    *c->h_step = step;
+    note(c, cudaMemcpyAsync(c->d_step, c->h_step, sizeof(int), cudaMemcpyHostToDevice, c->st),
+         "graph step");
+    c->step = step;
+    c->tick++;
+    int free_slot = 0;
+    for (int i = 0; i < cuda_ctx::NG; i++) {
+        if (c->g[i].exec && c->g[i].gen == c->gen && c->g[i].key_len == key_len &&
+            !memcmp(c->g[i].key, key, key_len) && c->max_keys == max_keys) {
+            c->cap_slot = i;
+            c->g[i].used = c->tick;
+            return 1;
+        }
+        if (c->g[i].used < c->g[free_slot].used)
+            free_slot = i;
+    }
+    if (c->max_keys != max_keys || c->rope_cap < max_keys) {
+        /* the first step at this capacity runs uncaptured: it grows the rope table and the
+         * scratch to what the replays need */
+        c->max_keys = max_keys;
+        return -1;
+    }
+    auto &g = c->g[free_slot];
+    if (g.exec) {
+        cudaGraphExecDestroy(g.exec);
+        g.exec = nullptr;
+    }
+    memcpy(g.key, key, key_len);
+    g.key_len = key_len;
+    g.used = c->tick;
+    c->cap_slot = free_slot;
+    c->cap_failed = 0;
+    if (cudaStreamBeginCapture(c->st, cudaStreamCaptureModeRelaxed) != cudaSuccess) {
+        cudaGetLastError();
+        return -1;
+    }
+    c->capturing = 1;
+    return 0;
+}
+
+sd_err cu_graph_end(void *vctx)
+{
+    cuda_ctx *c = static_cast<cuda_ctx *>(vctx);
+    auto &g = c->g[c->cap_slot];
+    if (c->capturing) {
+        c->capturing = 0;
+        cudaGraph_t graph = nullptr;
+        cudaError_t e = cudaStreamEndCapture(c->st, &graph);
+        if (e == cudaSuccess && !c->cap_failed && c->err == cudaSuccess)
+            e = cudaGraphInstantiate(&g.exec, graph, 0);
+        if (graph)
+            cudaGraphDestroy(graph);
+        if (e != cudaSuccess || c->cap_failed || c->err != cudaSuccess) {
+            cudaGetLastError();
+            if (g.exec)
+                cudaGraphExecDestroy(g.exec);
+            g.exec = nullptr;
+            g.key_len = 0;
+            if (c->err != cudaSuccess)
+                return report(c);
+            return SD_EAGAIN; /* nothing ran: the caller runs the step's ops */
+        }
+        g.gen = c->gen;
+    }
+    if (!g.exec)
+        return SD_EAGAIN;
+    note(c, cudaGraphLaunch(g.exec, c->st), "graph launch");
+    return report(c);
+}
+
 void cu_free(kern_backend *b)
 {
     if (!b)
@@ -425,6 +566,11 @@ void cu_free(kern_backend *b)
         }
         cudaFree(c->rope_tab);
         cudaFree(c->d_idx);
+        for (int i = 0; i < cuda_ctx::NG; i++)
+            if (c->g[i].exec)
+                cudaGraphExecDestroy(c->g[i].exec);
+        cudaFree(c->d_step);
+        cudaFreeHost(c->h_step);
         if (c->st)
             cudaStreamDestroy(c->st);
         free(c);
@@ -489,6 +635,11 @@ extern "C" sd_err kern_cuda_create(kern_backend **out, int device, unsigned flag
     b->download = cu_download;
     b->copy = cu_copy;
     b->copy2d = cu_copy2d;
+    b->kv_put = cu_kv_put;
+    if (!getenv("SPECD_CUDA_NO_GRAPHS")) { /* graphs off: for comparisons */
+        b->graph_begin = cu_graph_begin;
+        b->graph_end = cu_graph_end;
+    }
     b->device = 1;
     b->sync = cu_sync;
     b->argmax = cu_argmax;

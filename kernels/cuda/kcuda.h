@@ -58,6 +58,19 @@ cudaError_t kcuda_attention(float *out, const float *q, const float *kc, const f
 /* Largest max_keys kcuda_attention takes (its scores live in shared memory). */
 int kcuda_attention_max_keys(void);
 
+/* Decode-graph forms: the position / prefix length is *step, read when the kernel runs (a
+ * captured graph replays with the step of the moment). rope: one position (T = 1) at *step;
+ * attention: one node at slot *step over the keys 0..*step (max_keys >= *step + 1 sizes the
+ * shared memory); kv_put: rows to slots *step.. (step NULL: slot0). */
+cudaError_t kcuda_rope_step(float *x, const int *step, const float *tab, int H, int Dh, int n_rot,
+                            int neox, cudaStream_t st);
+cudaError_t kcuda_attention_step(float *out, const float *q, const float *kc, const float *vc,
+                                 size_t ld_slot, size_t ld_head, const int *step, int H, int Hkv,
+                                 int Dh, float scale, int max_keys, cudaStream_t st);
+cudaError_t kcuda_kv_put(float *kl, float *vl, const float *k, const float *v, int slot0,
+                         const int *step, int T, int Hkv, int Dh, size_t head_stride,
+                         cudaStream_t st);
+
 cudaError_t kcuda_silu_mul(float *gate, const float *up, int n, cudaStream_t st);
 cudaError_t kcuda_add(float *x, const float *y, int n, cudaStream_t st);
 cudaError_t kcuda_add_bias(float *out, const float *bias, int T, int N, cudaStream_t st);

@@ -497,7 +497,8 @@ cudaError_t kcuda_rmsnorm(float *out, const float *x, const float *w, int T, int
 /* ---- rope: a thread per rotated pair; cos/sin from the host-made table ---- */
 
 __global__ void __launch_bounds__(256)
-    k_rope(float *x, const int *pos, const float *tab, int T, int H, int Dh, int half, int neox)
+    k_rope(float *x, const int *pos, const int *step, const float *tab, int T, int H, int Dh,
+           int half, int neox)
 {
     long i = (long)blockIdx.x * blockDim.x + threadIdx.x, n = (long)T * H * half;
     if (i >= n)
@@ -505,7 +506,8 @@ __global__ void __launch_bounds__(256)
     int k = (int)(i % half);
     long th = i / half;
     int t = (int)(th / H);
-    const float *row = tab + (size_t)pos[t] * 2 * half;
+    int p = pos ? pos[t] : *step + t; /* step: a decode graph's position, read at replay */
+    const float *row = tab + (size_t)p * 2 * half;
     float c = row[k], s = row[half + k];
     float *xh = x + (size_t)th * Dh;
     int a = neox ? k : 2 * k, b = neox ? k + half : 2 * k + 1;
@@ -523,7 +525,8 @@ cudaError_t kcuda_rope(float *x, const int *pos, const float *tab, int T, int H,
     if (T <= 0 || H <= 0 || half <= 0)
         return T <= 0 || H <= 0 ? cudaErrorInvalidValue : cudaSuccess;
     long n = (long)T * H * half;
-    KLAUNCH(k_rope, kc_blocks(n, 256), 256, 0, st, x, pos, tab, T, H, Dh, half, neox);
+    KLAUNCH(k_rope, kc_blocks(n, 256), 256, 0, st, x, pos, (const int *)nullptr, tab, T, H, Dh,
+            half, neox);
     return cudaGetLastError();
 }
 
@@ -550,13 +553,17 @@ enum { ATT_SMEM_MAX = 200 * 1024 };
 
 __global__ void __launch_bounds__(1024)
     k_attention(float *out, const float *q, const float *kc, const float *vc, size_t ld_slot,
-                size_t ld_head, int np, const int *anc, const int *anc_off, int H, int Hkv, int Dh,
-                float scale)
+                size_t ld_head, int np, const int *anc, const int *anc_off, const int *step, int H,
+                int Hkv, int Dh, float scale)
 {
     CUDA_DYN_SMEM(float, s);
     int h = blockIdx.x, t = blockIdx.y, tid = threadIdx.x, nt = blockDim.x;
-    int a0 = anc_off[t], nk = np + (anc_off[t + 1] - a0);
-    const int *an = anc + a0;
+    /* step (a decode graph): one node at slot *step after a prefix of *step slots, read at
+     * replay; its keys are slots 0..*step in order, as the ancestor list [*step] gives */
+    if (step)
+        np = *step;
+    int a0 = step ? 0 : anc_off[t], nk = np + (step ? 1 : anc_off[t + 1] - a0);
+    const int *an = step ? step : anc + a0;
     int kvh = h / (H / Hkv);
     const float *qh = q + ((size_t)t * H + h) * Dh;
     const float *kb = kc + (size_t)kvh * ld_head, *vb = vc + (size_t)kvh * ld_head;
@@ -625,7 +632,78 @@ cudaError_t kcuda_attention(float *out, const float *q, const float *kc, const f
     int nt = (Dh + 31) / 32 * 32 + 32; /* Dh lanes for the weighted sum + one warp for the sum */
     nt = nt < 128 ? 128 : nt;
     KLAUNCH(k_attention, dim3((unsigned)H, (unsigned)T), nt, smem, st, out, q, kc, vc, ld_slot,
-            ld_head, n_prefix, anc, anc_off, H, Hkv, Dh, scale);
+            ld_head, n_prefix, anc, anc_off, (const int *)nullptr, H, Hkv, Dh, scale);
+    return cudaGetLastError();
+}
+
+static cudaError_t attention_launch_step(float *out, const float *q, const float *kc,
+                                         const float *vc, size_t ld_slot, size_t ld_head,
+                                         const int *step, int H, int Hkv, int Dh, float scale,
+                                         int max_keys, cudaStream_t st)
+{
+    size_t smem = ((size_t)max_keys + 32) * sizeof(float);
+    int nt = (Dh + 31) / 32 * 32 + 32;
+    nt = nt < 128 ? 128 : nt;
+    KLAUNCH(k_attention, dim3((unsigned)H, 1u), nt, smem, st, out, q, kc, vc, ld_slot, ld_head, 0,
+            (const int *)nullptr, (const int *)nullptr, step, H, Hkv, Dh, scale);
+    return cudaGetLastError();
+}
+
+cudaError_t kcuda_attention_step(float *out, const float *q, const float *kc, const float *vc,
+                                 size_t ld_slot, size_t ld_head, const int *step, int H, int Hkv,
+                                 int Dh, float scale, int max_keys, cudaStream_t st)
+{
+    if (H <= 0 || Hkv <= 0 || H % Hkv || Dh <= 0 || Dh > 992 || max_keys < 1 ||
+        max_keys > kcuda_attention_max_keys())
+        return cudaErrorInvalidValue;
+    static int opted_in;
+    if (((size_t)max_keys + 32) * sizeof(float) > KC_SMEM_MAX && !opted_in) {
+        cudaFuncSetAttribute(k_attention, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                             ATT_SMEM_MAX + 128);
+        opted_in = 1;
+    }
+    return attention_launch_step(out, q, kc, vc, ld_slot, ld_head, step, H, Hkv, Dh, scale,
+                                 max_keys, st);
+}
+
+cudaError_t kcuda_rope_step(float *x, const int *step, const float *tab, int H, int Dh, int n_rot,
+                            int neox, cudaStream_t st)
+{
+    if (n_rot > Dh)
+        n_rot = Dh;
+    int half = (n_rot & ~1) / 2;
+    if (H <= 0 || half <= 0)
+        return H <= 0 ? cudaErrorInvalidValue : cudaSuccess;
+    long n = (long)H * half;
+    KLAUNCH(k_rope, kc_blocks(n, 256), 256, 0, st, x, (const int *)nullptr, step, tab, 1, H, Dh,
+            half, neox);
+    return cudaGetLastError();
+}
+
+/* ---- KV rows: k[T][Hkv][Dh] to slots slot0.. (or *step..) of a head-major layer ---- */
+
+__global__ void __launch_bounds__(256)
+    k_kv_put(float *kl, float *vl, const float *k, const float *v, int slot0, const int *step,
+             int T, int Hkv, int Dh, size_t head_stride)
+{
+    long i = (long)blockIdx.x * blockDim.x + threadIdx.x, n = (long)T * Hkv * Dh;
+    if (i >= n)
+        return;
+    int d = (int)(i % Dh), h = (int)(i / Dh % Hkv), t = (int)(i / ((long)Dh * Hkv));
+    size_t o = (size_t)h * head_stride + (size_t)((step ? *step : slot0) + t) * Dh + d;
+    kl[o] = k[i];
+    vl[o] = v[i];
+}
+
+cudaError_t kcuda_kv_put(float *kl, float *vl, const float *k, const float *v, int slot0,
+                         const int *step, int T, int Hkv, int Dh, size_t head_stride,
+                         cudaStream_t st)
+{
+    if (T <= 0 || Hkv <= 0 || Dh <= 0)
+        return cudaErrorInvalidValue;
+    long n = (long)T * Hkv * Dh;
+    KLAUNCH(k_kv_put, kc_blocks(n, 256), 256, 0, st, kl, vl, k, v, slot0, step, T, Hkv, Dh,
+            head_stride);
     return cudaGetLastError();
 }
 

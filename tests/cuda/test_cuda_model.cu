@@ -175,6 +175,27 @@ static void run_variant(const variant *v)
     snprintf(what, sizeof what, "%s: decode after kv_commit_path", v->name);
     assert_same(what, lg, lc, (size_t)V);
     assert_same(what, lg, prefill + (size_t)(PRE + nchain) * V, (size_t)V);
+    /* 5. greedy decode steps: on the GPU side the first one sizes things, the second is
+     * captured as a graph, the rest replay it (the step read from device memory) */
+    for (side *s : {&cpu, &gpu})
+        assert_int_equal(kv_commit_all(s->kv), SD_OK);
+#if defined(CUSIM)
+    unsigned long g0 = cusim_graph_launch_count();
+#endif
+    enum { STEPS = 6 };
+    for (int i = 0; i < STEPS; i++) {
+        int32_t t = (int32_t)tu_below(&rng, (unsigned)V);
+        fwd(&cpu, &t, NULL, 1, NULL, 1, lc);
+        fwd(&gpu, &t, NULL, 1, NULL, 1, lg);
+        snprintf(what, sizeof what, "%s: decode step %d (graphs), cuda vs cpu", v->name, i);
+        assert_same(what, lg, lc, (size_t)V);
+        for (side *s : {&cpu, &gpu})
+            assert_int_equal(kv_commit_all(s->kv), SD_OK);
+    }
+#if defined(CUSIM)
+    if (!getenv("SPECD_CUDA_NO_GRAPHS"))
+        assert_true(cusim_graph_launch_count() - g0 >= STEPS - 2);
+#endif
     free(lc);
     free(lg);
     free(prefill);
@@ -194,9 +215,8 @@ static void test_models(void **state)
         if ((int)(i % 3) != cusim_get_order())
             continue;
 #endif
-        unsigned long l0 = 0;
 #if defined(CUSIM)
-        l0 = cusim_launch_count();
+        unsigned long l0 = cusim_launch_count();
 #endif
         run_variant(&variants[i]);
 #if defined(CUSIM)

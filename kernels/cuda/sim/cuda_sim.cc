@@ -781,6 +781,14 @@ unsigned long cusim_launch_count(void)
     return g_launches.load();
 }
 
+static std::atomic<unsigned long> g_graph_launches{0};
+static std::atomic<int> g_capturing{0};
+
+unsigned long cusim_graph_launch_count(void)
+{
+    return g_graph_launches.load();
+}
+
 /* ---- runtime API ---- */
 
 const char *cudaGetErrorString(cudaError_t e)
@@ -989,14 +997,18 @@ cudaError_t cudaStreamDestroy(cudaStream_t s)
     return cudaSuccess;
 }
 
+/* as on the GPU, waiting for a stream that is being captured is an error */
 cudaError_t cudaStreamSynchronize(cudaStream_t s)
 {
-    (void)s;
+    if ((s && s->capturing) || (!s && g_capturing.load()))
+        return set_last(cudaErrorStreamCaptureUnsupported);
     return cudaPeekAtLastError();
 }
 
 cudaError_t cudaDeviceSynchronize(void)
 {
+    if (g_capturing.load())
+        return set_last(cudaErrorStreamCaptureUnsupported);
     return cudaPeekAtLastError();
 }
 
@@ -1007,6 +1019,7 @@ cudaError_t cudaStreamBeginCapture(cudaStream_t s, cudaStreamCaptureMode m)
         return cudaErrorStreamCaptureUnsupported; /* the legacy stream cannot be captured */
     s->capturing = 1;
     s->rec = new std::vector<Op>;
+    g_capturing++;
     return cudaSuccess;
 }
 
@@ -1019,6 +1032,7 @@ cudaError_t cudaStreamEndCapture(cudaStream_t s, cudaGraph_t *g)
     delete s->rec;
     s->rec = nullptr;
     s->capturing = 0;
+    g_capturing--;
     *g = gr;
     return cudaSuccess;
 }
@@ -1048,6 +1062,7 @@ cudaError_t cudaGraphInstantiate(cudaGraphExec_t *e, cudaGraph_t g, unsigned lon
 cudaError_t cudaGraphLaunch(cudaGraphExec_t e, cudaStream_t s)
 {
     (void)s;
+    g_graph_launches++;
     for (const Op &o : e->ops) {
         cudaError_t r = cudaSuccess;
         if (o.kind == 0)

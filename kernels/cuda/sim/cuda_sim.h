@@ -399,6 +399,8 @@ int cusim_set_order(int order);
 int cusim_get_order(void);
 /* Launches so far (tests check that an operation really launched kernels). */
 unsigned long cusim_launch_count(void);
+/* cudaGraphLaunch calls so far. */
+unsigned long cusim_graph_launch_count(void);
 
 typedef void (*cusim_thunk)(const void *args);
 /* Runs grid x block threads of thunk(args); args live until it returns. The stream only orders
