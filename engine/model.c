@@ -682,16 +682,26 @@ static void head_forward(model *m, model_run *r, float *lg, int g)
 static int decode_graph(model *m, model_run *r, kv_cache *kv, int first)
 {
     kern_backend *be = m->be;
+    /* everything a captured step holds: the buffers' addresses and the shapes of its ops */
     struct {
-        const void *m, *r, *k, *v;
-        long n_ctx;
+        const void *m, *r, *x, *logits, *k, *v, *pack, *vecs;
+        int n_ctx, n_layer, n_embd, n_ff, n_vocab, n_head;
     } key;
     memset(&key, 0, sizeof key); /* the padding is part of the key's bytes */
     key.m = m;
     key.r = r;
+    key.x = r->x;
+    key.logits = r->logits;
     key.k = kv->k;
     key.v = kv->v;
+    key.pack = m->dev_pack;
+    key.vecs = m->dev_vecs;
     key.n_ctx = kv->n_ctx;
+    key.n_layer = m->cfg.n_layer;
+    key.n_embd = m->cfg.n_embd;
+    key.n_ff = m->cfg.n_ff;
+    key.n_vocab = m->cfg.n_vocab;
+    key.n_head = m->cfg.n_head * 1024 + m->cfg.n_head_kv;
     int have = be->graph_begin(be->ctx, &key, sizeof key, kv->n_committed, kv->n_ctx);
     if (have < 0)
         return 0;

@@ -49,7 +49,7 @@ struct cuda_ctx {
     char name[320];
     /* decode graphs: a few captured steps, by key; any scratch regrowth (gen) drops them, since
      * the graphs hold the old addresses */
-    enum { NG = 4, KEYMAX = 64 };
+    enum { NG = 4, KEYMAX = 128 };
     struct {
         unsigned char key[KEYMAX];
         size_t key_len;
