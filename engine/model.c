@@ -316,8 +316,9 @@ static sd_err pack_weights(model *m, const model_opts *o)
         goto done;
     }
     size_t total = 0;
+    size_t al = be->device ? 256 : 64; /* each copy's alignment */
     for (int i = 0; i < n; i++)
-        total += (be->pack_bytes(be->ctx, mats[i]->type, N[i], K[i]) + 255) & ~(size_t)255;
+        total += (be->pack_bytes(be->ctx, mats[i]->type, N[i], K[i]) + al - 1) & ~(al - 1);
     if (!total)
         goto done;
     if (be->device) { /* the weights must be in its memory: upload every matrix */
