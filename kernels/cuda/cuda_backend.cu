@@ -269,8 +269,12 @@ void cu_rope(void *vctx, float *x, const int *pos, int T, int H, int Dh, int n_r
         c->rope_tab = nullptr;
         c->rope_cap = 0;
         cudaError_t e = cudaMalloc((void **)&c->rope_tab, n * sizeof(float));
+        /* on the backend's stream (a non-blocking one: a plain cudaMemcpy would not be ordered
+         * with its kernels), and finished before h goes */
         if (e == cudaSuccess)
-            e = cudaMemcpy(c->rope_tab, h, n * sizeof(float), cudaMemcpyHostToDevice);
+            e = cudaMemcpyAsync(c->rope_tab, h, n * sizeof(float), cudaMemcpyHostToDevice, c->st);
+        if (e == cudaSuccess)
+            e = cudaStreamSynchronize(c->st);
         free(h);
         if (e != cudaSuccess) {
             note(c, e, "rope table");
