@@ -105,6 +105,7 @@ struct Worker {
     std::vector<unsigned> w_mask;
     int bar_arrived = 0, bar_kind = -1;
     int failed = 0;
+    int dirty = 1; /* fiber stacks may hold poisoned frames of abandoned fibers (ASan) */
     const void *args = nullptr; /* this worker's copy of the launch arguments */
 #ifdef CUSIM_ASAN
     const void *sched_stack_bottom = nullptr;
@@ -217,7 +218,11 @@ namespace
 void fiber_init(Worker *w, cusim_fiber *f)
 {
 #ifdef CUSIM_ASAN
-    __asan_unpoison_memory_region(f->stack, f->stack_size);
+    /* A fiber that ran to its end returned from every kernel frame (unpoisoned), leaving only
+     * the entry frames at the top, which the new fiber rebuilds in place: unpoison those (after a
+     * failed block run_block unpoisons every stack whole: fibers were abandoned mid-kernel). */
+    size_t hot = f->stack_size < 16384 ? f->stack_size : 16384;
+    __asan_unpoison_memory_region(f->stack + f->stack_size - hot, hot);
 #endif
 #if defined(__x86_64__)
     /* frame popped by cusim_swap: control words, r15..rbp, then `ret` into the entry stub with
@@ -305,6 +310,7 @@ int ensure_stacks(Worker *w, int n)
         return -1;
     w->stacks = (char *)p;
     w->n_stacks = (size_t)n;
+    w->dirty = 1; /* the shadow of a reused address range may still say poisoned */
     /* a guard page below each stack: an overflow faults instead of corrupting a neighbour */
     for (int i = 0; i < n; i++)
         mprotect(w->stacks + per * (size_t)i, page, PROT_NONE);
@@ -342,6 +348,13 @@ void run_block(Worker *w, uint3 bidx)
     w->failed = 0;
     std::fill(w->w_arrived.begin(), w->w_arrived.end(), 0);
     size_t page = (size_t)sysconf(_SC_PAGESIZE);
+#ifdef CUSIM_ASAN
+    if (w->dirty) {
+        for (size_t i = 0; i < w->n_stacks; i++)
+            __asan_unpoison_memory_region(w->stacks + (STACK + page) * i + page, STACK);
+        w->dirty = 0;
+    }
+#endif
     for (int i = 0; i < nt; i++) {
         cusim_fiber *f = &w->f[(size_t)i];
         memset(f, 0, sizeof *f);
@@ -418,6 +431,8 @@ void run_block(Worker *w, uint3 bidx)
         }
         break;
     }
+    if (w->failed)
+        w->dirty = 1;
     cusim_blk = nullptr;
 }
 
