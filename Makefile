@@ -24,7 +24,7 @@ build:
 	cmake --build $(BUILD) -j $(JOBS)
 
 demo: setup build
-	$(BUILD)/specd generate --model $(MODEL) --chat -n 160 \
+	$(BUILD)/specd local --chat -n 160 \
 	    --prompt "Explain in three sentences why the sky is blue."
 
 test: setup build
@@ -39,12 +39,14 @@ test-asan: setup
 fuzz: setup
 	CC=clang cmake -S . -B $(FUZZ_BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSPECD_FUZZ=ON \
 	      >/dev/null
-	cmake --build $(FUZZ_BUILD) -j $(JOBS) --target fuzz_gguf fuzz_tok
-	mkdir -p $(FUZZ_BUILD)/fuzz-corpus $(FUZZ_BUILD)/fuzz-corpus-tok
+	cmake --build $(FUZZ_BUILD) -j $(JOBS) --target fuzz_gguf fuzz_tok fuzz_wire
+	mkdir -p $(FUZZ_BUILD)/fuzz-corpus $(FUZZ_BUILD)/fuzz-corpus-tok $(FUZZ_BUILD)/fuzz-corpus-wire
 	$(FUZZ_BUILD)/fuzz_gguf -max_total_time=$(FUZZ_SECONDS) -max_len=65536 \
 	    -print_final_stats=1 $(FUZZ_BUILD)/fuzz-corpus tests/fuzz/corpus
 	SPECD_MODEL=$(MODEL) $(FUZZ_BUILD)/fuzz_tok -max_total_time=$(FUZZ_SECONDS) -max_len=4096 \
 	    -print_final_stats=1 $(FUZZ_BUILD)/fuzz-corpus-tok tests/fuzz/corpus_tok
+	UCX_HANDLE_ERRORS=none $(FUZZ_BUILD)/fuzz_wire -max_total_time=$(FUZZ_SECONDS) -max_len=8192 \
+	    -print_final_stats=1 $(FUZZ_BUILD)/fuzz-corpus-wire tests/fuzz/corpus_wire
 
 bench: setup build
 	mkdir -p bench/out

@@ -206,6 +206,29 @@ static void tree_costs(model *m, model_run *r, kv_cache *kv, int prefix, const i
     free(tt);
 }
 
+/* The CPU's name as /proc/cpuinfo gives it (figures are meaningless without it). */
+static const char *cpu_model_name(void)
+{
+    static char name[128] = "unknown CPU";
+    FILE *f = fopen("/proc/cpuinfo", "r");
+    char line[256];
+    while (f && fgets(line, sizeof line, f))
+        if (strncmp(line, "model name", 10) == 0) {
+            const char *v = strchr(line, ':');
+            if (v) {
+                snprintf(name, sizeof name, "%s", v + 1 + (v[1] == ' '));
+                name[strcspn(name, "\n")] = 0;
+            }
+            break;
+        }
+    if (f)
+        fclose(f);
+    for (char *p = name; *p; p++)
+        if (*p == ',')
+            *p = ' '; /* the CSV has two columns */
+    return name;
+}
+
 int main(int argc, char **argv)
 {
     bench_opts bo = {0};
@@ -350,8 +373,9 @@ int main(int argc, char **argv)
 
     printf("model            %s (%s, %d layers, D=%d, V=%d)\n", path, c->arch, c->n_layer,
            c->n_embd, V);
-    printf("backend          %s, %d threads%s\n", model_backend(m)->name, threads,
-           flags & KERN_CPU_F32_ACT ? ", f32 activations" : "");
+    printf("cpu              %s (%s)\n", cpu_model_name(), kern_cpu_features());
+    printf("backend          %s, %d threads%s, numerics %s\n", model_backend(m)->name, threads,
+           flags & KERN_CPU_F32_ACT ? ", f32 activations" : "", model_backend(m)->numerics);
     printf("weights/token    %.1f MB\n", wbytes / 1e6);
     printf("%s %.1f GB/s median, %.1f best (%d passes over %.0f MB between the "
            "decode steps)\n",
@@ -386,8 +410,8 @@ int main(int argc, char **argv)
     FILE *f = fopen(csv, "w");
     if (f) {
         fprintf(f, "metric,value\n");
-        fprintf(f, "threads,%d\nbackend,%s\nbandwidth_gbs,%.2f\nweight_mb,%.2f\n", threads,
-                model_backend(m)->name, bw, wbytes / 1e6);
+        fprintf(f, "cpu,%s\nthreads,%d\nbackend,%s\nbandwidth_gbs,%.2f\nweight_mb,%.2f\n",
+                cpu_model_name(), threads, model_backend(m)->name, bw, wbytes / 1e6);
         fprintf(f, "decode_bound_tps,%.2f\ndecode_tps,%.2f\ndecode_fraction,%.3f\n", bound_tps,
                 decode_tps, decode_tps / bound_tps);
         fprintf(f, "prefill_tps,%.2f\n", prefill_tps);

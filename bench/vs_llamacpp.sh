@@ -5,6 +5,9 @@
 #
 #   bench/vs_llamacpp.sh LLAMA_BENCH [MODEL] [THREADS]
 #
+# CPU_LEVEL=portable|avx2|avx512 caps specd's kernels (bench_engine --cpu-level; e.g. AVX2 on an
+# AVX-512 machine stands in for an AVX2-only one); the CPU is named in the output.
+#
 # LLAMA_BENCH is a llama-bench binary you built yourself (this project does not ship or build
 # llama.cpp). llama.cpp's pp16 evaluates a 16-token chain and computes the logits of its last
 # token only; specd's T=16 row computes a 16-node tree with the logits of every node (what
@@ -21,8 +24,11 @@ BUILD=${BUILD:-build}
 mkdir -p bench/out
 out=bench/out/vs_llamacpp.csv
 
-echo "vs_llamacpp: specd bench_engine ($TH threads) ..." >&2
-"$BUILD/bench_engine" --model "$M" --threads "$TH" --csv bench/out/engine_vs.csv >/dev/null
+CPU_LEVEL=${CPU_LEVEL:-best}
+echo "vs_llamacpp: CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //')" >&2
+echo "vs_llamacpp: specd bench_engine ($TH threads, --cpu-level $CPU_LEVEL) ..." >&2
+"$BUILD/bench_engine" --model "$M" --threads "$TH" --cpu-level "$CPU_LEVEL" \
+    --csv bench/out/engine_vs.csv >/dev/null
 val() { awk -F, -v k="$1" '$1 == k { print $2 }' bench/out/engine_vs.csv; }
 s_tg=$(val decode_tps)
 s_t1=$(val tree_T1_ms)

@@ -19,10 +19,17 @@
 
 typedef struct cfg_file cfg_file;
 
-/* Apply defaults, the --config file (if any) and the command line to target. On SD_ECANCELED
- * the user asked for --help (print cfg_usage and exit 0); any other error has its message in
- * sd_errmsg() (print it and exit 2). *keep holds the strings read from the file: free it with
- * cfg_file_free when target is no longer used. */
+/* Apply defaults, the --config file (if any) and the command line to target. argv[0..argc) are
+ * the arguments after the program name, as for opt_parse ("--config FILE" / "--config=FILE"
+ * may appear anywhere, once). On SD_ECANCELED the user asked for --help (print cfg_usage and
+ * exit 0); any other error has its message in sd_errmsg() (print it and exit 2). *keep holds
+ * the strings read from the file: free it with cfg_file_free when target is no longer used.
+ * On error *keep is NULL and target is partly written (its string fields may point at freed
+ * copies): do not use it.
+ *
+ * File values must have the key's type: an integer for int/u64, an integer or a float for
+ * float, a string for string, true/false for a flag; groups, arrays and lists are never
+ * accepted. A flag set in the file is cleared on the command line with --no-NAME. */
 sd_err cfg_load(const opt_def *defs, size_t n, void *target, int argc, char **argv,
                 cfg_file **keep);
 void cfg_file_free(cfg_file *f);

@@ -4,5 +4,7 @@
 
 /* Seconds on CLOCK_MONOTONIC (arbitrary origin; differences only). */
 double clock_now_s(void);
+/* Sleep ms milliseconds (fractions allowed), resuming after signals. */
+void clock_sleep_ms(double ms);
 
 #endif

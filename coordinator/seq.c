@@ -38,6 +38,8 @@ typedef struct {
     int *depth;      /* depth within the chunk (0 = child of the root) */
     int leaf;        /* chunk index of the most probable leaf, -1 without nodes */
     double t_sent;
+    double t_draft_ms; /* how long the session waited for the drafter before this chunk */
+    int budget;        /* the controller's budget for it (-1: not adaptive) */
     int retries;
     /* a verdict that arrived before earlier chunks were applied */
     int held;
@@ -68,9 +70,15 @@ struct seq {
     /* what each worker holds: tokens of positions [0, wn) */
     int32_t *wtok[SEQ_MAX_WORKERS];
     int wn[SEQ_MAX_WORKERS];
+    int wdead[SEQ_MAX_WORKERS];
+    uint64_t wlast[SEQ_MAX_WORKERS]; /* the last chunk sent to each worker */
     /* scratch */
     int32_t *s_tok, *s_par, *s_base;
     int *s_map;
+    int adaptive;
+    adapt ad;
+    int budget_asked; /* adapt_nodes was asked for the chunk waiting to go out */
+    int n_unemitted;  /* committed tokens not yet handed to io.emit (they end at n_com or eog) */
 };
 
 static int is_eog(const seq *s, int32_t t)
@@ -129,6 +137,17 @@ sd_err seq_init(seq **out, const seq_config *c, const seq_io *io, const int32_t 
     s->n_com = s->n_prompt = n;
     s->drafter_alive = c->mode != SEQ_AR;
     s->next_id = 1;
+    if (c->adaptive && c->shape && c->mode != SEQ_AR && c->max_nodes > 0) {
+        adapt_config ac;
+        adapt_config_defaults(&ac, c->max_nodes);
+        adapt_config_shape(&ac, c->shape, c->max_nodes);
+        sd_err e = adapt_init(&s->ad, &ac);
+        if (e) {
+            seq_free(s);
+            return e;
+        }
+        s->adaptive = 1;
+    }
     /* the worker is sent the prompt (all but its newest token) with the session */
     for (int w = 0; w < c->n_workers; w++) {
         memcpy(s->wtok[w], prompt, sizeof(int32_t) * (size_t)(n - 1));
@@ -167,6 +186,11 @@ seq_mode seq_get_mode(const seq *s) { return s->drafter_alive ? s->c.mode : SEQ_
 uint32_t seq_epoch(const seq *s) { return s->epoch; }
 int seq_tree_size(const seq *s) { return s->n_tree; }
 
+const adapt *seq_adapt(const seq *s)
+{
+    return s->adaptive ? &s->ad : NULL;
+}
+
 const int32_t *seq_committed(const seq *s, int *n)
 {
     *n = s->n_com;
@@ -179,6 +203,15 @@ int seq_inflight(const seq *s)
     for (int i = 0; i < s->c.max_inflight; i++)
         k += s->ch[i].active;
     return k;
+}
+
+double seq_oldest_inflight_ms(const seq *s, double now_ms)
+{
+    double age = 0;
+    for (int i = 0; i < s->c.max_inflight; i++)
+        if (s->ch[i].active && !s->ch[i].held && now_ms - s->ch[i].t_sent > age)
+            age = now_ms - s->ch[i].t_sent;
+    return age;
 }
 
 /* ---- tree ---- */
@@ -264,21 +297,23 @@ sd_err seq_tree_extend(seq *s, uint32_t epoch, uint32_t first_id, const int32_t 
             pend_drop(p);
             return SD_ENOMEM;
         }
-        memcpy(p->parent, parent, sizeof(int32_t) * (size_t)n);
-        memcpy(p->tok, tok, sizeof(int32_t) * (size_t)n);
-        if (logp)
-            memcpy(p->logp, logp, sizeof(float) * (size_t)n);
+        if (n > 0) { /* NULL arrays with n = 0 are allowed */
+            memcpy(p->parent, parent, sizeof(int32_t) * (size_t)n);
+            memcpy(p->tok, tok, sizeof(int32_t) * (size_t)n);
+            if (logp)
+                memcpy(p->logp, logp, sizeof(float) * (size_t)n);
+        }
         p->used = 1;
         p->epoch = epoch;
         p->first_id = first_id;
         p->n = n;
     } else {
         e = tree_append(s, first_id, parent, tok, logp, n);
-        if (!e)
+        if (!e) {
             pend_apply(s);
+            s->got_extend = 1; /* a held extension is no answer yet */
+        }
     }
-    if (!e)
-        s->got_extend = 1;
     seq_pump(s, now_ms);
     return e;
 }
@@ -288,6 +323,9 @@ sd_err seq_tree_extend(seq *s, uint32_t epoch, uint32_t first_id, const int32_t 
 static int tree_reroot(seq *s, int root)
 {
     int kept = 0;
+    /* read before the compaction below may overwrite the root's slot */
+    int root_depth = root >= 0 ? s->tree[root].depth : 0;
+    float root_logp = root >= 0 ? s->tree[root].logp : 0;
     for (int i = 0; i < s->n_tree; i++) {
         seq_node *d = &s->tree[i];
         int np = -2;
@@ -302,8 +340,8 @@ static int tree_reroot(seq *s, int root)
         s->s_map[i] = kept;
         seq_node nd = *d;
         nd.parent = np;
-        nd.depth = d->depth - s->tree[root].depth - 1;
-        nd.logp = d->logp - s->tree[root].logp;
+        nd.depth = d->depth - root_depth - 1;
+        nd.logp = d->logp - root_logp;
         s->tree[kept++] = nd; /* kept <= i: in-place compaction is safe */
     }
     s->n_tree = kept;
@@ -314,11 +352,13 @@ static int tree_reroot(seq *s, int root)
 
 static void cancel_chunk(seq *s, seq_chunk_st *c)
 {
-    s->io.send_cancel(s->io.ud, c->worker, c->id);
     s->st.cancelled++;
-    /* the worker surely still holds what it held before this chunk */
-    if (s->wn[c->worker] > c->base_pos)
-        s->wn[c->worker] = c->base_pos;
+    if (c->worker >= 0) { /* not a chunk waiting for a new worker */
+        s->io.send_cancel(s->io.ud, c->worker, c->id);
+        /* the worker surely still holds what it held before this chunk */
+        if (s->wn[c->worker] > c->base_pos)
+            s->wn[c->worker] = c->base_pos;
+    }
     chunk_clear(c);
 }
 
@@ -360,25 +400,48 @@ static void apply_verdict(seq *s, seq_chunk_st *c, const int32_t *path, int n_pa
         nt[k++] = t;
     }
     /* per-depth acceptance (as in-process spec_stats) */
-    for (int d = 0, node = -1; d <= n_path && d < SEQ_MAX_DEPTH; d++) {
+    int n_tried = 0, n_took = 0;
+    for (int d = 0, node = -1; d <= n_path; d++) {
         int has = 0;
         for (int j = 0; j < c->n && !has; j++)
             has = c->parent[j] == node;
         if (!has)
             break;
-        s->st.tried[d]++;
+        n_tried++;
+        if (d < SEQ_MAX_DEPTH)
+            s->st.tried[d]++;
         if (d == n_path)
             break;
-        s->st.took[d]++;
+        n_took++;
+        if (d < SEQ_MAX_DEPTH)
+            s->st.took[d]++;
         node = path[d];
+    }
+    if (s->adaptive && c->budget >= 0) {
+        int levels = 0;
+        for (int j = 0; j < c->n; j++)
+            if (c->depth[j] + 1 > levels)
+                levels = c->depth[j] + 1;
+        /* the step's cost as the session saw it: waiting for the drafter, then the chunk's
+         * round trip (forward, network, queueing) */
+        adapt_step as = {.budget = c->budget,
+                         .n_nodes = c->n,
+                         .n_levels = levels,
+                         .n_tried = n_tried,
+                         .n_took = n_took,
+                         .t_draft = c->t_draft_ms / 1e3,
+                         .t_verify = (now_ms - c->t_sent) / 1e3};
+        adapt_observe(&s->ad, &as);
     }
     s->st.steps++;
     s->st.accepted += n_path;
     s->st.rtt_ms_sum += now_ms - c->t_sent;
-    /* the worker committed its base and the accepted path */
+    /* the worker committed its base and the accepted path — unless it has been sent a later
+     * chunk since, which truncated it to what the mirror held then */
     int w = c->worker;
-    for (int i = 0; i < n_path && s->wn[w] < s->cap; i++)
-        s->wtok[w][s->wn[w]++] = c->tok[path[i]];
+    if (s->wlast[w] == c->id)
+        for (int i = 0; i < n_path && s->wn[w] < s->cap; i++)
+            s->wtok[w][s->wn[w]++] = c->tok[path[i]];
     chunk_clear(c);
     if (bad) /* cannot happen with deterministic workers; never commit on it */
         s->st.late_verdicts++;
@@ -400,9 +463,9 @@ static void apply_verdict(seq *s, seq_chunk_st *c, const int32_t *path, int n_pa
     }
     memcpy(s->com + s->n_com, nt, sizeof(int32_t) * (size_t)k);
     s->n_com += k;
-    if (n_emit) {
+    if (n_emit) { /* streamed after the Commit and the next chunk are out (seq_verdict) */
         s->st.n_gen += n_emit;
-        s->io.emit(s->io.ud, nt, n_emit);
+        s->n_unemitted += n_emit;
     }
     if (done == SEQ_RUNNING && s->n_com >= s->c.max_ctx)
         done = SEQ_DONE_CONTEXT;
@@ -487,11 +550,22 @@ static void apply_ready(seq *s, double now_ms)
     }
 }
 
-sd_err seq_verdict(seq *s, uint64_t id, const int32_t *path, int n_path, int32_t next,
-                   double now_ms)
+/* Hand the committed tokens not streamed yet to the client: after the sequencer has sent the
+ * Commit and the next chunks, which are on the critical path — the client's stream is not. */
+static void flush_emit(seq *s)
+{
+    if (!s->n_unemitted)
+        return;
+    int from = s->n_prompt + s->st.n_gen - s->n_unemitted;
+    s->io.emit(s->io.ud, s->com + from, s->n_unemitted);
+    s->n_unemitted = 0;
+}
+
+sd_err seq_verdict(seq *s, uint64_t id, int worker, const int32_t *path, int n_path,
+                   int32_t next, double now_ms)
 {
     seq_chunk_st *c = s->state == SEQ_RUNNING ? find_chunk(s, id) : NULL;
-    if (!c) {
+    if (!c || c->worker != worker) { /* unknown, or from a worker it is no longer on */
         s->st.late_verdicts++;
         return SD_OK;
     }
@@ -514,16 +588,20 @@ sd_err seq_verdict(seq *s, uint64_t id, const int32_t *path, int n_path, int32_t
         c->held_path = malloc(sizeof(int32_t) * (size_t)(n_path ? n_path : 1));
         if (!c->held_path)
             return SD_ENOMEM;
-        memcpy(c->held_path, path, sizeof(int32_t) * (size_t)n_path);
+        if (n_path > 0)
+            memcpy(c->held_path, path, sizeof(int32_t) * (size_t)n_path);
         c->held_n = n_path;
         c->held_next = next;
         c->held = 1;
     }
     seq_pump(s, now_ms);
+    flush_emit(s);
     return SD_OK;
 }
 
 /* ---- dispatch ---- */
+
+static void redispatch(seq *s, double now_ms);
 
 /* Assumed tokens from position n_com up to the tree node id (root-to-node), into out; returns
  * how many (depth + 1), 0 for id -1. */
@@ -563,6 +641,7 @@ static void send_chunk(seq *s, seq_chunk_st *c, int bp, double now_ms)
     s->io.send_chunk(s->io.ud, &out);
     memcpy(s->wtok[w] + bp, s->s_base, sizeof(int32_t) * (size_t)(r + 1 - bp));
     s->wn[w] = r + 1;
+    s->wlast[w] = c->id;
 }
 
 static int pick_worker(const seq *s)
@@ -570,9 +649,9 @@ static int pick_worker(const seq *s)
     int best = -1;
     for (int w = 0; w < s->c.n_workers; w++) {
         int busy = 0;
-        for (int i = 0; i < s->c.max_inflight && !busy; i++)
-            busy = s->ch[i].active && s->ch[i].worker == w;
-        if (!busy && (best < 0 || s->wn[w] > s->wn[best]))
+        for (int i = 0; i < s->c.max_inflight && !busy; i++) /* a held verdict is done work */
+            busy = s->ch[i].active && !s->ch[i].held && s->ch[i].worker == w;
+        if (!busy && !s->wdead[w] && (best < 0 || s->wn[w] > s->wn[best]))
             best = w;
     }
     return best;
@@ -593,11 +672,39 @@ static int collect(seq *s, int root, int max, int *ids)
     return n;
 }
 
+/* Nonzero when some chunk in flight is rooted within the committed sequence, i.e. will commit
+ * the next position once its verdict comes. Without one, the chunks in flight wait for positions
+ * nothing computes (their base agreed token for token with a commit that took another branch of
+ * the tree): a chunk must go out at the committed end. */
+static int have_applicable(const seq *s)
+{
+    for (int i = 0; i < s->c.max_inflight; i++)
+        if (s->ch[i].active && s->ch[i].root_pos <= s->n_com - 1)
+            return 1;
+    return 0;
+}
+
 void seq_pump(seq *s, double now_ms)
 {
+    if (s->state == SEQ_RUNNING)
+        redispatch(s, now_ms);
+    int at_end = s->state == SEQ_RUNNING && seq_inflight(s) > 0 && !have_applicable(s);
+    if (at_end && seq_inflight(s) >= s->c.max_inflight) { /* make room: drop the deepest */
+        seq_chunk_st *deep = NULL;
+        for (int i = 0; i < s->c.max_inflight; i++)
+            if (s->ch[i].active && (!deep || s->ch[i].root_pos > deep->root_pos))
+                deep = &s->ch[i];
+        cancel_chunk(s, deep);
+    }
     while (s->state == SEQ_RUNNING) {
         int n_act = seq_inflight(s);
-        if (n_act >= s->c.max_inflight)
+        int cap = s->c.max_inflight;
+        if (s->adaptive && cap > 1 && s->st.steps > 0) { /* dsi: chunks in flight that pay */
+            double rtt = s->st.rtt_ms_sum / s->st.steps / 1e3;
+            int k = adapt_inflight(&s->ad, cap, rtt);
+            cap = k < cap ? k : cap;
+        }
+        if (n_act >= cap)
             return;
         seq_chunk_st *last = NULL, *slot = NULL;
         for (int i = 0; i < s->c.max_inflight; i++) {
@@ -609,9 +716,12 @@ void seq_pump(seq *s, double now_ms)
         int w = pick_worker(s);
         if (w < 0 || !slot)
             return;
+        for (int i = 0; i < s->c.max_inflight; i++)
+            if (s->ch[i].active && s->ch[i].worker < 0)
+                return; /* a lost chunk waits for this worker first */
         int use_tree = s->drafter_alive && s->c.mode != SEQ_AR;
         int root = -1;
-        if (last) { /* speculation parallelism: continue below the last chunk's best leaf */
+        if (last && !at_end) { /* speculation parallelism: below the last chunk's best leaf */
             if (s->c.mode != SEQ_DSI || !use_tree || last->leaf < 0)
                 return;
             root = last->tree_id[last->leaf];
@@ -621,8 +731,17 @@ void seq_pump(seq *s, double now_ms)
         int *ids = malloc(sizeof(int) * (size_t)(s->c.max_nodes > 0 ? s->c.max_nodes : 1));
         if (!ids)
             return;
-        int n = use_tree ? collect(s, root, s->c.max_nodes, ids) : 0;
-        if (root < 0 && use_tree) {
+        /* the controller's budget for this chunk, asked only once it would go out */
+        int budget = s->adaptive && use_tree ? s->ad.last_budget : s->c.max_nodes;
+        int fresh = s->adaptive && use_tree && !s->budget_asked;
+        if (fresh) {
+            budget = adapt_nodes(&s->ad);
+            s->budget_asked = 1;
+            if (budget > s->c.max_nodes)
+                budget = s->c.max_nodes;
+        }
+        int n = use_tree && budget > 0 ? collect(s, root, budget, ids) : 0;
+        if (root < 0 && use_tree && budget > 0) {
             int ready = s->c.mode == SEQ_SI ? s->got_extend : (n > 0 || s->got_extend);
             if (!ready && now_ms - s->wait_since < s->c.draft_wait_ms) {
                 free(ids);
@@ -633,6 +752,7 @@ void seq_pump(seq *s, double now_ms)
             free(ids);
             return;
         }
+        s->budget_asked = 0; /* this chunk goes out: the next one asks again */
         seq_chunk_st *c = slot;
         memset(c, 0, sizeof *c);
         int depth = root >= 0 ? s->tree[root].depth + 1 : 0;
@@ -649,6 +769,9 @@ void seq_pump(seq *s, double now_ms)
         c->active = 1;
         c->id = s->next_id++;
         c->worker = w;
+        c->budget = s->adaptive && use_tree ? budget : -1;
+        c->t_draft_ms = root < 0 && now_ms > s->wait_since ? now_ms - s->wait_since : 0;
+        s->st.zero_budget += s->adaptive && use_tree && budget == 0;
         c->n_com0 = s->n_com;
         c->n_apath = path_tokens(s, root, c->apath);
         c->root_pos = s->n_com - 1 + c->n_apath;
@@ -684,13 +807,14 @@ void seq_pump(seq *s, double now_ms)
         s->st.chunks++;
         s->st.proposed += n;
         send_chunk(s, c, bp, now_ms);
+        at_end = 0;
     }
 }
 
-sd_err seq_chunk_failed(seq *s, uint64_t id, double now_ms)
+sd_err seq_chunk_failed(seq *s, uint64_t id, int worker, double now_ms)
 {
     seq_chunk_st *c = find_chunk(s, id);
-    if (!c)
+    if (!c || c->worker != worker)
         return SD_OK;
     if (c->retries++ >= 1)
         return sd_fail(SD_EPROTO, "chunk %llu failed twice on worker %d",
@@ -703,4 +827,48 @@ sd_err seq_chunk_failed(seq *s, uint64_t id, double now_ms)
 void seq_drafter_lost(seq *s)
 {
     s->drafter_alive = 0;
+}
+
+sd_err seq_worker_lost(seq *s, int w, double now_ms)
+{
+    if (w < 0 || w >= s->c.n_workers || s->wdead[w])
+        return SD_OK;
+    s->wdead[w] = 1;
+    s->wn[w] = 0;
+    int alive = 0;
+    for (int x = 0; x < s->c.n_workers; x++)
+        alive += !s->wdead[x];
+    for (int i = 0; i < s->c.max_inflight; i++)
+        if (s->ch[i].active && s->ch[i].worker == w) {
+            s->ch[i].worker = -1; /* re-dispatched by seq_pump */
+            s->ch[i].held = 0;
+            free(s->ch[i].held_path);
+            s->ch[i].held_path = NULL;
+            s->st.redispatched++;
+        }
+    if (!alive)
+        return sd_fail(SD_ENOTFOUND, "no worker of the session is left");
+    seq_pump(s, now_ms);
+    return SD_OK;
+}
+
+/* Chunks whose worker was lost go to a free worker, oldest first, with the base it lacks. */
+static void redispatch(seq *s, double now_ms)
+{
+    for (;;) {
+        seq_chunk_st *c = NULL;
+        for (int i = 0; i < s->c.max_inflight; i++)
+            if (s->ch[i].active && s->ch[i].worker < 0 && (!c || s->ch[i].id < c->id))
+                c = &s->ch[i];
+        if (!c)
+            return;
+        int w = pick_worker(s);
+        if (w < 0)
+            return;
+        c->worker = w;
+        int bp = 0;
+        while (bp < s->wn[w] && bp < c->root_pos && s->wtok[w][bp] == assumed_at(s, c, bp))
+            bp++;
+        send_chunk(s, c, bp, now_ms);
+    }
 }

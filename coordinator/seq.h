@@ -17,6 +17,8 @@
 #include <stdint.h>
 
 #include "../common/sd_err.h"
+#include "../engine/adapt.h"
+#include "../engine/tree.h"
 
 typedef enum { SEQ_AR = 1, SEQ_SI = 2, SEQ_ASYNC = 3, SEQ_DSI = 4 } seq_mode;
 
@@ -34,6 +36,12 @@ typedef struct {
     double draft_wait_ms; /* si/async: dispatch without a tree after waiting this long */
     const int32_t *eog; /* tokens that end generation (not emitted) */
     int n_eog;
+    /* How much to speculate adapts per session (engine/adapt.h) from the measured acceptance
+     * by depth, chunk round trips and waits for the drafter: each chunk is cut to the
+     * controller's budget (0: an empty chunk at once, without waiting for the drafter) and, in
+     * dsi, the chunks in flight to its SP degree. NULL shape or adaptive = 0: fixed. */
+    int adaptive;
+    const tree_shape *shape;
 } seq_config;
 
 typedef struct {
@@ -69,7 +77,8 @@ typedef enum { SEQ_RUNNING = 0, SEQ_DONE_EOS, SEQ_DONE_LENGTH, SEQ_DONE_CONTEXT 
 
 typedef struct {
     int n_gen, steps;
-    long chunks, cancelled, stale_extends, tree_hits, late_verdicts;
+    long chunks, cancelled, stale_extends, tree_hits, late_verdicts, redispatched;
+    long zero_budget; /* chunks the controller sent without speculation */
     long proposed, accepted;
     long tried[SEQ_MAX_DEPTH], took[SEQ_MAX_DEPTH];
     double rtt_ms_sum;
@@ -88,18 +97,26 @@ void seq_free(seq *s);
 sd_err seq_tree_extend(seq *s, uint32_t epoch, uint32_t first_id, const int32_t *parent,
                        const int32_t *tok, const float *logp, int n, double now_ms);
 
-/* The verdict of chunk `id`: accepted chunk node indices path[0..n_path) and the target's token
- * after them. Unknown (cancelled, already applied) chunks are ignored. SD_EPROTO for a path that
+/* The verdict of chunk `id` from `worker`: accepted chunk node indices path[0..n_path) and the
+ * target's token after them. Unknown (cancelled, already applied) chunks and chunks no longer on
+ * that worker are ignored. SD_EPROTO for a path that
  * is not a root-to-node path of the chunk (nothing changes). */
-sd_err seq_verdict(seq *s, uint64_t id, const int32_t *path, int n_path, int32_t next,
-                   double now_ms);
+sd_err seq_verdict(seq *s, uint64_t id, int worker, const int32_t *path, int n_path,
+                   int32_t next, double now_ms);
+
+/* The adaptive controller's state (NULL when the session does not adapt). */
+const adapt *seq_adapt(const seq *s);
 
 /* The worker rejected chunk id (reason logged by the caller): it is re-sent with its full base
  * when possible; SD_EPROTO when the same chunk failed twice. */
-sd_err seq_chunk_failed(seq *s, uint64_t id, double now_ms);
+sd_err seq_chunk_failed(seq *s, uint64_t id, int worker, double now_ms);
 
 /* The drafter is gone: from now on every chunk is empty (mode ar). */
 void seq_drafter_lost(seq *s);
+
+/* Worker w is gone: its chunks go to the session's other workers (with the base they lack) and
+ * w gets no more. SD_ENOTFOUND when no worker is left (the session cannot go on). */
+sd_err seq_worker_lost(seq *s, int w, double now_ms);
 
 /* Send whatever should go out now (chunks to idle workers; a chunk without a tree once
  * draft_wait_ms has passed). Called after every event and periodically. */
@@ -110,6 +127,8 @@ const seq_stats *seq_get_stats(const seq *s);
 /* The committed sequence (prompt included). */
 const int32_t *seq_committed(const seq *s, int *n);
 int seq_inflight(const seq *s);
+/* How long the oldest chunk in flight has waited for its verdict (0 with none). */
+double seq_oldest_inflight_ms(const seq *s, double now_ms);
 seq_mode seq_get_mode(const seq *s);
 uint32_t seq_epoch(const seq *s);
 int seq_tree_size(const seq *s);

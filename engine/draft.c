@@ -141,6 +141,8 @@ sd_err draft_open(draft **out, const char *spec, model *target, const draft_opts
             model_free(dm);
         return e;
     }
+    if (!strncmp(spec, "replay:", 7))
+        return draft_replay_open(out, spec + 7, V, o);
     return sd_fail(SD_EINVAL, "drafter '%s': expected model:PATH, layerskip:LAYERS or ngram[:N]",
                    spec);
 }

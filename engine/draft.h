@@ -11,7 +11,9 @@
  *   layerskip:SPEC  the target's own weights, a subset of layers ("0-9,29"), sharing its file
  *   ngram[:N[:M]]   prompt lookup: continuations of the longest matching n-gram of N down to M
  *                   tokens (default 3 and 1; M = 2 skips one-token matches, which mostly propose
- *                   noise in free text) in the prompt and generated text; no model */
+ *                   noise in free text) in the prompt and generated text; no model
+ *   replay:P:SEED:T1,T2,...  experiments only: proposes the given continuation of the prompt,
+ *                   each token kept with probability P (acceptance as a parameter) */
 #ifndef SD_DRAFT_H
 #define SD_DRAFT_H
 
@@ -73,5 +75,7 @@ sd_err draft_hist_cut(draft *d, int n_keep);
 sd_err draft_model_open(draft **out, model *dm, int own_model, int n_vocab, const draft_opts *o,
                         const char *kind);
 sd_err draft_ngram_open(draft **out, int n, int n_min, const draft_opts *o);
+/* Experiments: replays a given continuation with per-token corruption (draft_replay.c). */
+sd_err draft_replay_open(draft **out, const char *args, int V, const draft_opts *o);
 
 #endif

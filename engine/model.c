@@ -27,6 +27,13 @@ struct model {
     void *dev_pack, *dev_vecs;
 };
 
+/* A run of consecutive positions of one sequence inside a chunk of a (multi-sequence) forward:
+ * batch positions t0 .. t0+n-1 of the chunk are that sequence's batch indices first .. first+n-1
+ * (pending nodes P + first ..). */
+typedef struct {
+    int seq, first, n, t0;
+} run_seg;
+
 struct model_run {
     kern_backend *be; /* the activations below are in its memory */
     int t_max;
@@ -37,7 +44,18 @@ struct model_run {
     size_t anc_cap;
     int *path; /* scratch for one node's ancestors, n_ctx long */
     int path_cap;
+    run_seg *seg;    /* [t_max] a chunk's sequence runs (at most one per position) */
+    float **dst;     /* [t_max] where each gathered logits row goes */
+    float *head;     /* [head_cap][V] logits of rows bound for several sequences' buffers */
+    size_t head_cap; /* rows */
+    int *pend0;      /* [seq_cap] each sequence's pending count before the forward */
+    int *next_out;   /* [seq_cap] each sequence's next logits row */
+    size_t seq_cap;
 };
+
+/* Rows of the output-head matmul that go through r->head per call when a chunk's wanted rows
+ * belong to several sequences (the head is streamed once per group, whatever the batch). */
+#define MODEL_HEAD_GROUP 64
 
 /* Supported architectures and how they differ. */
 static const struct {
@@ -553,8 +571,10 @@ sd_err model_run_init(model_run **out, const model *m, int t_max)
 #undef BUF
     r->pos = malloc(sizeof(int) * T);
     r->anc_off = malloc(sizeof(int) * (T + 1));
+    r->seg = malloc(sizeof(run_seg) * T);
+    r->dst = malloc(sizeof(float *) * T);
     if (!r->x || !r->xn || !r->tmp || !r->q || !r->att || !r->k || !r->v || !r->gate || !r->up ||
-        !r->pos || !r->anc_off || !dev_ok) {
+        !r->pos || !r->anc_off || !r->seg || !r->dst || !dev_ok) {
         model_run_free(r);
         return SD_ENOMEM;
     }
@@ -574,6 +594,11 @@ void model_run_free(model_run *r)
     free(r->anc_off);
     free(r->anc);
     free(r->path);
+    free(r->seg);
+    free(r->dst);
+    free(r->head);
+    free(r->pend0);
+    free(r->next_out);
     free(r);
 }
 
@@ -592,35 +617,51 @@ static sd_err grow(int **p, size_t *cap, size_t need)
     return SD_OK;
 }
 
-/* Build positions and ancestor slot lists for pending nodes [first, first+T). The lists grow
- * only when a batch is deeper than any before (amortised, never per token in steady state). */
-static sd_err build_anc(model_run *r, const kv_cache *kv, int first, int T)
+/* Positions and ancestor slot lists of a chunk's positions, sequence run by sequence run. The
+ * lists grow only when a batch is deeper than any before (amortised, never per token in steady
+ * state). */
+static sd_err build_anc(model_run *r, const model_seq *seqs, int nseg, int T)
 {
-    size_t total = 0;
-    for (int i = 0; i < T; i++)
-        total += (size_t)kv->depth[first + i] + 1;
+    size_t total = 0, pneed = 0;
+    for (int s = 0; s < nseg; s++) {
+        const run_seg *g = &r->seg[s];
+        const kv_cache *kv = seqs[g->seq].kv;
+        int P = r->pend0[g->seq];
+        for (int i = 0; i < g->n; i++)
+            total += (size_t)kv->depth[P + g->first + i] + 1;
+        if ((size_t)kv->n_ctx > pneed)
+            pneed = (size_t)kv->n_ctx;
+    }
     size_t pcap = (size_t)r->path_cap;
     sd_err e = grow(&r->anc, &r->anc_cap, total);
     if (!e)
-        e = grow(&r->path, &pcap, (size_t)kv->n_ctx);
+        e = grow(&r->path, &pcap, pneed);
     if (e)
         return sd_fail(SD_ENOMEM, "forward: cannot allocate ancestor lists (%zu entries)", total);
     r->path_cap = (int)pcap;
     size_t o = 0;
-    for (int i = 0; i < T; i++) {
-        int node = first + i, n = 0;
-        r->pos[i] = kv->n_committed + kv->depth[node];
-        for (int a = node; a >= 0; a = kv->parent[a])
-            r->path[n++] = kv->n_committed + a;
-        r->anc_off[i] = (int)o;
-        while (n > 0) /* root-to-node order: the order a sequential decode sees its keys */
-            r->anc[o++] = r->path[--n];
+    for (int s = 0; s < nseg; s++) {
+        const run_seg *g = &r->seg[s];
+        const kv_cache *kv = seqs[g->seq].kv;
+        for (int i = 0; i < g->n; i++) {
+            int node = r->pend0[g->seq] + g->first + i, n = 0, t = g->t0 + i;
+            r->pos[t] = kv->n_committed + kv->depth[node];
+            for (int a = node; a >= 0; a = kv->parent[a])
+                r->path[n++] = kv->n_committed + a;
+            r->anc_off[t] = (int)o;
+            while (n > 0) /* root-to-node order: the order a sequential decode sees its keys */
+                r->anc[o++] = r->path[--n];
+        }
     }
     r->anc_off[T] = (int)o;
     return SD_OK;
 }
 
-static void layer_forward(model *m, model_run *r, kv_cache *kv, int l, int first, int T)
+/* One layer over a chunk of T positions from nseg sequence runs: every matmul and elementwise
+ * step over all T at once (the weights stream once for all sequences), the KV store and the
+ * attention per run, each against its own sequence's cache. Every kernel is batch-invariant, so
+ * a position's result does not depend on what else is in the chunk. */
+static void layer_forward(model *m, model_run *r, const model_seq *seqs, int nseg, int l, int T)
 {
     const model_config *c = &m->cfg;
     const model_layer *L = &m->layers[l];
@@ -646,11 +687,18 @@ static void layer_forward(model *m, model_run *r, kv_cache *kv, int l, int first
     }
     be->rope(bc, r->q, r->pos, T, c->n_head, c->head_dim, c->n_rot, c->rope_base, c->rope_neox);
     be->rope(bc, r->k, r->pos, T, c->n_head_kv, c->head_dim, c->n_rot, c->rope_base, c->rope_neox);
-    size_t slot0 = (size_t)(kv->n_committed + first);
-    kv_put(kv, l, (int)slot0, r->k, r->v, T);
-    be->attention(bc, r->att, r->q, kv_k(kv, l), kv_v(kv, l), (size_t)c->head_dim,
-                  kv_head_stride(kv), kv->n_committed, r->anc, r->anc_off, T, c->n_head,
-                  c->n_head_kv, c->head_dim, 1.0f / sqrtf((float)c->head_dim));
+    for (int s = 0; s < nseg; s++) {
+        const run_seg *g = &r->seg[s];
+        kv_cache *kv = seqs[g->seq].kv;
+        size_t t0 = (size_t)g->t0;
+        kv_put(kv, l, kv->n_committed + r->pend0[g->seq] + g->first, r->k + t0 * KV, r->v + t0 * KV,
+               g->n);
+        /* anc_off is indexed from this run's first position; its entries index r->anc */
+        be->attention(bc, r->att + t0 * Q, r->q + t0 * Q, kv_k(kv, l), kv_v(kv, l),
+                      (size_t)c->head_dim, kv_head_stride(kv), kv->n_committed, r->anc,
+                      r->anc_off + t0, g->n, c->n_head, c->n_head_kv, c->head_dim,
+                      1.0f / sqrtf((float)c->head_dim));
+    }
     be->matmul(bc, r->tmp, r->att, &L->wo, T, D, Q);
     be->add(bc, r->x, r->tmp, T * D);
 
@@ -669,20 +717,122 @@ static void layer_forward(model *m, model_run *r, kv_cache *kv, int l, int first
     be->add(bc, r->x, r->tmp, T * D);
 }
 
-/* The output head over the first g rows of r->xn (already gathered) into lg. */
-static void head_forward(model *m, model_run *r, float *lg, int g)
+/* Everything model_forward_multi checks before it changes anything. pfx names the sequence in
+ * messages when there are several ("forward: sequence 2: "). */
+static sd_err check_seq(const model *m, const model_seq *q, const char *pfx)
 {
-    kern_backend *be = m->be;
-    be->rmsnorm(be->ctx, r->xn, r->xn, m->out_norm, g, m->cfg.n_embd, m->cfg.norm_eps);
-    be->matmul(be->ctx, lg, r->xn, &m->output, g, m->cfg.n_vocab, m->cfg.n_embd);
+    const model_config *c = &m->cfg;
+    int V = c->n_vocab, T = q->T;
+    const kv_cache *kv = q->kv;
+    if (T <= 0)
+        return sd_fail(SD_EINVAL, "%sempty batch", pfx);
+    if (!kv || !q->tokens)
+        return sd_fail(SD_EINVAL, "%sno kv cache or no tokens", pfx);
+    if (kv->n_layer != c->n_layer || kv->n_head != c->n_head_kv || kv->dh != c->head_dim)
+        return sd_fail(SD_EINVAL, "%skv cache shaped for another model", pfx);
+    if (kv->be != (m->be->device ? m->be : NULL)) /* model_kv_init makes it where it must be */
+        return sd_fail(SD_EINVAL, "%skv cache not in the memory of backend %s", pfx, m->be->name);
+    int P = kv->n_pending;
+    if ((long)kv->n_committed + P + T > kv->n_ctx)
+        return sd_fail(SD_ERANGE,
+                       "%s%d committed + %d pending + %d new positions exceed the context of %d",
+                       pfx, kv->n_committed, P, T, kv->n_ctx);
+    for (int i = 0; i < T; i++) {
+        if (q->tokens[i] < 0 || q->tokens[i] >= V)
+            return sd_fail(SD_ERANGE,
+                           "%stoken %d at batch index %d is outside the vocabulary (0..%d)", pfx,
+                           q->tokens[i], i, V - 1);
+        if (q->parents && (q->parents[i] < -1 || q->parents[i] >= P + i))
+            return sd_fail(SD_EINVAL,
+                           "%snode %d has parent %d; parents must be -1 or an earlier node (< %d)",
+                           pfx, P + i, q->parents[i], P + i);
+    }
+    if (q->n_out < 0 || q->n_out > T || (!q->out_idx && q->n_out > 1))
+        return sd_fail(SD_EINVAL, "%s%d logits rows requested from a batch of %d", pfx, q->n_out,
+                       T);
+    if (q->n_out > 0 && !q->logits)
+        return sd_fail(SD_EINVAL, "%s%d logits rows requested and no buffer for them", pfx,
+                       q->n_out);
+    for (int j = 0; q->out_idx && j < q->n_out; j++)
+        if (q->out_idx[j] < 0 || q->out_idx[j] >= T || (j && q->out_idx[j] <= q->out_idx[j - 1]))
+            return sd_fail(SD_EINVAL, "%slogits index %d must be increasing in 0..%d", pfx,
+                           q->out_idx[j], T - 1);
+    return SD_OK;
 }
 
-/* A plain decode step (one token, no pending nodes) on a backend with decode graphs: the layers
- * and the head into r->logits, captured once per (model, run, cache) and replayed after that
- * (kernels.h graph_begin). 1: done; 0: not graphed (run the ops as usual); an error < 0. */
-static int decode_graph(model *m, model_run *r, kv_cache *kv, int first)
+/* Gather the chunk's wanted rows (in sequence-run order) into r->xn, their destinations into
+ * r->dst; returns how many. */
+static int head_gather(model *m, model_run *r, const model_seq *seqs, int nseg)
 {
     kern_backend *be = m->be;
+    int V = m->cfg.n_vocab, D = m->cfg.n_embd, g = 0;
+    for (int s = 0; s < nseg; s++) {
+        const run_seg *sg = &r->seg[s];
+        const model_seq *q = &seqs[sg->seq];
+        int *j = &r->next_out[sg->seq];
+        for (; *j < q->n_out; (*j)++) {
+            int bi = q->out_idx ? q->out_idx[*j] : q->T - 1;
+            if (bi >= sg->first + sg->n)
+                break;
+            be->copy(be->ctx, r->xn + (size_t)g * D, r->x + (size_t)(sg->t0 + bi - sg->first) * D,
+                     sizeof(float) * D);
+            r->dst[g++] = q->logits + (size_t)*j * V;
+        }
+    }
+    return g;
+}
+
+#define HEAD_QUEUE 1   /* the rmsnorm and output-head matmul (capturable in a decode graph) */
+#define HEAD_DELIVER 2 /* the rows into their host buffers */
+
+/* One rmsnorm and output-head matmul over the g gathered rows. The CPU writes straight into the
+ * sequence's buffer when all rows are consecutive rows of one buffer (always so for a single
+ * sequence), else through r->head in groups; a device backend computes all g (<= t_max) into
+ * r->logits and downloads them. `what`: HEAD_QUEUE | HEAD_DELIVER (a decode graph runs the
+ * first part, the second after its replay). */
+static sd_err head_forward(model *m, model_run *r, int g, int what)
+{
+    const model_config *c = &m->cfg;
+    int V = c->n_vocab, D = c->n_embd;
+    if (!g)
+        return SD_OK;
+    kern_backend *be = m->be;
+    if (what & HEAD_QUEUE)
+        be->rmsnorm(be->ctx, r->xn, r->xn, m->out_norm, g, D, c->norm_eps);
+    int direct = 1;
+    for (int i = 1; i < g && direct; i++)
+        direct = r->dst[i] == r->dst[0] + (size_t)i * V;
+    float *buf = be->device ? r->logits : r->head;
+    size_t rows = be->device ? (size_t)r->t_max : r->head_cap; /* sized before any compute */
+    if (!be->device && direct) {
+        be->matmul(be->ctx, r->dst[0], r->xn, &m->output, g, V, D);
+        return SD_OK;
+    }
+    for (int i0 = 0; i0 < g; i0 += (int)rows) {
+        int n = g - i0 < (int)rows ? g - i0 : (int)rows;
+        if (what & HEAD_QUEUE)
+            be->matmul(be->ctx, buf, r->xn + (size_t)i0 * D, &m->output, n, V, D);
+        if (!(what & HEAD_DELIVER))
+            continue;
+        /* download waits for the queued work; on the CPU it is a copy */
+        sd_err e =
+            direct ? be->download(be->ctx, r->dst[i0], buf, sizeof(float) * (size_t)n * V) : SD_OK;
+        for (int i = 0; !direct && !e && i < n; i++)
+            e = be->download(be->ctx, r->dst[i0 + i], buf + (size_t)i * V, sizeof(float) * V);
+        if (e)
+            return e;
+    }
+    return SD_OK;
+}
+
+/* A plain decode step (one sequence, one token, no pending nodes) on a backend with decode
+ * graphs: the layers and the head into r->logits, captured once per (model, run, cache) and
+ * replayed after that (kernels.h graph_begin). 1: done (the logits still to be delivered);
+ * 0: not graphed (run the ops as usual); an error < 0. */
+static int decode_graph(model *m, model_run *r, const model_seq *seqs)
+{
+    kern_backend *be = m->be;
+    const kv_cache *kv = seqs[0].kv;
     /* everything a captured step holds: the buffers' addresses and the shapes of its ops */
     struct {
         const void *m, *r, *x, *logits, *k, *v, *pack, *vecs;
@@ -708,114 +858,141 @@ static int decode_graph(model *m, model_run *r, kv_cache *kv, int first)
         return 0;
     if (!have) {
         for (int l = 0; l < m->cfg.n_layer; l++)
-            layer_forward(m, r, kv, l, first, 1);
+            layer_forward(m, r, seqs, 1, l, 1);
         be->copy(be->ctx, r->xn, r->x, sizeof(float) * (size_t)m->cfg.n_embd);
-        head_forward(m, r, r->logits, 1);
+        head_forward(m, r, 1, HEAD_QUEUE);
     }
     sd_err e = be->graph_end(be->ctx);
     return e == SD_EAGAIN ? 0 : e ? -1 : 1;
 }
 
+/* After a failure while computing: the caches drop this forward's nodes again. */
+static sd_err drop_pending(model_run *r, const model_seq *seqs, int n_seq, sd_err e)
+{
+    for (int u = 0; u < n_seq; u++)
+        seqs[u].kv->n_pending = r->pend0[u];
+    return e;
+}
+
+sd_err model_forward_multi(model *m, model_run *r, const model_seq *seqs, int n_seq)
+{
+    const model_config *c = &m->cfg;
+    kern_backend *be = m->be;
+    int D = c->n_embd;
+    if (n_seq <= 0 || !seqs)
+        return sd_fail(SD_EINVAL, "forward: no sequences");
+    char pfx[48] = "forward: ";
+    long total = 0;
+    for (int s = 0; s < n_seq; s++) {
+        if (n_seq > 1)
+            snprintf(pfx, sizeof pfx, "forward: sequence %d: ", s);
+        sd_err e = check_seq(m, &seqs[s], pfx);
+        if (e)
+            return e;
+        for (int u = 0; u < s; u++)
+            if (seqs[u].kv == seqs[s].kv)
+                return sd_fail(SD_EINVAL, "%sthe same kv cache as sequence %d", pfx, u);
+        total += seqs[s].T;
+    }
+    if ((size_t)n_seq > r->seq_cap) { /* per-sequence cursors: grow to the most sequences seen */
+        int *p0 = realloc(r->pend0, sizeof(int) * (size_t)n_seq);
+        if (p0)
+            r->pend0 = p0;
+        int *no = p0 ? realloc(r->next_out, sizeof(int) * (size_t)n_seq) : NULL;
+        if (no)
+            r->next_out = no;
+        if (!p0 || !no)
+            return sd_fail(SD_ENOMEM, "forward: cannot allocate state for %d sequences", n_seq);
+        r->seq_cap = (size_t)n_seq;
+    }
+    /* Rows bound for several sequences' buffers go through r->head: size it now, so that no
+     * allocation can fail once logits are being written. */
+    long n_rows = 0;
+    for (int s = 0; s < n_seq; s++)
+        n_rows += seqs[s].n_out;
+    size_t rows = n_rows < MODEL_HEAD_GROUP ? (size_t)n_rows : MODEL_HEAD_GROUP;
+    if (n_seq > 1 && !be->device && rows > r->head_cap) { /* grows to the widest mix, stays */
+        float *h = realloc(r->head, sizeof(float) * rows * (size_t)c->n_vocab);
+        if (!h)
+            return sd_fail(SD_ENOMEM, "forward: cannot allocate %zu logits rows", rows);
+        r->head = h;
+        r->head_cap = rows;
+    }
+
+    /* Register the nodes first: every sequence's tree shape is known before any compute. */
+    for (int s = 0; s < n_seq; s++) {
+        const model_seq *q = &seqs[s];
+        kv_cache *kv = q->kv;
+        int P = kv->n_pending;
+        r->pend0[s] = P;
+        r->next_out[s] = 0;
+        for (int i = 0; i < q->T; i++) {
+            int node = P + i;
+            int par = q->parents ? q->parents[i] : node - 1;
+            kv->parent[node] = par;
+            kv->depth[node] = par < 0 ? 0 : kv->depth[par] + 1;
+            kv->tok[kv->n_committed + node] = q->tokens[i];
+        }
+        kv->n_pending = P + q->T;
+    }
+
+    /* a plain decode step of one sequence may replay a captured graph */
+    int graph_ok = be->device && be->graph_begin && n_seq == 1 && total == 1 && r->pend0[0] == 0 &&
+                   seqs[0].n_out == 1;
+
+    /* Chunks of up to t_max positions, cut anywhere: a sequence split between two chunks has
+     * its first part's KV rows stored before its second part attends to them. */
+    int s = 0, i = 0; /* next position: sequence s, batch index i */
+    for (long done = 0; done < total;) {
+        int T = total - done < r->t_max ? (int)(total - done) : r->t_max, nseg = 0;
+        /* embeddings on the host (the table stays in the mapped file); a device backend gets
+         * the T rows uploaded */
+        float *hx = be->device ? r->hx : r->x;
+        for (int t = 0; t < T;) {
+            int n = seqs[s].T - i < T - t ? seqs[s].T - i : T - t;
+            r->seg[nseg++] = (run_seg){s, i, n, t};
+            for (int k = 0; k < n; k++) {
+                int32_t tok = seqs[s].tokens[i + k];
+                dtype_dequant_row(hx + (size_t)(t + k) * D,
+                                  (const uint8_t *)m->tok_embd.data +
+                                      (size_t)tok * dtype_row_bytes(m->tok_embd.type, D),
+                                  m->tok_embd.type, (size_t)D);
+            }
+            t += n;
+            i += n;
+            if (i == seqs[s].T)
+                s++, i = 0;
+        }
+        sd_err e = build_anc(r, seqs, nseg, T);
+        if (e) /* allocation failure only */
+            return drop_pending(r, seqs, n_seq, e);
+        if (be->device)
+            be->upload(be->ctx, r->x, hx, sizeof(float) * (size_t)T * D);
+        int graphed = 0;
+        if (graph_ok)
+            graphed = decode_graph(m, r, seqs);
+        if (graphed < 0)
+            return drop_pending(r, seqs, n_seq, SD_ECUDA); /* the backend's message stands */
+        if (graphed) {
+            r->dst[0] = seqs[0].logits;
+            if ((e = head_forward(m, r, 1, HEAD_DELIVER)))
+                return drop_pending(r, seqs, n_seq, e);
+            done += T;
+            continue;
+        }
+        for (int l = 0; l < c->n_layer; l++)
+            layer_forward(m, r, seqs, nseg, l, T);
+        if ((e = head_forward(m, r, head_gather(m, r, seqs, nseg), HEAD_QUEUE | HEAD_DELIVER)))
+            return drop_pending(r, seqs, n_seq, e);
+        done += T;
+    }
+    sd_err e = be->sync(be->ctx);
+    return e ? drop_pending(r, seqs, n_seq, e) : SD_OK;
+}
+
 sd_err model_forward(model *m, model_run *r, kv_cache *kv, const int32_t *tokens,
                      const int *parents, int T, const int *out_idx, int n_out, float *logits)
 {
-    const model_config *c = &m->cfg;
-    int V = c->n_vocab, D = c->n_embd;
-    if (T <= 0)
-        return sd_fail(SD_EINVAL, "forward: empty batch");
-    if (kv->n_layer != c->n_layer || kv->n_head != c->n_head_kv || kv->dh != c->head_dim)
-        return sd_fail(SD_EINVAL, "forward: kv cache shaped for another model");
-    int P = kv->n_pending;
-    if ((long)kv->n_committed + P + T > kv->n_ctx)
-        return sd_fail(SD_ERANGE,
-                       "forward: %d committed + %d pending + %d new positions exceed the "
-                       "context of %d",
-                       kv->n_committed, P, T, kv->n_ctx);
-    for (int i = 0; i < T; i++) {
-        if (tokens[i] < 0 || tokens[i] >= V)
-            return sd_fail(SD_ERANGE,
-                           "forward: token %d at batch index %d is outside the "
-                           "vocabulary (0..%d)",
-                           tokens[i], i, V - 1);
-        if (parents && (parents[i] < -1 || parents[i] >= P + i))
-            return sd_fail(SD_EINVAL,
-                           "forward: node %d has parent %d; parents must be -1 or an "
-                           "earlier node (< %d)",
-                           P + i, parents[i], P + i);
-    }
-    if (n_out < 0 || n_out > T || (!out_idx && n_out > 1))
-        return sd_fail(SD_EINVAL, "forward: %d logits rows requested from a batch of %d", n_out, T);
-    for (int j = 0; out_idx && j < n_out; j++)
-        if (out_idx[j] < 0 || out_idx[j] >= T || (j && out_idx[j] <= out_idx[j - 1]))
-            return sd_fail(SD_EINVAL, "forward: logits index %d must be increasing in 0..%d",
-                           out_idx[j], T - 1);
-
-    /* Register the nodes first: the whole batch's tree shape is known before any compute. */
-    for (int i = 0; i < T; i++) {
-        int node = P + i;
-        int par = parents ? parents[i] : node - 1;
-        kv->parent[node] = par;
-        kv->depth[node] = par < 0 ? 0 : kv->depth[par] + 1;
-        kv->tok[kv->n_committed + node] = tokens[i];
-    }
-    kv->n_pending = P + T;
-
-    int j = 0; /* next logits row */
-    for (int c0 = 0; c0 < T; c0 += r->t_max) {
-        int n = T - c0 < r->t_max ? T - c0 : r->t_max;
-        sd_err e = build_anc(r, kv, P + c0, n);
-        if (e) {
-            kv->n_pending = P;
-            return e;
-        }
-        /* embeddings on the host (the table stays in the mapped file); a device backend gets
-         * the T rows uploaded */
-        float *hx = m->be->device ? r->hx : r->x;
-        for (int i = 0; i < n; i++)
-            dtype_dequant_row(hx + (size_t)i * D,
-                              (const uint8_t *)m->tok_embd.data +
-                                  (size_t)tokens[c0 + i] * dtype_row_bytes(m->tok_embd.type, D),
-                              m->tok_embd.type, (size_t)D);
-        if (m->be->device)
-            m->be->upload(m->be->ctx, r->x, hx, sizeof(float) * (size_t)n * D);
-        int graphed = 0;
-        if (T == 1 && P == 0 && n_out == 1 && m->be->device && m->be->graph_begin)
-            graphed = decode_graph(m, r, kv, P);
-        if (graphed < 0) {
-            kv->n_pending = P;
-            return SD_ECUDA; /* the backend's message stands */
-        }
-        if (graphed) {
-            sd_err e = m->be->download(m->be->ctx, logits, r->logits, sizeof(float) * (size_t)V);
-            if (e)
-                kv->n_pending = P;
-            return e;
-        }
-        for (int l = 0; l < c->n_layer; l++)
-            layer_forward(m, r, kv, l, P + c0, n);
-        /* Gather the rows whose logits are wanted, then one matmul over the head for them. */
-        int g = 0, j0 = j;
-        for (; j < n_out; j++) {
-            int bi = out_idx ? out_idx[j] : T - 1;
-            if (bi >= c0 + n)
-                break;
-            m->be->copy(m->be->ctx, r->xn + (size_t)g * D, r->x + (size_t)(bi - c0) * D,
-                        sizeof(float) * D);
-            g++;
-        }
-        if (g) {
-            kern_backend *be = m->be;
-            float *lg = be->device ? r->logits : logits + (size_t)j0 * V;
-            head_forward(m, r, lg, g);
-            if (be->device) {
-                sd_err e = be->download(be->ctx, logits + (size_t)j0 * V, lg,
-                                        sizeof(float) * (size_t)g * V);
-                if (e) {
-                    kv->n_pending = P;
-                    return e;
-                }
-            }
-        }
-    }
-    return m->be->sync(m->be->ctx);
+    model_seq q = {kv, tokens, parents, T, out_idx, n_out, logits};
+    return model_forward_multi(m, r, &q, 1);
 }

@@ -17,7 +17,7 @@
 
 typedef struct {
     char arch[32];
-    int n_layer;   /* layers this instance runs (a layer subset for self-drafting) */
+    int n_layer; /* layers this instance runs (a layer subset for self-drafting) */
     int n_layer_file;
     int n_embd;    /* D */
     int n_head;    /* H */
@@ -35,16 +35,16 @@ typedef struct {
 } model_config;
 
 typedef struct {
-    const float *attn_norm;      /* [D] */
-    kern_mat wq, wk, wv, wo;     /* [H*Dh][D], [Hkv*Dh][D] x2, [D][H*Dh] */
-    const float *bq, *bk, *bv;   /* Qwen2 biases or NULL */
-    const float *ffn_norm;       /* [D] */
+    const float *attn_norm;        /* [D] */
+    kern_mat wq, wk, wv, wo;       /* [H*Dh][D], [Hkv*Dh][D] x2, [D][H*Dh] */
+    const float *bq, *bk, *bv;     /* Qwen2 biases or NULL */
+    const float *ffn_norm;         /* [D] */
     kern_mat w_gate, w_up, w_down; /* [F][D], [F][D], [D][F] */
 } model_layer;
 
 typedef struct {
-    int n_threads;      /* <= 0: all cores */
-    unsigned kern_flags; /* KERN_CPU_* */
+    int n_threads;         /* <= 0: all cores */
+    unsigned kern_flags;   /* KERN_CPU_* */
     kern_backend *backend; /* shared backend (not owned); NULL = create one */
     /* Layer subset (self-drafting): run only these layers of the file, in order. NULL = all. */
     const int *layers;
@@ -108,8 +108,11 @@ typedef struct {
 /* Several sequences (distinct KV caches) in one forward (continuous batching): every matmul runs
  * over all sequences' positions together, attention per sequence. Each sequence's logits and KV
  * rows are bitwise those of model_forward on it alone. Every sequence is checked before anything
- * is computed; on error nothing changes. The total of T may exceed the run's t_max (processed in
- * chunks of whole positions, still bitwise equal). */
+ * is computed (messages name the sequence: "forward: sequence 2: ..."), and a cache given twice
+ * is an error; on error nothing changes (an allocation failure while computing, the only error
+ * left then, drops the new pending nodes again). The total of T may exceed the run's t_max
+ * (processed in chunks of whole positions, a sequence split between chunks where the cut falls,
+ * still bitwise equal). model_forward is the n_seq = 1 case. */
 sd_err model_forward_multi(model *m, model_run *r, const model_seq *seqs, int n_seq);
 
 #endif

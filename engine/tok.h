@@ -142,4 +142,10 @@ sd_err tok_chat_format(const tok *t, const tok_chat_msg *msgs, size_t n_msgs, in
 sd_err tok_chat_encode(const tok *t, const tok_chat_msg *msgs, size_t n_msgs, int flags,
                        int32_t *out, size_t cap, size_t *n_out);
 
+/* A prompt as `specd generate` (and the coordinator) takes it: raw text (CONTROL tokens' spellings
+ * parsed, BOS when the file wants one) or, with chat, one user turn (after a system turn when
+ * system is non-NULL) and the assistant's opener. *ids is malloc'd (free it, also on error). */
+sd_err tok_encode_prompt(const tok *t, const char *prompt, const char *system, int chat,
+                         int32_t **ids, size_t *n);
+
 #endif

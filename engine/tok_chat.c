@@ -253,3 +253,23 @@ sd_err tok_chat_encode(const tok *t, const tok_chat_msg *msgs, size_t n_msgs, in
         return sd_fail(SD_ERANGE, "tok_chat_encode: %zu ids do not fit in %zu", c.sink.n, cap);
     return SD_OK;
 }
+
+sd_err tok_encode_prompt(const tok *t, const char *prompt, const char *system, int chat,
+                         int32_t **ids, size_t *n)
+{
+    size_t cap = strlen(prompt) + (system ? strlen(system) : 0) + 256;
+    *n = 0;
+    *ids = malloc(sizeof(int32_t) * cap);
+    if (!*ids)
+        return SD_ENOMEM;
+    if (chat) {
+        tok_chat_msg msgs[2];
+        size_t nm = 0;
+        if (system)
+            msgs[nm++] = (tok_chat_msg){"system", system};
+        msgs[nm++] = (tok_chat_msg){"user", prompt};
+        return tok_chat_encode(t, msgs, nm, TOK_CHAT_ADD_ASSISTANT, *ids, cap, n);
+    }
+    return tok_encode(t, prompt, strlen(prompt),
+                      TOK_PARSE_SPECIAL | (tok_wants_bos(t) ? TOK_ADD_BOS : 0), *ids, cap, n);
+}

@@ -45,8 +45,12 @@ sd_err verify_tree(model *m, model_run *r, kv_cache *kv, verify_work *w, int32_t
  * first (the tokens the cache lacks up to and including the chunk's root token, i.e. the
  * committed/assumed sequence's newest token), then the tree hangs under pre[n_pre-1]. Afterwards
  * pre and the accepted path are committed to kv and res says what was accepted. t == NULL:
- * prefill only (pre appended and committed, res untouched). err gets this job's result: a bad
- * tree or token fails its own job only. */
+ * prefill only (pre appended and committed, res untouched; n_pre == 0 then does nothing). err
+ * gets this job's result and errmsg its message: a bad tree or token, pending nodes in kv, a
+ * batch that would overflow kv's context, a kv or w another job of the batch uses, bad sample
+ * params, a kv shaped for another model — each fails its own job only, before anything is
+ * computed, and leaves its kv as it was. Each job needs its own kv, and each job with a tree
+ * its own w (a prefill-only job does not use w; it may be NULL). */
 typedef struct {
     kv_cache *kv;
     verify_work *w;
@@ -57,10 +61,12 @@ typedef struct {
     const sample_params *sp;
     verify_result *res;
     sd_err err;
+    char errmsg[192]; /* sd_errmsg() of err ("" when err == SD_OK) */
 } verify_job;
 
 /* Verify several sequences with one model_forward_multi; each job's outcome is bitwise that of
- * verifying it alone. Returns the first error that is not a single job's (e.g. SD_ENOMEM). */
+ * verifying it alone. Returns the first error that is not a single job's (e.g. SD_ENOMEM; the
+ * jobs it hit have it in err too). verify_tree is the one-job, n_pre = 1 case. */
 sd_err verify_batch(model *m, model_run *r, verify_job *jobs, int n);
 
 #endif

@@ -9,7 +9,11 @@
  *
  * Batch invariance (DESIGN.md §2): every output element is computed with a reduction order
  * fixed by the element alone — never by T, the thread count or which thread runs it — so a
- * position's result is bitwise the same whether it is computed alone or inside a batch. */
+ * position's result is bitwise the same whether it is computed alone or inside a batch.
+ *
+ * Canonical numerics (docs/numerics.md): that order, per op, is written down as an exact f32
+ * operation sequence, and every CPU dispatch level computes it bit for bit; `numerics` names
+ * it, so two backends with equal fingerprints give the same logits. */
 #ifndef SD_KERNELS_H
 #define SD_KERNELS_H
 

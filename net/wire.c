@@ -22,6 +22,14 @@ sd_err wire_unpack(const ProtobufCMessageDescriptor *d, const void *data, size_t
     *out = protobuf_c_message_unpack(d, NULL, len, data ? data : empty);
     if (!*out)
         return sd_fail(SD_EPROTO, "%s: malformed message (%zu bytes)", d->short_name, len);
+    /* protobuf-c keeps fields numbered 0 as unknown fields, which no encoder may write (and its
+     * own decoder rejects once re-packed): malformed */
+    for (unsigned i = 0; i < (*out)->n_unknown_fields; i++)
+        if ((*out)->unknown_fields[i].tag == 0) {
+            protobuf_c_message_free_unpacked(*out, NULL);
+            *out = NULL;
+            return sd_fail(SD_EPROTO, "%s: a field numbered 0", d->short_name);
+        }
     return SD_OK;
 }
 
@@ -79,8 +87,8 @@ sd_err wire_check_nodes(const int32_t *parent, size_t n_parent, const int32_t *t
         return e;
     for (size_t i = 0; i < n_parent; i++)
         if (parent[i] < -1 || (int64_t)parent[i] >= (int64_t)first_id + (int64_t)i)
-            return sd_fail(SD_EPROTO, "%s: node %zu has parent %d (must be -1..%zu)", what,
-                           first_id + i, parent[i], first_id + i - 1);
+            return sd_fail(SD_EPROTO, "%s: node %zu has parent %d (must be -1..%lld)", what,
+                           first_id + i, parent[i], (long long)first_id + (long long)i - 1);
     return SD_OK;
 }
 

@@ -41,6 +41,26 @@ check "other seed, other text" $([ "$a" != "$c" ] && echo 0 || echo 1)
 d=$(run -p "Once upon a time" -n 24 --temp 0.9 --top-p 0.95 --seed 11 --no-pack 2>/dev/null)
 check "weights as stored (--no-pack): same text as packed" \
     $([ -n "$a" ] && [ "$a" = "$d" ] && echo 0 || echo 1)
+# every CPU level computes the same bits (docs/numerics.md): the same text at each level the CPU has
+for lvl in portable avx2 avx512; do
+    e=$(run -p "Once upon a time" -n 24 --temp 0.9 --top-p 0.95 --seed 11 --cpu-level $lvl 2>&1 >/dev/null); rc=$?
+    if [ $rc != 0 ] && echo "$e" | grep -q "lacks it"; then
+        echo "skip --cpu-level $lvl: $(echo "$e" | grep -o 'CPU level.*' | head -1)"
+        continue
+    fi
+    l=$(run -p "Once upon a time" -n 24 --temp 0.9 --top-p 0.95 --seed 11 --cpu-level $lvl 2>/dev/null)
+    check "--cpu-level $lvl: same text as the best level" \
+        $([ -n "$a" ] && [ "$a" = "$l" ] && echo 0 || echo 1)
+done
+err=$(run -p hi --cpu-level sse9 2>&1); rc=$?
+check "bad --cpu-level exits 2 naming the levels" \
+    $([ $rc = 2 ] && echo "$err" | grep -q "portable, avx2, avx512" && echo 0 || echo 1)
+err=$(run -p hi -n 2 --log-level info 2>&1 >/dev/null)
+check "--log-level info prints the numerics fingerprint" \
+    $(echo "$err" | grep -q "numerics cpu-canon1-act8" && echo 0 || echo 1)
+err=$(run -p hi -n 2 --f32-act --log-level info 2>&1 >/dev/null)
+check "f32 activations: their own fingerprint" \
+    $(echo "$err" | grep -q "numerics cpu-canon1-f32" && echo 0 || echo 1)
 err=$(run -p "Count: 1, 2, 3," -n 17 --ignore-eos 2>&1 >/dev/null)
 check "stats line with -n respected" \
     $(echo "$err" | grep -q "generated 17 tokens" && echo "$err" | grep -q "tok/s prefill" && echo 0 || echo 1)

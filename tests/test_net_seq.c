@@ -2,6 +2,7 @@
  * workers that verify chunks exactly as the real worker does (truncate to base_pos, append the
  * base, walk the tree taking the target's token), a simulated drafter that proposes right,
  * wrong, garbage or nothing, and a message layer that delivers every message in a random order.
+ * Workers die mid-session (their chunks are re-dispatched; their late verdicts ignored).
  * Whatever the order, the mode, the number of workers or the drafter, the committed sequence
  * must be the target-only sequence of f, and the sequencer must finish.
  * SD_TEST_LABELS: net */
@@ -51,6 +52,7 @@ typedef struct {
     int nk[SEQ_MAX_WORKERS];
     uint64_t cancelled[256];
     int n_cancelled;
+    int dead[SEQ_MAX_WORKERS];
     /* drafter */
     int dr_kind; /* 0 good (p_right), 1 garbage, 2 silent */
     float p_right;
@@ -142,8 +144,11 @@ static void worker_chunk(world *w, ev *e)
         if (w->cancelled[i] == e->id)
             return; /* dropped while queued */
     int x = e->worker;
+    if (w->dead[x])
+        return; /* a dead worker computes nothing */
     ev *v = new_ev(EV_VERDICT);
     v->id = e->id;
+    v->worker = x;
     if (w->nk[x] < e->base_pos) {
         v->failed = 1;
         push(w, v);
@@ -246,7 +251,7 @@ static void drafter_commit(world *w, ev *e)
 }
 
 static void run_case(uint64_t seed, seq_mode mode, int n_workers, int inflight, int dr_kind,
-                     float p_right, int n_predict, int with_eog)
+                     float p_right, int n_predict, int with_eog, int kill_at)
 {
     world *w = calloc(1, sizeof *w);
     assert_non_null(w);
@@ -266,6 +271,9 @@ static void run_case(uint64_t seed, seq_mode mode, int n_workers, int inflight, 
             break;
         ref[np + n_ref++] = t;
     }
+    int adaptive = (int)tu_below(&w->rng, 2); /* the controller changes timing, not tokens */
+    tree_shape shape;
+    assert_int_equal(tree_shape_parse(&shape, "chain:8", 16), SD_OK);
     seq_config c = {.mode = mode,
                     .n_workers = n_workers,
                     .max_inflight = inflight,
@@ -275,7 +283,9 @@ static void run_case(uint64_t seed, seq_mode mode, int n_workers, int inflight, 
                     .max_ctx = CTX,
                     .draft_wait_ms = 5,
                     .eog = &eog,
-                    .n_eog = with_eog};
+                    .n_eog = with_eog,
+                    .adaptive = adaptive,
+                    .shape = &shape};
     seq_io io = {io_chunk, io_cancel, io_commit, io_emit, w};
     assert_int_equal(seq_init(&w->s, &c, &io, prompt, np), SD_OK);
     memcpy(w->dcom, prompt, sizeof(int32_t) * (size_t)np);
@@ -293,6 +303,11 @@ static void run_case(uint64_t seed, seq_mode mode, int n_workers, int inflight, 
     while (seq_get_state(w->s) == SEQ_RUNNING) {
         assert_true(++steps < 200000);
         now += 1;
+        if (steps == kill_at && n_workers > 1) { /* a worker dies mid-session */
+            int victim = (int)tu_below(&w->rng, (uint32_t)n_workers);
+            w->dead[victim] = 1;
+            assert_int_equal(seq_worker_lost(w->s, victim, now), SD_OK);
+        }
         if (w->nq == 0) {
             seq_pump(w->s, now);
             continue;
@@ -319,10 +334,12 @@ static void run_case(uint64_t seed, seq_mode mode, int n_workers, int inflight, 
             }
             break;
         case EV_VERDICT:
+            /* a dead worker's last verdicts may still arrive: they must be ignored */
             if (e->failed)
-                assert_int_equal(seq_chunk_failed(w->s, e->id, now), SD_OK);
+                assert_int_equal(seq_chunk_failed(w->s, e->id, e->worker, now), SD_OK);
             else
-                assert_int_equal(seq_verdict(w->s, e->id, e->tok, e->n, e->next, now), SD_OK);
+                assert_int_equal(
+                    seq_verdict(w->s, e->id, e->worker, e->tok, e->n, e->next, now), SD_OK);
             break;
         case EV_EXTEND:
             seq_tree_extend(w->s, e->epoch, e->first_id, e->parent, e->tok, e->logp, e->n, now);
@@ -340,7 +357,10 @@ static void run_case(uint64_t seed, seq_mode mode, int n_workers, int inflight, 
                  (unsigned long long)seed, mode, n_workers, inflight, dr_kind, w->n_out, n_ref);
     assert_int_equal(st->n_gen, n_ref);
     if (getenv("SEQ_VERBOSE"))
-        printf("mode %d w %d in %d dr %d: gen %d steps %d chunks %ld cancelled %ld accepted %ld hits %ld\n", mode, n_workers, inflight, dr_kind, st->n_gen, st->steps, st->chunks, st->cancelled, st->accepted, st->tree_hits);
+        printf("mode %d w %d in %d dr %d: gen %d steps %d chunks %ld cancelled %ld accepted %ld "
+               "hits %ld redispatched %ld\n",
+               mode, n_workers, inflight, dr_kind, st->n_gen, st->steps, st->chunks,
+               st->cancelled, st->accepted, st->tree_hits, st->redispatched);
     for (int i = 0; i < w->nq; i++)
         free(w->q[i]);
     seq_free(w->s);
@@ -363,7 +383,8 @@ static void test_seq_modes_random_orders(void **state)
             for (int rep = 0; rep < 6; rep++) {
                 float pr = rep < 2 ? 0.9f + 0.05f * (float)rep : (float)tu_below(&r, 101) / 100.0f;
                 run_case(tu_next(&r), shapes[sh].mode, shapes[sh].workers, shapes[sh].inflight,
-                         dk, pr, 20 + (int)tu_below(&r, 60), (int)tu_below(&r, 2));
+                         dk, pr, 20 + (int)tu_below(&r, 60), (int)tu_below(&r, 2),
+                         rep % 2 ? 5 + (int)tu_below(&r, 60) : -1);
             }
 }
 
@@ -385,10 +406,13 @@ static void test_seq_rejects_bad_input(void **state)
     assert_int_equal(seq_inflight(w->s), 1);
     /* a path that is not a root-to-node path changes nothing */
     int32_t bad[2] = {1, 0};
-    assert_int_equal(seq_verdict(w->s, 1, bad, 2, 7, 1), SD_EPROTO);
+    assert_int_equal(seq_verdict(w->s, 1, 0, bad, 2, 7, 1), SD_EPROTO);
     assert_int_equal(seq_inflight(w->s), 1);
     /* an unknown chunk is ignored */
-    assert_int_equal(seq_verdict(w->s, 99, NULL, 0, 7, 1), SD_OK);
+    assert_int_equal(seq_verdict(w->s, 99, 0, NULL, 0, 7, 1), SD_OK);
+    /* a verdict from a worker the chunk is not on is ignored */
+    assert_int_equal(seq_verdict(w->s, 1, 3, NULL, 0, 7, 1), SD_OK);
+    assert_int_equal(seq_inflight(w->s), 1);
     int n;
     seq_committed(w->s, &n);
     assert_int_equal(n, 3);

@@ -2,11 +2,13 @@
  * target-only or speculatively (--draft), streaming text to stdout; statistics go to stderr.
  * --compare also runs target-only on the same prompt, checks the texts are identical and prints
  * the measured speedup. */
+#include <errno.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "../common/clock.h"
 #include "../common/log.h"
 #include "../common/opt.h"
 #include "../engine/model.h"
@@ -14,14 +16,6 @@
 #include "../engine/spec.h"
 #include "../engine/tok.h"
 #include "specd.h"
-
-typedef struct {
-    const char *model, *prompt, *system, *log_level, *draft, *tree, *verify, *cpu_level, *backend;
-    int n_predict, threads, ctx, chat, f32_act, no_pack, ignore_eos, top_k, compare, max_nodes;
-    int device;
-    float temp, top_p;
-    unsigned long long seed;
-} gen_opts;
 
 #define F(x) offsetof(gen_opts, x)
 static const opt_def gen_defs[] = {
@@ -65,13 +59,29 @@ static const opt_def gen_defs[] = {
      "read weights as stored (default: the backend repacks them at load; same output)"},
     {"log-level", 0, OPT_STR, F(log_level), OPT_NOBOUNDS, "warn", "LEVEL",
      "error, warn, info or debug"},
+    {"coordinator", 0, OPT_STR, F(coordinator), OPT_NOBOUNDS, NULL, "HOST:PORT",
+     "generate through a specd cluster (no local model needed unless --compare)"},
+    {"mode", 0, OPT_STR, F(mode), OPT_NOBOUNDS, "si", "MODE",
+     "with --coordinator: ar (target only), si, async or dsi"},
+    {"timeout", 0, OPT_INT, F(timeout_s), 1, 86400, "600", "S",
+     "with --coordinator: give up after S seconds"},
+    {"timing", 0, OPT_STR, F(timing), OPT_NOBOUNDS, NULL, "FILE",
+     "write when each token arrived (ms) and a summary line to FILE (bench/cluster.sh)"},
+    {"tokens-out", 0, OPT_STR, F(tokens_out), OPT_NOBOUNDS, NULL, "FILE",
+     "also write the generated token ids to FILE (one line)"},
+    {"max-inflight", 0, OPT_INT, F(max_inflight), 0, 16, "0", "N",
+     "with --mode dsi: chunks in flight on different workers (0 = the coordinator's default)"},
 };
 #undef F
 #define N_DEFS (sizeof gen_defs / sizeof gen_defs[0])
 
-/* Where generated tokens go: printed as text (tk set) and/or kept (keep set, for --compare). */
+/* Where generated tokens go: printed as text (tk set) and/or kept (keep set, for --compare);
+ * with timing set, each token's arrival in ms since t0 (in-process generation; the cluster
+ * client times whole token events itself, tools/net_client.c). */
 typedef struct {
     const tok *tk;
+    FILE *timing;
+    double t0;
     int keep;
     int32_t *ids;
     int n, cap;
@@ -82,6 +92,8 @@ static int sink_token(void *ud, int32_t t)
     gen_sink *s = ud;
     const char *bytes;
     size_t len;
+    if (s->timing) /* before the text is written: the arrival, not the arrival plus printing */
+        fprintf(s->timing, "%.3f 1\n", (clock_now_s() - s->t0) * 1e3);
     if (s->tk && !tok_is_special(s->tk, t) && tok_piece(s->tk, t, &bytes, &len) == SD_OK) {
         fwrite(bytes, 1, len, stdout); /* control tokens are not printed */
         fflush(stdout);
@@ -106,26 +118,17 @@ static int fail(const char *what, sd_err e)
     return 1;
 }
 
-/* Tokenize the prompt (raw, or as a chat turn). *ids is malloc'd. */
-static sd_err encode_prompt(const tok *tk, const gen_opts *o, int32_t **ids, size_t *n)
+FILE *timing_open(const char *path)
 {
-    size_t cap = strlen(o->prompt) + (o->system ? strlen(o->system) : 0) + 256;
-    *ids = malloc(sizeof(int32_t) * cap);
-    if (!*ids)
-        return SD_ENOMEM;
-    sd_err e;
-    if (o->chat) {
-        tok_chat_msg msgs[2];
-        size_t nm = 0;
-        if (o->system)
-            msgs[nm++] = (tok_chat_msg){"system", o->system};
-        msgs[nm++] = (tok_chat_msg){"user", o->prompt};
-        e = tok_chat_encode(tk, msgs, nm, TOK_CHAT_ADD_ASSISTANT, *ids, cap, n);
-    } else {
-        e = tok_encode(tk, o->prompt, strlen(o->prompt),
-                       TOK_PARSE_SPECIAL | (tok_wants_bos(tk) ? TOK_ADD_BOS : 0), *ids, cap, n);
+    FILE *f = fopen(path, "w");
+    if (!f) {
+        fprintf(stderr, "specd generate: --timing %s: %s\n", path, strerror(errno));
+        return NULL;
     }
-    return e;
+    fprintf(f, "# specd generate --timing: one line per token arrival (in-process) or per token "
+               "event (cluster): ms since generation began (in-process) or since the request was "
+               "sent (cluster), tokens\n");
+    return f;
 }
 
 int cmd_generate(int argc, char **argv)
@@ -154,6 +157,8 @@ int cmd_generate(int argc, char **argv)
     }
     log_set_role("generate");
     log_set_level((log_level)lvl);
+    if (o.coordinator && !o.compare)
+        return cli_remote_generate(&o, NULL, NULL);
     if (!o.model)
         o.model = cli_default_model();
 
@@ -204,7 +209,7 @@ int cmd_generate(int argc, char **argv)
         fprintf(stderr, "specd generate: tokenizer has %d tokens, model %d\n", tok_n_vocab(tk), V);
         goto out;
     }
-    if ((e = encode_prompt(tk, &o, &ids, &n_prompt))) {
+    if ((e = tok_encode_prompt(tk, o.prompt, o.system, o.chat, &ids, &n_prompt))) {
         rc = fail("prompt", e);
         goto out;
     }
@@ -236,7 +241,7 @@ int cmd_generate(int argc, char **argv)
         goto out;
     }
     out_sink.tk = tk;
-    out_sink.keep = o.compare;
+    out_sink.keep = o.compare || o.tokens_out;
     spec_config sc = {.target = m,
                       .vmode = vm,
                       .sp = sp,
@@ -254,7 +259,7 @@ int cmd_generate(int argc, char **argv)
         rc = fail("--tree", e);
         goto out;
     }
-    if (strcmp(o.draft, "none")) {
+    if (strcmp(o.draft, "none") && !o.coordinator) {
         draft_opts dop = {.max_ctx = ctx,
                           .max_nodes = o.max_nodes,
                           .sample_children = vm == VERIFY_SPECINFER && o.temp > 0,
@@ -267,13 +272,35 @@ int cmd_generate(int argc, char **argv)
         sc.drafter = dr;
     }
     spec_stats st, base;
-    if ((e = spec_generate(&sc, ids, (int)n_prompt, &st))) {
-        rc = fail("generation", e);
-        goto out;
+    if (o.coordinator) { /* --compare: the cluster's output against local target-only */
+        if (cli_remote_generate(&o, sink_token, &out_sink))
+            goto out;
+        memset(&st, 0, sizeof st);
+    } else {
+        if (o.timing && !(out_sink.timing = timing_open(o.timing)))
+            goto out;
+        out_sink.t0 = clock_now_s();
+        if ((e = spec_generate(&sc, ids, (int)n_prompt, &st))) {
+            rc = fail("generation", e);
+            goto out;
+        }
+        printf("\n");
+        fflush(stdout);
+        spec_stats_print(&st, dr ? dr->kind : "target");
+        if (out_sink.timing) {
+            fprintf(out_sink.timing,
+                    "# summary where=local n_prompt=%d n_gen=%d steps=%d prefill_ms=%.3f "
+                    "total_ms=%.3f draft_ms=%.3f verify_ms=%.3f proposed=%ld accepted=%ld\n",
+                    st.n_prompt, st.n_gen, st.n_steps, st.t_prefill * 1e3, st.t_total * 1e3,
+                    st.t_draft * 1e3, st.t_verify * 1e3, st.proposed, st.accepted);
+            int bad = fclose(out_sink.timing) != 0;
+            out_sink.timing = NULL;
+            if (bad) {
+                fprintf(stderr, "specd generate: --timing %s: write failed\n", o.timing);
+                goto out;
+            }
+        }
     }
-    printf("\n");
-    fflush(stdout);
-    spec_stats_print(&st, dr ? dr->kind : "target");
     if (o.compare) {
         gen_sink ref = {.keep = 1};
         sc.drafter = NULL;
@@ -288,16 +315,22 @@ int cmd_generate(int argc, char **argv)
             out_sink.n == ref.n && !memcmp(out_sink.ids, ref.ids, sizeof(int32_t) * (size_t)ref.n);
         double a = st.n_gen / (st.t_total - st.t_prefill),
                b = base.n_gen / (base.t_total - base.t_prefill);
-        fprintf(stderr,
-                "[compare] output %s target-only (%d vs %d tokens); speedup %.2fx "
-                "(%.1f vs %.1f tok/s)\n",
-                same ? "identical to" : "DIFFERS from", out_sink.n, ref.n, a / b, a, b);
+        if (o.coordinator)
+            fprintf(stderr, "[compare] cluster output %s local target-only (%d vs %d tokens)\n",
+                    same ? "identical to" : "DIFFERS from", out_sink.n, ref.n);
+        else
+            fprintf(stderr,
+                    "[compare] output %s target-only (%d vs %d tokens); speedup %.2fx "
+                    "(%.1f vs %.1f tok/s)\n",
+                    same ? "identical to" : "DIFFERS from", out_sink.n, ref.n, a / b, a, b);
         free(ref.ids);
         if (!same)
             goto out;
     }
-    rc = 0;
+    rc = o.tokens_out ? cli_write_tokens(o.tokens_out, out_sink.ids, out_sink.n) : 0;
 out:
+    if (out_sink.timing)
+        fclose(out_sink.timing);
     free(ids);
     free(out_sink.ids);
     draft_free(dr);
@@ -306,3 +339,25 @@ out:
     kern_free(be);
     return rc;
 }
+
+int cli_write_tokens(const char *path, const int32_t *ids, int n)
+{
+    FILE *f = fopen(path, "w");
+    if (!f) {
+        fprintf(stderr, "specd generate: --tokens-out %s: cannot write\n", path);
+        return 1;
+    }
+    for (int i = 0; i < n; i++)
+        fprintf(f, i ? " %d" : "%d", ids[i]);
+    fprintf(f, "\n");
+    return fclose(f) ? 1 : 0;
+}
+
+#ifndef SPECD_NET
+int cli_remote_generate(const gen_opts *o, int (*on_token)(void *ud, int32_t tok), void *ud)
+{
+    fprintf(stderr, "specd generate: --coordinator: this build has no distributed runtime (gRPC, "
+                    "protobuf-c and UCX were not found at build time)\n");
+    return 2;
+}
+#endif

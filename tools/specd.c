@@ -2,6 +2,8 @@
  * and talk to the distributed runtime. */
 #include "specd.h"
 
+#include "../common/paths.h"
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -11,19 +13,16 @@ static const struct {
     int (*run)(int argc, char **argv);
     const char *help;
 } cli_cmds[] = {
-    {"generate", cmd_generate, "generate text from a prompt with a local model"},
+    {"generate", cmd_generate, "generate text from a prompt (a local model or a cluster)"},
+#ifdef SPECD_NET
+    {"status", cmd_status, "nodes, sessions and their statistics of a running cluster"},
+    {"local", cmd_local, "start a coordinator, a drafter and workers on this machine"},
+#endif
 };
 
 const char *cli_default_model(void)
 {
-    static char path[4096];
-    const char *dir = getenv("SPECD_MODEL_DIR");
-    if (dir && *dir)
-        snprintf(path, sizeof path, "%s/SmolLM2-135M-Instruct.Q4_1.gguf", dir);
-    else
-        snprintf(path, sizeof path, "%s/.cache/specd/models/SmolLM2-135M-Instruct.Q4_1.gguf",
-                 getenv("HOME") ? getenv("HOME") : ".");
-    return path;
+    return paths_default_model();
 }
 
 static void usage(FILE *f)

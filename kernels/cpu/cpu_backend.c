@@ -536,7 +536,7 @@ static void cpu_pack(void *vctx, void *dst, const void *w, sd_dtype wt, int N, i
 
 /* The canonical row (docs/numerics.md): LANE16 sum of squares by fma (zero-padded), the R16
  * tree, then (x*r)*w. */
-static void rmsnorm_row(float *o, const float *x, const float *w, int D, float eps)
+KCPU_FMA_CLONES static void rmsnorm_row(float *o, const float *x, const float *w, int D, float eps)
 {
     float a[16] = {0};
     for (int i = 0; i < (D + 15) / 16 * 16; i++) {
@@ -689,7 +689,7 @@ typedef struct {
 } attn_job;
 
 /* LANE16 fma over the zero-padded vectors, R16 tree (docs/numerics.md) */
-static float dot_dh(const float *a, const float *b, int n)
+KCPU_FMA_CLONES static float dot_dh(const float *a, const float *b, int n)
 {
     float s[16] = {0};
     for (int i = 0; i < (n + 15) / 16 * 16; i++)
@@ -707,7 +707,7 @@ static void dot4_dh(float *s, const float *q, const float *k0, const float *k1, 
 }
 
 /* scale, max, EXP, then the LANE16 sum in key order and the R16 tree */
-static float softmax_ref(float *s, int n, float scale)
+KCPU_FMA_CLONES static float softmax_ref(float *s, int n, float scale)
 {
     float mx = -INFINITY;
     for (int i = 0; i < n; i++) {
@@ -841,7 +841,7 @@ static void cpu_attention(void *vctx, float *out, const float *q, const float *k
 
 /* ---- elementwise ---- */
 
-static void silu_mul_ref(float *g, const float *u, int n)
+KCPU_FMA_CLONES static void silu_mul_ref(float *g, const float *u, int n)
 {
     for (int i = 0; i < n; i++)
         g[i] = (g[i] / (1.0f + kcpu_exp1(0.0f - g[i]))) * u[i];
@@ -853,7 +853,7 @@ static void add_ref(float *x, const float *y, int n)
         x[i] += y[i];
 }
 
-static void exp_ref(float *y, const float *x, int n)
+KCPU_FMA_CLONES static void exp_ref(float *y, const float *x, int n)
 {
     for (int i = 0; i < n; i++)
         y[i] = kcpu_exp1(x[i]);

@@ -47,6 +47,17 @@ static inline float kcpu_r16(const float *a)
     return (c[0] + c[2]) + (c[1] + c[3]);
 }
 
+/* The portable level's hot loops call fmaf once per block or element. Built for a baseline CPU,
+ * that is a library call (~5 ns); these functions are therefore also compiled for FMA hardware
+ * and picked at load time (ifunc). Both clones compute the same correctly rounded fma, so the
+ * choice changes speed only, never a bit. */
+#if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__) && !defined(__clang__) &&       \
+    !defined(__SANITIZE_ADDRESS__)
+#define KCPU_FMA_CLONES __attribute__((target_clones("fma", "default")))
+#else
+#define KCPU_FMA_CLONES
+#endif
+
 /* 2^e as a float, exact, for e in [-126, 127] */
 static inline float kcpu_pow2i(int e)
 {
@@ -125,6 +136,13 @@ void kcpu_r16_pack_q4_0(uint8_t *dst, const uint8_t *src, int n_rows, int K);
 void kcpu_r16_pack_q4_1(uint8_t *dst, const uint8_t *src, int n_rows, int K);
 void kcpu_r16_pack_q8_0(uint8_t *dst, const uint8_t *src, int n_rows, int K);
 size_t kcpu_r16_packed_bytes(sd_dtype t, int N, int K);
+
+/* AVX2 pieces the AVX-512 level reuses (cpu_mm_avx2.c): the activation record (bitwise
+ * kcpu_q8_prep), and Q4_K / Q6_K rows decoded 16 at a time (layout documented there;
+ * kcpu_kq16_bytes: the scratch one group needs). */
+void kcpu_q8_prep_avx2(uint8_t *rec, const float *x, int K);
+size_t kcpu_kq16_bytes(int K, int q6);
+void kcpu_kq16_decode(uint8_t *dst, const uint8_t *w, size_t ws, int nr, int K, int q6);
 
 /* Attention inner loops per level. dot: q.k over n floats with the level's fixed order;
  * dot4: four such dots (k0..k3) at once, each bitwise equal to dot;

@@ -96,7 +96,7 @@ void kcpu_q8_quantize_row(uint8_t *rec, const float *x, int K, const kcpu_q8_lay
 /* ---- f32 activations ---- */
 
 /* LANE16 + R16 (docs/numerics.md); K % 16 == 0 */
-static float dot_f32(const float *x, const float *w, int K)
+static inline __attribute__((always_inline)) float dot_f32(const float *x, const float *w, int K)
 {
     float a[16] = {0};
     for (int i = 0; i < K; i += 16)
@@ -105,9 +105,9 @@ static float dot_f32(const float *x, const float *w, int K)
     return kcpu_r16(a);
 }
 
-static void rows_f32act(float *out, int ldo, const uint8_t *act, size_t act_stride, int T,
-                        const uint8_t *w, size_t w_stride, int n0, int n1, int K, void *scratch,
-                        sd_dtype wt)
+KCPU_FMA_CLONES static void rows_f32act(float *out, int ldo, const uint8_t *act, size_t act_stride,
+                                        int T, const uint8_t *w, size_t w_stride, int n0, int n1,
+                                        int K, void *scratch, sd_dtype wt)
 {
     float *wrow = scratch;
     for (int n = n0; n < n1; n++) {
@@ -159,7 +159,8 @@ static q8act q8act_at(const uint8_t *rec, const kcpu_q8_layout *L)
 }
 
 /* S = sum w*q; acc = fma(S, d*dx, acc) */
-static float dotq_q8_0(const uint8_t *w, const q8act *a, int K)
+static inline __attribute__((always_inline)) float dotq_q8_0(const uint8_t *w, const q8act *a,
+                                                             int K)
 {
     float acc = 0.0f;
     for (int b = 0; b < K / 32; b++, w += 34) {
@@ -173,7 +174,8 @@ static float dotq_q8_0(const uint8_t *w, const q8act *a, int K)
 }
 
 /* S = sum (nib-8)*q = sum nib*q - 8*sum q; acc = fma(S, d*dx, acc) */
-static float dotq_q4_0(const uint8_t *w, const q8act *a, int K)
+static inline __attribute__((always_inline)) float dotq_q4_0(const uint8_t *w, const q8act *a,
+                                                             int K)
 {
     float acc = 0.0f;
     for (int b = 0; b < K / 32; b++, w += 18) {
@@ -189,7 +191,8 @@ static float dotq_q4_0(const uint8_t *w, const q8act *a, int K)
 }
 
 /* S = sum nib*q; acc = fma(S, d*dx, acc); acc = fma(m, ds, acc) */
-static float dotq_q4_1(const uint8_t *w, const q8act *a, int K)
+static inline __attribute__((always_inline)) float dotq_q4_1(const uint8_t *w, const q8act *a,
+                                                             int K)
 {
     float acc = 0.0f;
     for (int b = 0; b < K / 32; b++, w += 20) {
@@ -217,7 +220,8 @@ static void q4k_sm(int j, const uint8_t *q, int *sc, int *m)
 
 /* Per 32-element sub-block j (scale sc, min m; both exact small integers): S = sum nib*q,
  * acc = fma(S, (d*sc)*dx, acc); acc = fma(-(dmin*m), ds, acc) */
-static float dotq_q4_k(const uint8_t *w, const q8act *a, int K)
+static inline __attribute__((always_inline)) float dotq_q4_k(const uint8_t *w, const q8act *a,
+                                                             int K)
 {
     float acc = 0.0f;
     for (int b = 0; b < K / 256; b++, w += 144) {
@@ -253,7 +257,8 @@ static void q6k_unpack(int8_t *v, const uint8_t *p)
         }
 }
 
-static float dotq_q6_k(const uint8_t *w, const q8act *a, int K)
+static inline __attribute__((always_inline)) float dotq_q6_k(const uint8_t *w, const q8act *a,
+                                                             int K)
 {
     float acc = 0.0f;
     int8_t v[256];
@@ -275,8 +280,9 @@ static float dotq_q6_k(const uint8_t *w, const q8act *a, int K)
 }
 
 #define Q8ACT_ROWS(name, fn)                                                                       \
-    static void name(float *out, int ldo, const uint8_t *act, size_t act_stride, int T,            \
-                     const uint8_t *w, size_t w_stride, int n0, int n1, int K, void *scratch)      \
+    KCPU_FMA_CLONES static void name(float *out, int ldo, const uint8_t *act, size_t act_stride,   \
+                                     int T, const uint8_t *w, size_t w_stride, int n0, int n1,     \
+                                     int K, void *scratch)                                         \
     {                                                                                              \
         kcpu_q8_layout L = kcpu_q8_layout_for(K);                                                  \
         for (int n = n0; n < n1; n++)                                                              \

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# The three daemons as real processes on loopback (specd local): every mode x 3 prompts x
+# {greedy, seeded temperature 0.8 / top-p 0.95} gives token for token the local target-only
+# output; 8 concurrent clients all do, and the worker batched chunks of several sessions.
+# SD_TEST_LABELS: cluster model
+set -u
+. "$SPECD_SRC/tests/lib/cluster.sh"
+trap 'cluster_stop' EXIT
+
+cluster_start basic || exit 1
+prompts=("def fibonacci(n):" "The capital of France is" "Write a short poem about the sea.")
+for mode in ar si async; do
+    for i in 0 1 2; do
+        chat=""
+        [ $i = 2 ] && chat="--chat"
+        same_as_local "$mode greedy $i" --mode "$mode" -p "${prompts[$i]}" $chat -n 40
+        s=$((RANDOM + i))
+        same_as_local "$mode sampled $i" --mode "$mode" -p "${prompts[$i]}" $chat -n 40 \
+            --temp 0.8 --top-p 0.95 --seed "$s"
+    done
+done
+# other drafters and tree shapes on the drafter node
+same_as_local "layerskip topk" --mode si -p "${prompts[0]}" -n 24 --draft layerskip:0-19 \
+    --tree topk:2,2,1
+same_as_local "ngram dynamic async" --mode async -p "${prompts[1]}" -n 24 --tree dynamic:12
+
+# 8 concurrent clients
+pids=()
+for k in $(seq 1 8); do
+    ( err=$(timeout 300 "$SPECD" generate --coordinator "$CL_ADDR" --model "$M" --compare \
+             --mode si -p "Client $k: list three colours of $(( (k * 7) % 5 )) things." -n 48 \
+             --ignore-eos 2>&1 >/dev/null)
+      echo "$err" | grep -q "identical to local target-only" ) &
+    pids+=($!)
+done
+for p in "${pids[@]}"; do
+    wait "$p"
+    check "concurrent client $p identical" $?
+done
+st=$("$SPECD" status --coordinator "$CL_ADDR")
+echo "$st" | sed -n '1,8p'
+batched=$(echo "$st" | awk '$1 == "worker" {print $7}' | head -n1)
+check "the worker batched chunks of several sessions (batched forwards: ${batched:-?})" \
+    $([ "${batched:-0}" -gt 0 ] && echo 0 || echo 1)
+finish
