@@ -2,7 +2,9 @@
 # specd generate --backend: cpu | cuda (falls back to the CPU with one log line when there is no
 # GPU or driver) | cuda! (exit 2 without one) | anything else (exit 2). With a GPU, the CUDA
 # output must equal the CPU's (greedy; both backends compute canon1 bit for bit), with
-# speculation and with --compare (speculative == target-only on the GPU).
+# speculation and with --compare (speculative == target-only on the GPU). The worker daemon takes
+# the same names (config key backend, device) with the same rules, and a cluster whose worker
+# runs `backend = "cuda"` gives local target-only's output.
 # SD_TEST_LABELS: cli model cuda
 set -u
 SPECD="$SPECD_BIN/specd"
@@ -20,6 +22,7 @@ out=$(run -p "$P" --backend gpu 2>&1); rc=$?
 check "unknown backend exits 2 naming the choices" \
     $([ $rc = 2 ] && echo "$out" | grep -q "cuda!" && echo 0 || echo 1)
 out=$(run -p "$P" --backend cuda! 2>&1); rc=$?
+gpu_present=$([ $rc = 0 ] && echo 1 || echo 0)
 if [ $rc = 0 ]; then
     echo "a CUDA GPU is present: checking that its output is the CPU's"
     gpu=$(run -p "$P" --backend cuda 2>/dev/null)
@@ -38,6 +41,29 @@ else
     check "the fallback is one log line" \
         $([ "$(echo "$err" | grep -c "CUDA backend unavailable")" = 1 ] && echo 0 || echo 1)
     check "fallback output == cpu output" $([ "$out" = "$cpu" ] && echo 0 || echo 1)
+fi
+WK="$SPECD_BIN/specd-worker"
+if [ -x "$WK" ]; then # builds with the distributed runtime
+    out=$(timeout 60 "$WK" --backend gpu 2>&1); rc=$?
+    check "worker: unknown backend exits 2 naming the choices" \
+        $([ $rc = 2 ] && echo "$out" | grep -q "cuda!" && echo 0 || echo 1)
+    if [ "$gpu_present" = 0 ]; then # with a GPU it would start serving
+        out=$(timeout 60 "$WK" --backend cuda! 2>&1); rc=$?
+        check "worker: cuda! without a GPU exits 2 and says why" \
+            $([ $rc = 2 ] && echo "$out" | grep -q "no CUDA" && echo 0 || echo 1)
+    fi
+    d=$(mktemp -d "${TMPDIR:-/tmp}/specd-cuda-cli.XXXXXX")
+    out=$(timeout 300 "$SPECD" local --worker-set backend=cuda --dir "$d/c" --keep --model "$M" \
+        -p "$P" -n 24 --compare 2>&1); rc=$?
+    check "cluster with a backend=cuda worker == local target-only" \
+        $([ $rc = 0 ] && echo "$out" | grep -q "identical to local target-only" && echo 0 || echo 1)
+    n=$(grep -c "CUDA backend unavailable" "$d/c/worker-0.log")
+    if [ "$gpu_present" = 0 ]; then
+        check "worker: the fallback is one log line ($n)" $([ "$n" = 1 ] && echo 0 || echo 1)
+    else
+        check "worker: runs on the GPU" $(grep -q "backend cuda:" "$d/c/worker-0.log" && echo 0 || echo 1)
+    fi
+    [ $fails = 0 ] && rm -rf "$d"
 fi
 echo "$passes passed, $fails failed"
 [ $fails = 0 ]

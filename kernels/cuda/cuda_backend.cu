@@ -77,6 +77,22 @@ sd_err report(cuda_ctx *c)
                    cudaGetErrorString(c->err), cudaGetErrorName(c->err));
 }
 
+/* Every entry point makes the backend's device the calling thread's current one: the current
+ * device is per thread, and a daemon calls one backend from several (a worker allocates session
+ * caches on its gRPC thread and runs forwards on its compute thread). Cached per thread, so
+ * this is a compare in the common case. */
+thread_local int tl_device = -1; /* this thread's current device as last set here */
+
+cuda_ctx *on_dev(void *vctx)
+{
+    cuda_ctx *c = static_cast<cuda_ctx *>(vctx);
+    if (tl_device != c->device) {
+        note(c, cudaSetDevice(c->device), "cudaSetDevice");
+        tl_device = c->device;
+    }
+    return c;
+}
+
 void nan_fill(cuda_ctx *c, float *out, size_t n, const char *where)
 {
     note(c, cudaMemsetAsync(out, 0xff, n * sizeof(float), c->st), where);
@@ -170,7 +186,7 @@ int use_q8(const cuda_ctx *c, sd_dtype wt)
 void cu_matmul_multi(void *vctx, int n, float *const *outs, const float *x,
                      const kern_mat *const *ws, const int *Ns, int T, int K)
 {
-    cuda_ctx *c = static_cast<cuda_ctx *>(vctx);
+    cuda_ctx *c = on_dev(vctx);
     if (T <= 0)
         return;
     int any_q8 = 0;
@@ -217,7 +233,7 @@ size_t cu_pack_bytes(void *vctx, sd_dtype wt, int N, int K)
 /* The "packed" copy is the rows as stored, uploaded: dst is device memory from buf_alloc. */
 void cu_pack(void *vctx, void *dst, const void *w, sd_dtype wt, int N, int K)
 {
-    cuda_ctx *c = static_cast<cuda_ctx *>(vctx);
+    cuda_ctx *c = on_dev(vctx);
     size_t n = cu_pack_bytes(vctx, wt, N, K);
     if (n)
         note(c, cudaMemcpyAsync(dst, w, n, cudaMemcpyHostToDevice, c->st), "weight upload");
@@ -225,7 +241,7 @@ void cu_pack(void *vctx, void *dst, const void *w, sd_dtype wt, int N, int K)
 
 void cu_rmsnorm(void *vctx, float *out, const float *x, const float *w, int T, int D, float eps)
 {
-    cuda_ctx *c = static_cast<cuda_ctx *>(vctx);
+    cuda_ctx *c = on_dev(vctx);
     if (T > 0)
         note(c, kcuda_rmsnorm(out, x, w, T, D, eps, c->st), "rmsnorm");
 }
@@ -233,7 +249,7 @@ void cu_rmsnorm(void *vctx, float *out, const float *x, const float *w, int T, i
 void cu_rope(void *vctx, float *x, const int *pos, int T, int H, int Dh, int n_rot, float freq_base,
              int neox)
 {
-    cuda_ctx *c = static_cast<cuda_ctx *>(vctx);
+    cuda_ctx *c = on_dev(vctx);
     if (T <= 0)
         return;
     int nr = (n_rot > Dh ? Dh : n_rot) & ~1, maxp = 0;
@@ -296,7 +312,7 @@ void cu_attention(void *vctx, float *out, const float *q, const float *kc, const
                   size_t ld_slot, size_t ld_head, int n_prefix, const int *anc, const int *anc_off,
                   int T, int H, int Hkv, int Dh, float scale)
 {
-    cuda_ctx *c = static_cast<cuda_ctx *>(vctx);
+    cuda_ctx *c = on_dev(vctx);
     if (T <= 0)
         return;
     if (c->capturing) { /* one node at slot step over the keys 0..step, read at replay */
@@ -332,19 +348,19 @@ void cu_attention(void *vctx, float *out, const float *q, const float *kc, const
 
 void cu_silu_mul(void *vctx, float *gate, const float *up, int n)
 {
-    cuda_ctx *c = static_cast<cuda_ctx *>(vctx);
+    cuda_ctx *c = on_dev(vctx);
     note(c, kcuda_silu_mul(gate, up, n, c->st), "silu_mul");
 }
 
 void cu_add(void *vctx, float *x, const float *y, int n)
 {
-    cuda_ctx *c = static_cast<cuda_ctx *>(vctx);
+    cuda_ctx *c = on_dev(vctx);
     note(c, kcuda_add(x, y, n, c->st), "add");
 }
 
 void cu_add_bias(void *vctx, float *out, const float *bias, int T, int N)
 {
-    cuda_ctx *c = static_cast<cuda_ctx *>(vctx);
+    cuda_ctx *c = on_dev(vctx);
     if (T > 0)
         note(c, kcuda_add_bias(out, bias, T, N, c->st), "add_bias");
 }
@@ -353,7 +369,7 @@ void cu_add_bias(void *vctx, float *out, const float *bias, int T, int N)
 
 void *cu_buf_alloc(void *vctx, size_t bytes)
 {
-    (void)vctx;
+    on_dev(vctx);
     void *p = nullptr;
     cudaError_t e = cudaMalloc(&p, bytes ? bytes : 1);
     if (e != cudaSuccess) {
@@ -366,21 +382,21 @@ void *cu_buf_alloc(void *vctx, size_t bytes)
 
 void cu_buf_free(void *vctx, void *p)
 {
-    (void)vctx;
+    on_dev(vctx);
     if (p)
         cudaFree(p);
 }
 
 void cu_upload(void *vctx, void *dst, const void *src, size_t bytes)
 {
-    cuda_ctx *c = static_cast<cuda_ctx *>(vctx);
+    cuda_ctx *c = on_dev(vctx);
     if (bytes)
         note(c, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, c->st), "upload");
 }
 
 void cu_copy(void *vctx, void *dst, const void *src, size_t bytes)
 {
-    cuda_ctx *c = static_cast<cuda_ctx *>(vctx);
+    cuda_ctx *c = on_dev(vctx);
     if (!bytes || dst == src)
         return;
     const char *d = static_cast<const char *>(dst), *s = static_cast<const char *>(src);
@@ -410,7 +426,7 @@ void cu_copy(void *vctx, void *dst, const void *src, size_t bytes)
 void cu_copy2d(void *vctx, void *dst, size_t dpitch, const void *src, size_t spitch, size_t width,
                size_t rows)
 {
-    cuda_ctx *c = static_cast<cuda_ctx *>(vctx);
+    cuda_ctx *c = on_dev(vctx);
     if (width && rows)
         note(c,
              cudaMemcpy2DAsync(dst, dpitch, src, spitch, width, rows, cudaMemcpyDeviceToDevice,
@@ -420,14 +436,14 @@ void cu_copy2d(void *vctx, void *dst, size_t dpitch, const void *src, size_t spi
 
 sd_err cu_sync(void *vctx)
 {
-    cuda_ctx *c = static_cast<cuda_ctx *>(vctx);
+    cuda_ctx *c = on_dev(vctx);
     note(c, cudaStreamSynchronize(c->st), "stream");
     return report(c);
 }
 
 sd_err cu_download(void *vctx, void *dst, const void *src, size_t bytes)
 {
-    cuda_ctx *c = static_cast<cuda_ctx *>(vctx);
+    cuda_ctx *c = on_dev(vctx);
     if (bytes)
         note(c, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, c->st), "download");
     return cu_sync(vctx);
@@ -435,7 +451,7 @@ sd_err cu_download(void *vctx, void *dst, const void *src, size_t bytes)
 
 sd_err cu_argmax(void *vctx, int *idx, const float *logits, int rows, int V, size_t ld)
 {
-    cuda_ctx *c = static_cast<cuda_ctx *>(vctx);
+    cuda_ctx *c = on_dev(vctx);
     if (rows <= 0)
         return SD_OK;
     if (rows > c->idx_cap) {
@@ -457,7 +473,7 @@ sd_err cu_argmax(void *vctx, int *idx, const float *logits, int rows, int V, siz
 void cu_kv_put(void *vctx, float *kl, float *vl, const float *k, const float *v, int slot0, int T,
                int Hkv, int Dh, size_t head_stride)
 {
-    cuda_ctx *c = static_cast<cuda_ctx *>(vctx);
+    cuda_ctx *c = on_dev(vctx);
     if (c->capturing && (T != 1 || slot0 != c->step)) {
         c->cap_failed = 1;
         return;
@@ -470,7 +486,7 @@ void cu_kv_put(void *vctx, float *kl, float *vl, const float *k, const float *v,
 
 int cu_graph_begin(void *vctx, const void *key, size_t key_len, int step, int max_keys)
 {
-    cuda_ctx *c = static_cast<cuda_ctx *>(vctx);
+    cuda_ctx *c = on_dev(vctx);
     if (c->capturing || c->err != cudaSuccess || key_len > cuda_ctx::KEYMAX || step < 0 ||
         step >= max_keys || max_keys > kcuda_attention_max_keys())
         return -1;
@@ -526,7 +542,7 @@ int cu_graph_begin(void *vctx, const void *key, size_t key_len, int step, int ma
 
 sd_err cu_graph_end(void *vctx)
 {
-    cuda_ctx *c = static_cast<cuda_ctx *>(vctx);
+    cuda_ctx *c = on_dev(vctx);
     auto &g = c->g[c->cap_slot];
     if (c->capturing) {
         c->capturing = 0;
@@ -560,6 +576,7 @@ void cu_free(kern_backend *b)
         return;
     cuda_ctx *c = static_cast<cuda_ctx *>(b->ctx);
     if (c) {
+        on_dev(c);
         if (c->st)
             cudaStreamSynchronize(c->st);
         cudaFree(c->aq);
@@ -601,6 +618,7 @@ extern "C" sd_err kern_cuda_create(kern_backend **out, int device, unsigned flag
         return sd_fail(SD_EINVAL, "CUDA device %d: this machine has %d (0..%d)", device, n, n - 1);
     if ((e = cudaSetDevice(device)) != cudaSuccess)
         return sd_fail(SD_ECUDA, "cudaSetDevice(%d): %s", device, cudaGetErrorString(e));
+    tl_device = device;
     cudaDeviceProp prop;
     if ((e = cudaGetDeviceProperties(&prop, device)) != cudaSuccess)
         return sd_fail(SD_ECUDA, "cudaGetDeviceProperties(%d): %s", device, cudaGetErrorString(e));
