@@ -33,12 +33,15 @@ struct cuda_ctx {
     int8_t *aq;
     float *ad;
     size_t aq_cap, ad_cap;
-    /* staging for the int arrays, one per kind (0: rope positions, 1: ancestor lists): pinned
-     * host memory -> device, grown on demand; every layer of a forward passes the same arrays,
-     * so an unchanged array is not copied again */
+    /* staging for the int arrays, one ring per kind (0: rope positions, 1: ancestor lists):
+     * pinned host memory -> device, grown on demand. Every layer of a one-sequence forward
+     * passes the same arrays, so an array equal to the last one staged is not copied again; a
+     * multi-sequence forward alternates between its sequences' lists, each appended after the
+     * last (the queued work still reads the earlier ones), so the stream is drained only when
+     * the ring wraps. */
     struct {
         int *h, *d;
-        size_t cap, n;
+        size_t cap, n, last, used; /* last staged: [last, last + n); [0, used) may be in use */
     } stg[2];
     /* rope table for positions [0, rope_cap) of (rope_nrot, rope_base) */
     float *rope_tab;
@@ -139,18 +142,21 @@ int *stage_ints(cuda_ctx *c, int kind, const int *const *srcs, const size_t *ns,
     for (int i = 0; i < k; i++)
         total += ns[i];
     int same = total == s.n && s.h;
-    for (size_t i = 0, o = 0; same && i < (size_t)k; o += ns[i], i++)
+    for (size_t i = 0, o = s.last; same && i < (size_t)k; o += ns[i], i++)
         same = memcmp(s.h + o, srcs[i], ns[i] * sizeof(int)) == 0;
     if (!same) {
-        /* the pinned buffer is rewritten: copies out of it must have finished */
-        cudaStreamSynchronize(c->st);
+        if (s.used + total > s.cap) {
+            /* the ring wraps: copies out of it and kernels reading it must have finished */
+            cudaStreamSynchronize(c->st);
+            s.used = 0;
+        }
         if (total > s.cap) {
-            size_t n = total + total / 2 + 4096;
+            size_t n = 4 * total + 65536;
             cudaFreeHost(s.h);
             cudaFree(s.d);
             s.h = nullptr;
             s.d = nullptr;
-            s.cap = s.n = 0;
+            s.cap = s.n = s.last = s.used = 0;
             cudaError_t e = cudaMallocHost((void **)&s.h, n * sizeof(int));
             if (e == cudaSuccess)
                 e = cudaMalloc((void **)&s.d, n * sizeof(int));
@@ -160,15 +166,19 @@ int *stage_ints(cuda_ctx *c, int kind, const int *const *srcs, const size_t *ns,
             }
             s.cap = n;
         }
-        for (size_t i = 0, o = 0; i < (size_t)k; o += ns[i], i++)
+        for (size_t i = 0, o = s.used; i < (size_t)k; o += ns[i], i++)
             memcpy(s.h + o, srcs[i], ns[i] * sizeof(int));
+        s.last = s.used;
         s.n = total;
-        note(c, cudaMemcpyAsync(s.d, s.h, total * sizeof(int), cudaMemcpyHostToDevice, c->st),
+        s.used += total;
+        note(c,
+             cudaMemcpyAsync(s.d + s.last, s.h + s.last, total * sizeof(int),
+                             cudaMemcpyHostToDevice, c->st),
              "staging copy");
     }
-    for (size_t i = 0, o = 0; i < (size_t)k; o += ns[i], i++)
+    for (size_t i = 0, o = s.last; i < (size_t)k; o += ns[i], i++)
         dev_parts[i] = s.d + o;
-    return s.d;
+    return s.d + s.last;
 }
 
 const uint8_t *mat_bytes(const kern_mat *w)

@@ -196,6 +196,59 @@ static void test_small_ops(void **state)
     free(g1);
 }
 
+/* Attention calls whose ancestor lists alternate (a multi-sequence forward's per-sequence calls)
+ * queued without a wait in between, enough of them to wrap the staging ring several times: each
+ * output == the CPU's for its tree (an overwritten staged list would give another tree's). */
+static void test_staging_ring(void **state)
+{
+    (void)state;
+    kern_backend *g = gpu[0], *c = cpu[0];
+    enum { NT = 3, CALLS = 720, T = 48, H = 3, Hkv = 3, Dh = 32, NP = 40 };
+    const int S = NP + T;
+    size_t qn = (size_t)T * H * Dh, kvn = (size_t)S * Hkv * Dh;
+    float *q = (float *)malloc(4 * qn), *kc = (float *)malloc(4 * kvn),
+          *vc = (float *)malloc(4 * kvn), *got = (float *)malloc(4 * qn);
+    rand_x(q, qn);
+    rand_x(kc, kvn);
+    rand_x(vc, kvn);
+    float *dq = (float *)bup(g, q, 4 * qn), *dk = (float *)bup(g, kc, 4 * kvn),
+          *dv = (float *)bup(g, vc, 4 * kvn);
+    tree tr[NT];
+    float *ref[NT];
+    for (int i = 0; i < NT; i++) {
+        tr[i] = rand_tree(T, NP);
+        ref[i] = (float *)malloc(4 * qn);
+        c->attention(c->ctx, ref[i], q, kc, vc, Dh, (size_t)S * Dh, NP, tr[i].anc, tr[i].off, T, H,
+                     Hkv, Dh, 0.125f);
+    }
+    float *dout = (float *)g->buf_alloc(g->ctx, 4 * qn * CALLS);
+    assert_non_null(dout);
+    for (int k = 0; k < CALLS; k++) {
+        const tree &t = tr[k % NT];
+        g->attention(g->ctx, dout + (size_t)k * qn, dq, dk, dv, Dh, (size_t)S * Dh, NP, t.anc,
+                     t.off, T, H, Hkv, Dh, 0.125f);
+    }
+    for (int k = 0; k < CALLS; k++) {
+        bdown(g, got, dout + (size_t)k * qn, 4 * qn);
+        char what[64];
+        snprintf(what, sizeof what, "staged attention call %d (tree %d)", k, k % NT);
+        assert_same(what, got, ref[k % NT], qn);
+    }
+    assert_int_equal(g->sync(g->ctx), SD_OK);
+    void *bufs[] = {dq, dk, dv, dout};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
+        g->buf_free(g->ctx, bufs[i]);
+    for (int i = 0; i < NT; i++) {
+        free(tr[i].anc);
+        free(tr[i].off);
+        free(ref[i]);
+    }
+    free(q);
+    free(kc);
+    free(vc);
+    free(got);
+}
+
 /* copy within backend memory may overlap, like memmove */
 static void test_copy_overlap(void **state)
 {
@@ -242,9 +295,8 @@ static void test_no_gpu(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_matmul_modes),
-        cmocka_unit_test(test_small_ops),
-        cmocka_unit_test(test_copy_overlap),
+        cmocka_unit_test(test_matmul_modes), cmocka_unit_test(test_small_ops),
+        cmocka_unit_test(test_staging_ring), cmocka_unit_test(test_copy_overlap),
         cmocka_unit_test(test_no_gpu),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
