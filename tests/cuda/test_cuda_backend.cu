@@ -196,14 +196,43 @@ static void test_small_ops(void **state)
     free(g1);
 }
 
+/* A random tree of T nodes over np prefix slots, mostly chains (deep: long ancestor lists). */
+static tree deep_tree(int T, int np)
+{
+    tree r;
+    r.T = T;
+    r.np = np;
+    r.off = (int *)malloc(sizeof(int) * (T + 1));
+    int *par = (int *)malloc(sizeof(int) * T), *depth = (int *)malloc(sizeof(int) * T), total = 0;
+    for (int t = 0; t < T; t++) {
+        par[t] = t == 0 ? -1 : tu_below(&rng, 8) ? t - 1 : (int)tu_below(&rng, (unsigned)t) - 1;
+        depth[t] = par[t] < 0 ? 1 : depth[par[t]] + 1;
+        total += depth[t];
+    }
+    r.anc = (int *)malloc(sizeof(int) * total);
+    for (int t = 0, k = 0; t < T; t++) {
+        r.off[t] = k;
+        k += depth[t];
+        int j = k - 1;
+        for (int a = t; a >= 0; a = par[a])
+            r.anc[j--] = np + a;
+        r.off[t + 1] = k;
+    }
+    free(par);
+    free(depth);
+    return r;
+}
+
 /* Attention calls whose ancestor lists alternate (a multi-sequence forward's per-sequence calls)
- * queued without a wait in between, enough of them to wrap the staging ring several times: each
- * output == the CPU's for its tree (an overwritten staged list would give another tree's). */
+ * queued without a wait in between, enough of them to wrap the staging ring (twice at these sizes):
+ * each output == the CPU's for its tree (an overwritten staged list would give another tree's). */
 static void test_staging_ring(void **state)
 {
     (void)state;
     kern_backend *g = gpu[0], *c = cpu[0];
-    enum { NT = 3, CALLS = 720, T = 48, H = 3, Hkv = 3, Dh = 32, NP = 40 };
+    /* deep trees of 48 nodes stage several hundred ints a call: the ring (4 x the first call +
+     * 64 Ki ints) wraps about every 100 calls */
+    enum { NT = 3, CALLS = 240, T = 48, H = 1, Hkv = 1, Dh = 32, NP = 8 };
     const int S = NP + T;
     size_t qn = (size_t)T * H * Dh, kvn = (size_t)S * Hkv * Dh;
     float *q = (float *)malloc(4 * qn), *kc = (float *)malloc(4 * kvn),
@@ -216,7 +245,7 @@ static void test_staging_ring(void **state)
     tree tr[NT];
     float *ref[NT];
     for (int i = 0; i < NT; i++) {
-        tr[i] = rand_tree(T, NP);
+        tr[i] = deep_tree(T, NP);
         ref[i] = (float *)malloc(4 * qn);
         c->attention(c->ctx, ref[i], q, kc, vc, Dh, (size_t)S * Dh, NP, tr[i].anc, tr[i].off, T, H,
                      Hkv, Dh, 0.125f);
