@@ -5,7 +5,8 @@
  *
  *   bench_engine --model PATH [--threads N] [--reps R] [--csv FILE] [--f32-act]
  *                [--cpu-level portable|avx2|avx512]
- *                [--long-ctx N]   (bench_engine --help lists them) */
+ *                [--long-ctx N] [--backend cpu|cuda|cuda!] [--device N]
+ *                (bench_engine --help lists them) */
 #include <immintrin.h>
 #include <pthread.h>
 #include <stddef.h>
@@ -151,8 +152,8 @@ static void die(const char *what, sd_err e)
 }
 
 typedef struct {
-    const char *model, *csv, *cpu_level;
-    int threads, reps, f32_act, long_ctx;
+    const char *model, *csv, *cpu_level, *backend;
+    int threads, reps, f32_act, long_ctx, device;
 } bench_opts;
 
 #define F(x) offsetof(bench_opts, x)
@@ -166,6 +167,9 @@ static const opt_def bench_defs[] = {
      "cap the CPU kernels: portable | avx2 | avx512 | best"},
     {"long-ctx", 0, OPT_INT, F(long_ctx), 0, 8192, "1024", "N",
      "also tree costs over an N-token prefix (0 = skip)"},
+    {"backend", 0, OPT_STR, F(backend), OPT_NOBOUNDS, "cpu", "NAME",
+     "cpu | cuda (CPU when there is no GPU) | cuda! (exit 2 without a GPU)"},
+    {"device", 0, OPT_INT, F(device), 0, 1024, "0", "N", "CUDA device"},
 };
 #undef F
 
@@ -228,13 +232,13 @@ static const char *cpu_model_name(void)
 int main(int argc, char **argv)
 {
     bench_opts bo = {0};
-    opt_defaults(bench_defs, 7, &bo);
-    sd_err e = opt_parse(bench_defs, 7, &bo, argc - 1, argv + 1);
+    opt_defaults(bench_defs, 9, &bo);
+    sd_err e = opt_parse(bench_defs, 9, &bo, argc - 1, argv + 1);
     if (e || !bo.model) {
         if (e != SD_ECANCELED)
             fprintf(stderr, "bench_engine: %s\n", e ? sd_errmsg() : "--model is required");
         printf("usage: bench_engine --model PATH [options]\n");
-        opt_usage(stdout, bench_defs, 7);
+        opt_usage(stdout, bench_defs, 9);
         return e == SD_ECANCELED ? 0 : 2;
     }
     const char *path = bo.model, *csv = bo.csv;
@@ -243,7 +247,12 @@ int main(int argc, char **argv)
     if ((e = kern_cpu_level_parse(bo.cpu_level, &lvl)))
         die("--cpu-level", e);
     unsigned flags = (bo.f32_act ? KERN_CPU_F32_ACT : 0u) | KERN_CPU_LEVEL(lvl);
-    model_opts mo = {.n_threads = threads, .kern_flags = flags};
+    kern_backend *be;
+    if ((e = kern_backend_open(&be, bo.backend, bo.device, threads, flags))) {
+        fprintf(stderr, "bench_engine: --backend %s: %s\n", bo.backend, sd_errmsg());
+        return 2;
+    }
+    model_opts mo = {.n_threads = threads, .kern_flags = flags, .backend = be};
     model *m;
     e = model_open(&m, path, &mo);
     if (e)
@@ -301,6 +310,11 @@ int main(int argc, char **argv)
     kv_commit_all(kv);
     int ND = reps * 4, NB = 0;
     double *td = malloc(sizeof(double) * (size_t)ND), *tb = malloc(sizeof(double) * (size_t)ND);
+    /* a device backend: its memory's bandwidth, a copy of a buffer of the weights' size inside
+     * it (each byte read once and written once) */
+    uint8_t *dbuf = be->device ? be->buf_alloc(be->ctx, 2 * bw_n * 8) : NULL;
+    if (be->device && !dbuf)
+        die("allocating device memory", SD_ENOMEM);
     for (int i = 0; i < ND; i++) {
         int32_t t = sample_argmax(logits, V);
         double t0 = clock_now_s();
@@ -308,9 +322,18 @@ int main(int argc, char **argv)
             die("decode", e);
         td[i] = clock_now_s() - t0;
         kv_commit_all(kv);
-        if (i % 4 == 3)
+        if (i % 4 == 3 && dbuf) {
+            double b0 = clock_now_s();
+            be->copy(be->ctx, dbuf + bw_n * 8, dbuf, bw_n * 8);
+            if ((e = be->sync(be->ctx)))
+                die("bandwidth pass", e);
+            tb[NB++] = 2.0 * (double)bw_n * 8 / (clock_now_s() - b0) / 1e9;
+        } else if (i % 4 == 3) {
             tb[NB++] = bandwidth_pass(bw_buf, bw_n, threads);
+        }
     }
+    if (dbuf)
+        be->buf_free(be->ctx, dbuf);
     free(bw_buf);
     double bw_best = 0;
     for (int i = 0; i < NB; i++)
@@ -346,7 +369,7 @@ int main(int argc, char **argv)
     double macs =
         (double)c->n_layer * ((double)D * Qd * 2 + (double)D * KVd * 2 + (double)D * c->n_ff * 3) +
         (double)D * V;
-    double peak = vnni_peak(threads);
+    double peak = be->device ? 0.0 : vnni_peak(threads); /* a CPU floor: not for a GPU */
 
     printf("model            %s (%s, %d layers, D=%d, V=%d)\n", path, c->arch, c->n_layer,
            c->n_embd, V);
@@ -354,9 +377,9 @@ int main(int argc, char **argv)
     printf("backend          %s, %d threads%s, numerics %s\n", model_backend(m)->name, threads,
            flags & KERN_CPU_F32_ACT ? ", f32 activations" : "", model_backend(m)->numerics);
     printf("weights/token    %.1f MB\n", wbytes / 1e6);
-    printf("read bandwidth   %.1f GB/s median, %.1f best (%d passes over %.0f MB between the "
+    printf("%s %.1f GB/s median, %.1f best (%d passes over %.0f MB between the "
            "decode steps)\n",
-           bw, bw_best, NB, wbytes / 1e6);
+           be->device ? "device bandwidth" : "read bandwidth  ", bw, bw_best, NB, wbytes / 1e6);
     printf("decode bound     %.1f tok/s (median bandwidth)\n", bound_tps);
     printf("decode           %.1f tok/s  = %.0f%% of bound (median step %.2f ms; best step "
            "%.2f ms = %.0f%% of the best pass)\n",
@@ -414,5 +437,6 @@ int main(int argc, char **argv)
     model_run_free(r);
     kv_free(kv);
     model_free(m);
+    kern_free(be);
     return 0;
 }

@@ -1,5 +1,7 @@
 #include "kv.h"
 
+#include "../kernels/kernels.h"
+
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -20,6 +22,11 @@ static float *kv_alloc(size_t n)
 
 sd_err kv_init(kv_cache **out, int n_layer, int n_head, int dh, int n_ctx)
 {
+    return kv_init_on(out, n_layer, n_head, dh, n_ctx, NULL);
+}
+
+sd_err kv_init_on(kv_cache **out, int n_layer, int n_head, int dh, int n_ctx, kern_backend *be)
+{
     *out = NULL;
     if (n_layer <= 0 || n_head <= 0 || dh <= 0 || n_ctx <= 0)
         return sd_fail(SD_EINVAL, "kv cache: bad shape (layers %d, heads %d x %d, context %d)",
@@ -34,8 +41,14 @@ sd_err kv_init(kv_cache **out, int n_layer, int n_head, int dh, int n_ctx)
     kv->n_head = n_head;
     kv->dh = dh;
     kv->row = row;
-    kv->k = kv_alloc(n * sizeof(float));
-    kv->v = kv_alloc(n * sizeof(float));
+    if (be && be->device) {
+        kv->be = be;
+        kv->k = be->buf_alloc(be->ctx, n * sizeof(float));
+        kv->v = be->buf_alloc(be->ctx, n * sizeof(float));
+    } else {
+        kv->k = kv_alloc(n * sizeof(float));
+        kv->v = kv_alloc(n * sizeof(float));
+    }
     kv->parent = malloc(sizeof(int) * (size_t)n_ctx);
     kv->depth = malloc(sizeof(int) * (size_t)n_ctx);
     kv->tok = malloc(sizeof(int32_t) * (size_t)n_ctx);
@@ -52,8 +65,13 @@ void kv_free(kv_cache *kv)
 {
     if (!kv)
         return;
-    free(kv->k);
-    free(kv->v);
+    if (kv->be) {
+        kv->be->buf_free(kv->be->ctx, kv->k);
+        kv->be->buf_free(kv->be->ctx, kv->v);
+    } else {
+        free(kv->k);
+        free(kv->v);
+    }
     free(kv->parent);
     free(kv->depth);
     free(kv->tok);
@@ -94,7 +112,14 @@ sd_err kv_commit_path(kv_cache *kv, const int *path, int n)
         int src = base + path[i], dst = base + i;
         if (src == dst)
             continue;
-        for (int l = 0; l < kv->n_layer; l++)
+        size_t hs = kv_head_stride(kv) * sizeof(float), w = sizeof(float) * (size_t)kv->dh;
+        for (int l = 0; kv->be && l < kv->n_layer; l++) { /* one strided copy for all heads */
+            kv->be->copy2d(kv->be->ctx, kv_k(kv, l) + (size_t)dst * kv->dh, hs,
+                           kv_k(kv, l) + (size_t)src * kv->dh, hs, w, (size_t)kv->n_head);
+            kv->be->copy2d(kv->be->ctx, kv_v(kv, l) + (size_t)dst * kv->dh, hs,
+                           kv_v(kv, l) + (size_t)src * kv->dh, hs, w, (size_t)kv->n_head);
+        }
+        for (int l = 0; !kv->be && l < kv->n_layer; l++)
             for (int h = 0; h < kv->n_head; h++) {
                 size_t o = (size_t)h * kv_head_stride(kv), dh = (size_t)kv->dh;
                 memcpy(kv_k(kv, l) + o + dst * dh, kv_k(kv, l) + o + src * dh, sizeof(float) * dh);
@@ -110,6 +135,21 @@ sd_err kv_commit_path(kv_cache *kv, const int *path, int n)
 void kv_put(kv_cache *kv, int layer, int slot0, const float *k, const float *v, int T)
 {
     size_t dh = (size_t)kv->dh;
+    if (kv->be && kv->be->kv_put) {
+        kv->be->kv_put(kv->be->ctx, kv_k(kv, layer), kv_v(kv, layer), k, v, slot0, T, kv->n_head,
+                       kv->dh, kv_head_stride(kv));
+        return;
+    }
+    if (kv->be) { /* per head: T rows of dh floats, strided in the source */
+        for (int h = 0; h < kv->n_head; h++) {
+            size_t o = (size_t)h * kv_head_stride(kv) + (size_t)slot0 * dh;
+            kv->be->copy2d(kv->be->ctx, kv_k(kv, layer) + o, dh * 4, k + h * dh,
+                           (size_t)kv->row * 4, dh * 4, (size_t)T);
+            kv->be->copy2d(kv->be->ctx, kv_v(kv, layer) + o, dh * 4, v + h * dh,
+                           (size_t)kv->row * 4, dh * 4, (size_t)T);
+        }
+        return;
+    }
     for (int h = 0; h < kv->n_head; h++) {
         float *kd = kv_k(kv, layer) + (size_t)h * kv_head_stride(kv) + (size_t)slot0 * dh;
         float *vd = kv_v(kv, layer) + (size_t)h * kv_head_stride(kv) + (size_t)slot0 * dh;

@@ -28,9 +28,16 @@ typedef struct {
     int *parent;  /* [n_ctx] pending node -> parent pending node or -1 */
     int *depth;   /* [n_ctx] pending node depth (0 = child of the committed prefix) */
     int32_t *tok; /* [n_ctx] token at each slot (committed and pending) */
+    /* non-NULL: k and v live in this device backend's memory (kernels.h), and kv_put /
+     * kv_commit_path move rows with its copies */
+    struct kern_backend *be;
 } kv_cache;
 
 sd_err kv_init(kv_cache **out, int n_layer, int n_head, int dh, int n_ctx);
+/* The same with k and v in the memory of `be` when it is a device backend (be->device); a
+ * host backend (or NULL) gives kv_init's cache. */
+sd_err kv_init_on(kv_cache **out, int n_layer, int n_head, int dh, int n_ctx,
+                  struct kern_backend *be);
 void kv_free(kv_cache *kv);
 
 /* Layer l's keys / values: element (slot, head, d) at [head * kv_head_stride + slot * dh + d]. */

@@ -22,6 +22,9 @@ struct model {
     uint64_t weight_bytes;
     void *pack_mem; /* the backend's packed copies of the matrices (anonymous mapping) */
     size_t pack_len, pack_bytes;
+    /* device backends: the packed copies (all matrices, rows as the backend reads them) and the
+     * norm weights and biases, in its memory */
+    void *dev_pack, *dev_vecs;
 };
 
 /* A run of consecutive positions of one sequence inside a chunk of a (multi-sequence) forward:
@@ -32,7 +35,10 @@ typedef struct {
 } run_seg;
 
 struct model_run {
+    kern_backend *be; /* the activations below are in its memory */
     int t_max;
+    float *hx;     /* device backends: embeddings made on the host, [t_max][D] */
+    float *logits; /* device backends: logits rows before the download, [t_max][V] */
     float *x, *xn, *q, *k, *v, *att, *gate, *up, *tmp; /* [t_max][...] */
     int *pos, *anc_off, *anc;
     size_t anc_cap;
@@ -306,7 +312,9 @@ static const void *packed_in(const model *sh, const kern_mat *w)
 static sd_err pack_weights(model *m, const model_opts *o)
 {
     kern_backend *be = m->be;
-    if (!be->pack_bytes || !be->pack || (o && o->no_pack))
+    if (be->device && (!be->pack_bytes || !be->pack))
+        return sd_fail(SD_EUNSUPPORTED, "backend %s has no way to take the weights", be->name);
+    if (!be->pack_bytes || !be->pack || (o && o->no_pack && !be->device))
         return SD_OK;
     int n = 1 + 7 * m->cfg.n_layer, *N = malloc(sizeof(int) * 2 * (size_t)n), *K = N + n;
     kern_mat **mats = malloc(sizeof *mats * (size_t)n);
@@ -326,10 +334,37 @@ static sd_err pack_weights(model *m, const model_opts *o)
         goto done;
     }
     size_t total = 0;
+    size_t al = be->device ? 256 : 64; /* each copy's alignment */
     for (int i = 0; i < n; i++)
-        total += (be->pack_bytes(be->ctx, mats[i]->type, N[i], K[i]) + 63) & ~(size_t)63;
+        total += (be->pack_bytes(be->ctx, mats[i]->type, N[i], K[i]) + al - 1) & ~(al - 1);
     if (!total)
         goto done;
+    if (be->device) { /* the weights must be in its memory: upload every matrix */
+        uint8_t *mem = be->buf_alloc(be->ctx, total);
+        if (!mem) {
+            e = sd_fail(SD_ENOMEM, "%s: cannot allocate %.1f MB for the weights on backend %s",
+                        gguf_path(m->g), (double)total / 1e6, be->name);
+            goto done;
+        }
+        size_t off = 0;
+        for (int i = 0; i < n; i++) {
+            size_t b = be->pack_bytes(be->ctx, mats[i]->type, N[i], K[i]);
+            if (!b) {
+                be->buf_free(be->ctx, mem);
+                e = sd_fail(SD_EUNSUPPORTED, "%s: backend %s cannot hold a %s matrix",
+                            gguf_path(m->g), be->name, dtype_name(mats[i]->type));
+                goto done;
+            }
+            be->pack(be->ctx, mem + off, mats[i]->data, mats[i]->type, N[i], K[i]);
+            mats[i]->packed = mem + off;
+            off += (b + 255) & ~(size_t)255;
+        }
+        m->dev_pack = mem;
+        m->pack_bytes = total;
+        LOG_INFO("model", "%s: uploaded %.1f MB of weights to backend %s", gguf_path(m->g),
+                 (double)total / 1e6, be->name);
+        goto done;
+    }
     size_t huge = (size_t)2 << 20, len = (total + huge - 1) & ~(huge - 1);
     void *mem = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (mem == MAP_FAILED) { /* still correct without: the backend reads the stored rows */
@@ -360,6 +395,44 @@ done:
     return e;
 }
 
+/* Device backends: one buffer with every norm weight and bias, the model's pointers moved to
+ * it (they point into the mapped file otherwise). */
+static sd_err upload_vecs(model *m)
+{
+    kern_backend *be = m->be;
+    if (!be->device)
+        return SD_OK;
+    const model_config *c = &m->cfg;
+    size_t D = (size_t)c->n_embd, Q = (size_t)c->n_head * c->head_dim,
+           KV = (size_t)c->n_head_kv * c->head_dim;
+    size_t per = 2 * D + (c->qkv_bias ? Q + 2 * KV : 0), n = D + per * (size_t)c->n_layer;
+    float *mem = be->buf_alloc(be->ctx, n * sizeof(float));
+    if (!mem)
+        return sd_fail(SD_ENOMEM, "%s: cannot allocate the norm weights on backend %s",
+                       gguf_path(m->g), be->name);
+    size_t off = 0;
+#define VEC(p, len)                                                                                \
+    do {                                                                                           \
+        be->upload(be->ctx, mem + off, (p), (len) * sizeof(float));                                \
+        (p) = mem + off;                                                                           \
+        off += (len);                                                                              \
+    } while (0)
+    VEC(m->out_norm, D);
+    for (int l = 0; l < c->n_layer; l++) {
+        model_layer *L = &m->layers[l];
+        VEC(L->attn_norm, D);
+        VEC(L->ffn_norm, D);
+        if (L->bq) {
+            VEC(L->bq, Q);
+            VEC(L->bk, KV);
+            VEC(L->bv, KV);
+        }
+    }
+#undef VEC
+    m->dev_vecs = mem;
+    return be->sync(be->ctx);
+}
+
 sd_err model_init(model **out, const gguf *g, const model_opts *o)
 {
     *out = NULL;
@@ -380,6 +453,8 @@ sd_err model_init(model **out, const gguf *g, const model_opts *o)
     }
     if (!e)
         e = pack_weights(m, o);
+    if (!e)
+        e = upload_vecs(m);
     if (e) {
         model_free(m);
         return e;
@@ -411,6 +486,10 @@ void model_free(model *m)
 {
     if (!m)
         return;
+    if (m->be && m->be->device) {
+        m->be->buf_free(m->be->ctx, m->dev_pack);
+        m->be->buf_free(m->be->ctx, m->dev_vecs);
+    }
     if (m->own_be)
         kern_free(m->be);
     if (m->pack_mem)
@@ -456,7 +535,7 @@ sd_err model_kv_init(const model *m, kv_cache **out, int n_ctx)
 {
     if (n_ctx <= 0)
         n_ctx = m->cfg.n_ctx_train;
-    return kv_init(out, m->cfg.n_layer, m->cfg.n_head_kv, m->cfg.head_dim, n_ctx);
+    return kv_init_on(out, m->cfg.n_layer, m->cfg.n_head_kv, m->cfg.head_dim, n_ctx, m->be);
 }
 
 sd_err model_run_init(model_run **out, const model *m, int t_max)
@@ -470,22 +549,32 @@ sd_err model_run_init(model_run **out, const model *m, int t_max)
         return SD_ENOMEM;
     size_t T = (size_t)t_max, D = (size_t)c->n_embd, Q = (size_t)c->n_head * c->head_dim,
            KV = (size_t)c->n_head_kv * c->head_dim, F = (size_t)c->n_ff;
+    kern_backend *be = m->be;
+    r->be = be;
     r->t_max = t_max;
-    r->x = malloc(sizeof(float) * T * D);
-    r->xn = malloc(sizeof(float) * T * D);
-    r->tmp = malloc(sizeof(float) * T * D);
-    r->q = malloc(sizeof(float) * T * Q);
-    r->att = malloc(sizeof(float) * T * Q);
-    r->k = malloc(sizeof(float) * T * KV);
-    r->v = malloc(sizeof(float) * T * KV);
-    r->gate = malloc(sizeof(float) * T * F);
-    r->up = malloc(sizeof(float) * T * F);
+#define BUF(n) be->buf_alloc(be->ctx, sizeof(float) * (n)) /* activations: backend memory */
+    r->x = BUF(T * D);
+    r->xn = BUF(T * D);
+    r->tmp = BUF(T * D);
+    r->q = BUF(T * Q);
+    r->att = BUF(T * Q);
+    r->k = BUF(T * KV);
+    r->v = BUF(T * KV);
+    r->gate = BUF(T * F);
+    r->up = BUF(T * F);
+    int dev_ok = 1;
+    if (be->device) {
+        r->hx = malloc(sizeof(float) * T * D);
+        r->logits = BUF(T * (size_t)c->n_vocab);
+        dev_ok = r->hx && r->logits;
+    }
+#undef BUF
     r->pos = malloc(sizeof(int) * T);
     r->anc_off = malloc(sizeof(int) * (T + 1));
     r->seg = malloc(sizeof(run_seg) * T);
     r->dst = malloc(sizeof(float *) * T);
     if (!r->x || !r->xn || !r->tmp || !r->q || !r->att || !r->k || !r->v || !r->gate || !r->up ||
-        !r->pos || !r->anc_off || !r->seg || !r->dst) {
+        !r->pos || !r->anc_off || !r->seg || !r->dst || !dev_ok) {
         model_run_free(r);
         return SD_ENOMEM;
     }
@@ -497,15 +586,10 @@ void model_run_free(model_run *r)
 {
     if (!r)
         return;
-    free(r->x);
-    free(r->xn);
-    free(r->tmp);
-    free(r->q);
-    free(r->att);
-    free(r->k);
-    free(r->v);
-    free(r->gate);
-    free(r->up);
+    float *bufs[] = {r->x, r->xn, r->tmp, r->q, r->att, r->k, r->v, r->gate, r->up, r->logits};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
+        r->be->buf_free(r->be->ctx, bufs[i]);
+    free(r->hx);
     free(r->pos);
     free(r->anc_off);
     free(r->anc);
@@ -646,6 +730,8 @@ static sd_err check_seq(const model *m, const model_seq *q, const char *pfx)
         return sd_fail(SD_EINVAL, "%sno kv cache or no tokens", pfx);
     if (kv->n_layer != c->n_layer || kv->n_head != c->n_head_kv || kv->dh != c->head_dim)
         return sd_fail(SD_EINVAL, "%skv cache shaped for another model", pfx);
+    if (kv->be != (m->be->device ? m->be : NULL)) /* model_kv_init makes it where it must be */
+        return sd_fail(SD_EINVAL, "%skv cache not in the memory of backend %s", pfx, m->be->name);
     int P = kv->n_pending;
     if ((long)kv->n_committed + P + T > kv->n_ctx)
         return sd_fail(SD_ERANGE,
@@ -674,13 +760,12 @@ static sd_err check_seq(const model *m, const model_seq *q, const char *pfx)
     return SD_OK;
 }
 
-/* Gather the chunk's wanted rows (in sequence-run order), one rmsnorm and output-head matmul
- * over them: straight into the sequence's buffer when all of them are consecutive rows of one
- * buffer (always so for a single sequence), else through r->head in groups. */
-static void head_forward(model *m, model_run *r, const model_seq *seqs, int nseg)
+/* Gather the chunk's wanted rows (in sequence-run order) into r->xn, their destinations into
+ * r->dst; returns how many. */
+static int head_gather(model *m, model_run *r, const model_seq *seqs, int nseg)
 {
-    const model_config *c = &m->cfg;
-    int V = c->n_vocab, D = c->n_embd, g = 0;
+    kern_backend *be = m->be;
+    int V = m->cfg.n_vocab, D = m->cfg.n_embd, g = 0;
     for (int s = 0; s < nseg; s++) {
         const run_seg *sg = &r->seg[s];
         const model_seq *q = &seqs[sg->seq];
@@ -689,34 +774,110 @@ static void head_forward(model *m, model_run *r, const model_seq *seqs, int nseg
             int bi = q->out_idx ? q->out_idx[*j] : q->T - 1;
             if (bi >= sg->first + sg->n)
                 break;
-            memcpy(r->xn + (size_t)g * D, r->x + (size_t)(sg->t0 + bi - sg->first) * D,
-                   sizeof(float) * D);
+            be->copy(be->ctx, r->xn + (size_t)g * D, r->x + (size_t)(sg->t0 + bi - sg->first) * D,
+                     sizeof(float) * D);
             r->dst[g++] = q->logits + (size_t)*j * V;
         }
     }
+    return g;
+}
+
+#define HEAD_QUEUE 1   /* the rmsnorm and output-head matmul (capturable in a decode graph) */
+#define HEAD_DELIVER 2 /* the rows into their host buffers */
+
+/* One rmsnorm and output-head matmul over the g gathered rows. The CPU writes straight into the
+ * sequence's buffer when all rows are consecutive rows of one buffer (always so for a single
+ * sequence), else through r->head in groups; a device backend computes all g (<= t_max) into
+ * r->logits and downloads them. `what`: HEAD_QUEUE | HEAD_DELIVER (a decode graph runs the
+ * first part, the second after its replay). */
+static sd_err head_forward(model *m, model_run *r, int g, int what)
+{
+    const model_config *c = &m->cfg;
+    int V = c->n_vocab, D = c->n_embd;
     if (!g)
-        return;
+        return SD_OK;
     kern_backend *be = m->be;
-    be->rmsnorm(be->ctx, r->xn, r->xn, m->out_norm, g, D, c->norm_eps);
+    if (what & HEAD_QUEUE)
+        be->rmsnorm(be->ctx, r->xn, r->xn, m->out_norm, g, D, c->norm_eps);
     int direct = 1;
     for (int i = 1; i < g && direct; i++)
         direct = r->dst[i] == r->dst[0] + (size_t)i * V;
-    if (direct) {
+    float *buf = be->device ? r->logits : r->head;
+    size_t rows = be->device ? (size_t)r->t_max : r->head_cap; /* sized before any compute */
+    if (!be->device && direct) {
         be->matmul(be->ctx, r->dst[0], r->xn, &m->output, g, V, D);
-        return;
+        return SD_OK;
     }
-    size_t rows = r->head_cap; /* sized by model_forward_multi before any compute */
     for (int i0 = 0; i0 < g; i0 += (int)rows) {
         int n = g - i0 < (int)rows ? g - i0 : (int)rows;
-        be->matmul(be->ctx, r->head, r->xn + (size_t)i0 * D, &m->output, n, V, D);
-        for (int i = 0; i < n; i++)
-            memcpy(r->dst[i0 + i], r->head + (size_t)i * V, sizeof(float) * V);
+        if (what & HEAD_QUEUE)
+            be->matmul(be->ctx, buf, r->xn + (size_t)i0 * D, &m->output, n, V, D);
+        if (!(what & HEAD_DELIVER))
+            continue;
+        /* download waits for the queued work; on the CPU it is a copy */
+        sd_err e =
+            direct ? be->download(be->ctx, r->dst[i0], buf, sizeof(float) * (size_t)n * V) : SD_OK;
+        for (int i = 0; !direct && !e && i < n; i++)
+            e = be->download(be->ctx, r->dst[i0 + i], buf + (size_t)i * V, sizeof(float) * V);
+        if (e)
+            return e;
     }
+    return SD_OK;
+}
+
+/* A plain decode step (one sequence, one token, no pending nodes) on a backend with decode
+ * graphs: the layers and the head into r->logits, captured once per (model, run, cache) and
+ * replayed after that (kernels.h graph_begin). 1: done (the logits still to be delivered);
+ * 0: not graphed (run the ops as usual); an error < 0. */
+static int decode_graph(model *m, model_run *r, const model_seq *seqs)
+{
+    kern_backend *be = m->be;
+    const kv_cache *kv = seqs[0].kv;
+    /* everything a captured step holds: the buffers' addresses and the shapes of its ops */
+    struct {
+        const void *m, *r, *x, *logits, *k, *v, *pack, *vecs;
+        int n_ctx, n_layer, n_embd, n_ff, n_vocab, n_head;
+    } key;
+    memset(&key, 0, sizeof key); /* the padding is part of the key's bytes */
+    key.m = m;
+    key.r = r;
+    key.x = r->x;
+    key.logits = r->logits;
+    key.k = kv->k;
+    key.v = kv->v;
+    key.pack = m->dev_pack;
+    key.vecs = m->dev_vecs;
+    key.n_ctx = kv->n_ctx;
+    key.n_layer = m->cfg.n_layer;
+    key.n_embd = m->cfg.n_embd;
+    key.n_ff = m->cfg.n_ff;
+    key.n_vocab = m->cfg.n_vocab;
+    key.n_head = m->cfg.n_head * 1024 + m->cfg.n_head_kv;
+    int have = be->graph_begin(be->ctx, &key, sizeof key, kv->n_committed, kv->n_ctx);
+    if (have < 0)
+        return 0;
+    if (!have) {
+        for (int l = 0; l < m->cfg.n_layer; l++)
+            layer_forward(m, r, seqs, 1, l, 1);
+        be->copy(be->ctx, r->xn, r->x, sizeof(float) * (size_t)m->cfg.n_embd);
+        head_forward(m, r, 1, HEAD_QUEUE);
+    }
+    sd_err e = be->graph_end(be->ctx);
+    return e == SD_EAGAIN ? 0 : e ? -1 : 1;
+}
+
+/* After a failure while computing: the caches drop this forward's nodes again. */
+static sd_err drop_pending(model_run *r, const model_seq *seqs, int n_seq, sd_err e)
+{
+    for (int u = 0; u < n_seq; u++)
+        seqs[u].kv->n_pending = r->pend0[u];
+    return e;
 }
 
 sd_err model_forward_multi(model *m, model_run *r, const model_seq *seqs, int n_seq)
 {
     const model_config *c = &m->cfg;
+    kern_backend *be = m->be;
     int D = c->n_embd;
     if (n_seq <= 0 || !seqs)
         return sd_fail(SD_EINVAL, "forward: no sequences");
@@ -750,7 +911,7 @@ sd_err model_forward_multi(model *m, model_run *r, const model_seq *seqs, int n_
     for (int s = 0; s < n_seq; s++)
         n_rows += seqs[s].n_out;
     size_t rows = n_rows < MODEL_HEAD_GROUP ? (size_t)n_rows : MODEL_HEAD_GROUP;
-    if (n_seq > 1 && rows > r->head_cap) { /* grows to the widest mix seen, then stays */
+    if (n_seq > 1 && !be->device && rows > r->head_cap) { /* grows to the widest mix, stays */
         float *h = realloc(r->head, sizeof(float) * rows * (size_t)c->n_vocab);
         if (!h)
             return sd_fail(SD_ENOMEM, "forward: cannot allocate %zu logits rows", rows);
@@ -775,17 +936,24 @@ sd_err model_forward_multi(model *m, model_run *r, const model_seq *seqs, int n_
         kv->n_pending = P + q->T;
     }
 
+    /* a plain decode step of one sequence may replay a captured graph */
+    int graph_ok = be->device && be->graph_begin && n_seq == 1 && total == 1 && r->pend0[0] == 0 &&
+                   seqs[0].n_out == 1;
+
     /* Chunks of up to t_max positions, cut anywhere: a sequence split between two chunks has
      * its first part's KV rows stored before its second part attends to them. */
     int s = 0, i = 0; /* next position: sequence s, batch index i */
     for (long done = 0; done < total;) {
         int T = total - done < r->t_max ? (int)(total - done) : r->t_max, nseg = 0;
+        /* embeddings on the host (the table stays in the mapped file); a device backend gets
+         * the T rows uploaded */
+        float *hx = be->device ? r->hx : r->x;
         for (int t = 0; t < T;) {
             int n = seqs[s].T - i < T - t ? seqs[s].T - i : T - t;
             r->seg[nseg++] = (run_seg){s, i, n, t};
             for (int k = 0; k < n; k++) {
                 int32_t tok = seqs[s].tokens[i + k];
-                dtype_dequant_row(r->x + (size_t)(t + k) * D,
+                dtype_dequant_row(hx + (size_t)(t + k) * D,
                                   (const uint8_t *)m->tok_embd.data +
                                       (size_t)tok * dtype_row_bytes(m->tok_embd.type, D),
                                   m->tok_embd.type, (size_t)D);
@@ -796,17 +964,30 @@ sd_err model_forward_multi(model *m, model_run *r, const model_seq *seqs, int n_
                 s++, i = 0;
         }
         sd_err e = build_anc(r, seqs, nseg, T);
-        if (e) { /* allocation failure only; the caches drop this forward's nodes */
-            for (int u = 0; u < n_seq; u++)
-                seqs[u].kv->n_pending = r->pend0[u];
-            return e;
+        if (e) /* allocation failure only */
+            return drop_pending(r, seqs, n_seq, e);
+        if (be->device)
+            be->upload(be->ctx, r->x, hx, sizeof(float) * (size_t)T * D);
+        int graphed = 0;
+        if (graph_ok)
+            graphed = decode_graph(m, r, seqs);
+        if (graphed < 0)
+            return drop_pending(r, seqs, n_seq, SD_ECUDA); /* the backend's message stands */
+        if (graphed) {
+            r->dst[0] = seqs[0].logits;
+            if ((e = head_forward(m, r, 1, HEAD_DELIVER)))
+                return drop_pending(r, seqs, n_seq, e);
+            done += T;
+            continue;
         }
         for (int l = 0; l < c->n_layer; l++)
             layer_forward(m, r, seqs, nseg, l, T);
-        head_forward(m, r, seqs, nseg);
+        if ((e = head_forward(m, r, head_gather(m, r, seqs, nseg), HEAD_QUEUE | HEAD_DELIVER)))
+            return drop_pending(r, seqs, n_seq, e);
         done += T;
     }
-    return SD_OK;
+    sd_err e = be->sync(be->ctx);
+    return e ? drop_pending(r, seqs, n_seq, e) : SD_OK;
 }
 
 sd_err model_forward(model *m, model_run *r, kv_cache *kv, const int32_t *tokens,

@@ -84,6 +84,43 @@ struct kern_backend {
     /* out[T][N] += bias[N] (Qwen2 QKV bias). */
     void (*add_bias)(void *ctx, float *out, const float *bias, int T, int N);
 
+    /* ---- backend memory ----
+     * Every float pointer the ops above take (activations, the KV cache, norm weights, biases,
+     * packed weights) is backend memory: plain host memory on the CPU backend, device memory on
+     * CUDA. The small int arrays (rope's pos, attention's anc / anc_off) and kern_mat.data are
+     * host memory on every backend (a device backend stages them itself). Work is queued in
+     * order on the backend's one stream: upload and copy are ordered with the ops, download and
+     * sync wait for everything queued before them. A failure inside queued work is reported by
+     * the next download or sync (SD_ECUDA with the device's message). */
+    int device; /* 1: backend memory is not host memory (CUDA); 0: it is (the CPU) */
+    void *(*buf_alloc)(void *ctx, size_t bytes); /* 256-byte aligned; NULL when out of memory */
+    void (*buf_free)(void *ctx, void *p);        /* NULL is a no-op */
+    void (*upload)(void *ctx, void *dst, const void *src, size_t bytes);     /* host -> backend */
+    sd_err (*download)(void *ctx, void *dst, const void *src, size_t bytes); /* backend -> host */
+    void (*copy)(void *ctx, void *dst, const void *src, size_t bytes); /* may overlap (memmove) */
+    /* rows blocks of width bytes, dst + r * dpitch <- src + r * spitch (no overlap) */
+    void (*copy2d)(void *ctx, void *dst, size_t dpitch, const void *src, size_t spitch,
+                   size_t width, size_t rows);
+    sd_err (*sync)(void *ctx);
+    /* Store T rows k/v[T][Hkv][Dh] (backend memory) at slots slot0.. of one layer of a
+     * head-major cache (kl, vl: the layer's keys and values, head_stride floats between heads).
+     * NULL: kv.c uses copy2d. */
+    void (*kv_put)(void *ctx, float *kl, float *vl, const float *k, const float *v, int slot0,
+                   int T, int Hkv, int Dh, size_t head_stride);
+    /* Decode graphs (both NULL where unsupported): a plain decode step — one token at position
+     * `step` after a committed prefix of `step` slots, no pending nodes, whose keys are slots
+     * 0..step — recorded once per key (the caller's buffers: model, run, cache) and replayed.
+     * graph_begin returns 1 when a graph for key exists (issue no ops; graph_end replays it),
+     * 0 when the ops issued until graph_end are to be captured (graph_end then replays them),
+     * -1 when graphs cannot be used now (run the ops as usual; no graph_end). graph_end:
+     * SD_OK once the step ran; SD_EAGAIN when the capture failed and nothing ran (run the ops
+     * as usual). max_keys: the cache's capacity (the largest step + 1 a replay may see). */
+    int (*graph_begin)(void *ctx, const void *key, size_t key_len, int step, int max_keys);
+    sd_err (*graph_end)(void *ctx);
+    /* idx[r] = sample_argmax(logits + r * ld, V) for r < rows, computed where the logits are;
+     * idx is host memory (the call waits). */
+    sd_err (*argmax)(void *ctx, int *idx, const float *logits, int rows, int V, size_t ld);
+
     void (*free)(kern_backend *b);
 };
 
@@ -124,6 +161,19 @@ int kern_cpu_level_available(kern_cpu_level l);
 
 /* n_threads <= 0: all online cores. */
 sd_err kern_cpu_create(kern_backend **out, int n_threads, unsigned flags);
+
+/* The CUDA backend (kernels/cuda, docs/cuda.md) on GPU `device`; flags: KERN_CPU_F32_ACT picks
+ * the f32-activation numerics as on the CPU (both modes are canon1, bitwise the CPU backend's).
+ * SD_EUNSUPPORTED when the build has no CUDA, or there is no GPU or no driver (message says
+ * which); SD_ECUDA for other CUDA failures. */
+sd_err kern_cuda_create(kern_backend **out, int device, unsigned flags);
+
+/* The backend a user names (--backend, a config's backend key): "cpu" (or NULL) the CPU
+ * backend; "cuda" the CUDA backend on GPU `device`, or — with no GPU, no driver or a build
+ * without CUDA — one log line and the CPU backend; "cuda!" CUDA or SD_EUNSUPPORTED. n_threads
+ * and the CPU flags serve the CPU backend; KERN_CPU_F32_ACT picks the mode on both. */
+sd_err kern_backend_open(kern_backend **out, const char *spec, int device, int n_threads,
+                         unsigned flags);
 
 /* What the CPU offers, as detected at run time: "avx512vnni avx2 fma ..." */
 const char *kern_cpu_features(void);

@@ -53,6 +53,10 @@ static const opt_def gen_defs[] = {
      "keep generating past end-of-generation tokens"},
     {"f32-act", 0, OPT_FLAG, F(f32_act), OPT_NOBOUNDS, NULL, NULL,
      "f32 activations in matmuls (exact path; default rounds activations to 8 bits)"},
+    {"backend", 0, OPT_STR, F(backend), OPT_NOBOUNDS, "cpu", "NAME",
+     "cpu | cuda (the GPU, or the CPU with one log line when there is none) | cuda! (exit 2 "
+     "without a GPU)"},
+    {"device", 0, OPT_INT, F(device), 0, 1024, "0", "N", "CUDA device for --backend cuda"},
     {"cpu-level", 0, OPT_STR, F(cpu_level), OPT_NOBOUNDS, "best", "LEVEL",
      "cap the CPU kernels: portable | avx2 | avx512 | best (every level gives the same bits)"},
     {"no-pack", 0, OPT_FLAG, F(no_pack), OPT_NOBOUNDS, NULL, NULL,
@@ -167,9 +171,14 @@ int cmd_generate(int argc, char **argv)
         fprintf(stderr, "specd generate: --cpu-level: %s\n", sd_errmsg());
         return 2;
     }
-    model_opts mo = {.n_threads = o.threads,
-                     .kern_flags = (o.f32_act ? KERN_CPU_F32_ACT : 0u) | KERN_CPU_LEVEL(cpu_level),
-                     .no_pack = o.no_pack};
+    unsigned kflags = (o.f32_act ? KERN_CPU_F32_ACT : 0u) | KERN_CPU_LEVEL(cpu_level);
+    kern_backend *be = NULL;
+    if ((e = kern_backend_open(&be, o.backend, o.device, o.threads, kflags))) {
+        fprintf(stderr, "specd generate: --backend %s: %s\n", o.backend, sd_errmsg());
+        return e == SD_EUNSUPPORTED || e == SD_EINVAL ? 2 : 1;
+    }
+    model_opts mo = {
+        .n_threads = o.threads, .kern_flags = kflags, .backend = be, .no_pack = o.no_pack};
     model *m = NULL;
     tok *tk = NULL;
     draft *dr = NULL;
@@ -181,6 +190,7 @@ int cmd_generate(int argc, char **argv)
         if (!o.model || !strcmp(o.model, cli_default_model()))
             fprintf(stderr, "(fetch the default model with scripts/fetch-model.sh, or pass "
                             "--model PATH)\n");
+        kern_free(be);
         return 1;
     }
     const model_config *c = model_cfg(m);
@@ -331,6 +341,7 @@ out:
     draft_free(dr);
     tok_free(tk);
     model_free(m);
+    kern_free(be);
     return rc;
 }
 

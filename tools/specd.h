@@ -15,13 +15,12 @@ int cmd_local(int argc, char **argv);
 /* The options of `specd generate` (tools/cmd_generate.c's table). */
 typedef struct {
     const char *model, *prompt, *system, *log_level, *draft, *tree, *verify, *coordinator, *mode,
-        *timing, *tokens_out, *cpu_level;
-    int n_predict, threads, ctx, chat, f32_act, no_pack, ignore_eos, top_k, compare,
-        max_nodes, timeout_s, max_inflight, no_adapt;
+        *timing, *tokens_out, *cpu_level, *backend;
+    int n_predict, threads, ctx, chat, f32_act, no_pack, ignore_eos, top_k, compare, max_nodes,
+        timeout_s, max_inflight, no_adapt, device;
     float temp, top_p;
     unsigned long long seed;
 } gen_opts;
-
 
 /* Generate through a coordinator (tools/net_client.c): streams the text to stdout (or hands each
  * token to on_token when set), prints the session summary to stderr. Returns the exit status. */

@@ -31,7 +31,7 @@
 typedef struct {
     daemon_common c;
     const char *coordinator, *host, *id, *model, *backend, *cpu_level;
-    int port, ucx_port, threads, f32_act, no_pack, max_sessions, max_ctx, max_nodes,
+    int port, ucx_port, device, threads, f32_act, no_pack, max_sessions, max_ctx, max_nodes,
         max_batch_tokens, batching;
     float forward_delay_ms;
 } worker_cfg;
@@ -45,11 +45,13 @@ static const opt_def worker_defs[] = {
     {"port", 0, OPT_INT, F(port), 0, 65535, "0", "N", "gRPC control port (0 = any free port)"},
     {"ucx-port", 0, OPT_INT, F(ucx_port), 0, 65535, "0", "N",
      "UCX data-plane port (0 = any free port)"},
-    {"id", 0, OPT_STR, F(id), OPT_NOBOUNDS, NULL, "NAME",
-     "node name (default worker-HOST-PID)"},
+    {"id", 0, OPT_STR, F(id), OPT_NOBOUNDS, NULL, "NAME", "node name (default worker-HOST-PID)"},
     {"model", 0, OPT_STR, F(model), OPT_NOBOUNDS, NULL, "PATH",
      "target model GGUF (default: the cached SmolLM2-135M-Instruct)"},
-    {"backend", 0, OPT_STR, F(backend), OPT_NOBOUNDS, "cpu", "NAME", "compute backend: cpu"},
+    {"backend", 0, OPT_STR, F(backend), OPT_NOBOUNDS, "cpu", "NAME",
+     "cpu | cuda (the GPU, or the CPU with one log line when there is none) | cuda! (exit 2 "
+     "without a GPU); the advertised numerics fingerprint is the backend's"},
+    {"device", 0, OPT_INT, F(device), 0, 1024, "0", "N", "CUDA device for backend cuda"},
     {"threads", 0, OPT_INT, F(threads), 0, 1024, "0", "N", "compute threads (0 = all cores)"},
     {"cpu-level", 0, OPT_STR, F(cpu_level), OPT_NOBOUNDS, "best", "LEVEL",
      "cap the CPU kernels: portable | avx2 | avx512 | best (all give the same bits)"},
@@ -91,8 +93,8 @@ static rpc_code on_open(void *ud, const Specd__OpenSessionRequest *q, rpc_status
         sp.top_p = q->sampling->top_p > 0 ? q->sampling->top_p : 1.0f;
         sp.seed = q->sampling->seed;
     }
-    return wk_open_session(((worker_app *)ud)->core, q->session_id, &sp, q->max_ctx,
-                           q->max_nodes, st);
+    return wk_open_session(((worker_app *)ud)->core, q->session_id, &sp, q->max_ctx, q->max_nodes,
+                           st);
 }
 
 static rpc_code on_close(void *ud, uint64_t id)
@@ -128,14 +130,10 @@ int main(int argc, char **argv)
     memset(&c, 0, sizeof c);
     cfg_file *keep = NULL;
     ucx_opts uo = {0};
-    int rc = daemon_setup("specd-worker", "worker", worker_defs, N_DEFS, &c, &c.c, argc, argv, &keep, &uo);
+    int rc = daemon_setup("specd-worker", "worker", worker_defs, N_DEFS, &c, &c.c, argc, argv,
+                          &keep, &uo);
     if (rc >= 0)
         return rc;
-    if (strcmp(c.backend, "cpu")) {
-        fprintf(stderr, "specd-worker: backend: '%s' is not available (cpu)\n", c.backend);
-        cfg_file_free(keep);
-        return 2;
-    }
     char model_path[4096], ident[256], numerics[128];
     snprintf(model_path, sizeof model_path, "%s", c.model ? c.model : paths_default_model());
     kern_cpu_level level;
@@ -144,9 +142,16 @@ int main(int argc, char **argv)
         cfg_file_free(keep);
         return 2;
     }
-    model_opts mo = {.n_threads = c.threads,
-                     .kern_flags = (c.f32_act ? KERN_CPU_F32_ACT : 0u) | KERN_CPU_LEVEL(level),
-                     .no_pack = c.no_pack};
+    unsigned kflags = (c.f32_act ? KERN_CPU_F32_ACT : 0u) | KERN_CPU_LEVEL(level);
+    kern_backend *be = NULL;
+    sd_err e = kern_backend_open(&be, c.backend, c.device, c.threads, kflags);
+    if (e) { /* as specd generate: a bad name or a required GPU that is not there exits 2 */
+        fprintf(stderr, "specd-worker: backend %s: %s\n", c.backend, sd_errmsg());
+        cfg_file_free(keep);
+        return e == SD_EUNSUPPORTED || e == SD_EINVAL ? 2 : 1;
+    }
+    model_opts mo = {
+        .n_threads = c.threads, .kern_flags = kflags, .backend = be, .no_pack = c.no_pack};
     model *m = NULL;
     tok *tk = NULL;
     wk *core = NULL;
@@ -155,6 +160,7 @@ int main(int argc, char **argv)
         goto out;
     /* logits of workers with the same fingerprint are bitwise equal (docs/numerics.md) */
     snprintf(numerics, sizeof numerics, "%s", model_backend(m)->numerics);
+    LOG_INFO("worker", "backend %s, numerics %s", model_backend(m)->name, numerics);
     wk_opts wo = {.m = m,
                   .max_sessions = c.max_sessions,
                   .max_ctx = c.max_ctx,
@@ -167,8 +173,7 @@ int main(int argc, char **argv)
         goto out;
     }
     if (c.forward_delay_ms > 0)
-        LOG_WARN("worker", "EMULATION: +%.1f ms per forward (a larger target)",
-                 c.forward_delay_ms);
+        LOG_WARN("worker", "EMULATION: +%.1f ms per forward (a larger target)", c.forward_delay_ms);
     worker_app app = {core};
     daemon_node dn = {.role = "worker",
                       .service = "specd.Worker",
@@ -194,6 +199,7 @@ out:
     wk_free(core, 2000);
     tok_free(tk);
     model_free(m);
+    kern_free(be);
     cfg_file_free(keep);
     return rc;
 }

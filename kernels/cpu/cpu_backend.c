@@ -924,6 +924,62 @@ int kcpu_ops_for_level(int level, kcpu_attn_ops *a, kcpu_ew_ops *e)
     return 0;
 }
 
+/* ---- backend memory: host memory, nothing to queue ---- */
+
+static void *cpu_buf_alloc(void *vctx, size_t bytes)
+{
+    (void)vctx;
+    return aligned_alloc(256, (bytes + 255) & ~(size_t)255);
+}
+
+static void cpu_buf_free(void *vctx, void *p)
+{
+    (void)vctx;
+    free(p);
+}
+
+static void cpu_upload(void *vctx, void *dst, const void *src, size_t bytes)
+{
+    (void)vctx;
+    if (bytes)
+        memmove(dst, src, bytes);
+}
+
+static sd_err cpu_download(void *vctx, void *dst, const void *src, size_t bytes)
+{
+    cpu_upload(vctx, dst, src, bytes);
+    return SD_OK;
+}
+
+static void cpu_copy2d(void *vctx, void *dst, size_t dpitch, const void *src, size_t spitch,
+                       size_t width, size_t rows)
+{
+    (void)vctx;
+    for (size_t r = 0; r < rows; r++)
+        memcpy((uint8_t *)dst + r * dpitch, (const uint8_t *)src + r * spitch, width);
+}
+
+static sd_err cpu_sync(void *vctx)
+{
+    (void)vctx;
+    return SD_OK;
+}
+
+/* sample_argmax's rule (engine/sample.c), repeated here: the kernels do not link the engine */
+static sd_err cpu_argmax(void *vctx, int *idx, const float *logits, int rows, int V, size_t ld)
+{
+    (void)vctx;
+    for (int r = 0; r < rows; r++) {
+        const float *l = logits + (size_t)r * ld;
+        int best = 0;
+        for (int i = 1; i < V; i++)
+            if (l[i] > l[best] || (l[best] != l[best] && l[i] == l[i]))
+                best = i;
+        idx[r] = best;
+    }
+    return SD_OK;
+}
+
 /* ---- create / free ---- */
 
 static void cpu_free(kern_backend *b)
@@ -1006,6 +1062,14 @@ sd_err kern_cpu_create(kern_backend **out, int n_threads, unsigned flags)
     b->silu_mul = cpu_silu_mul;
     b->add = cpu_add;
     b->add_bias = cpu_add_bias;
+    b->buf_alloc = cpu_buf_alloc;
+    b->buf_free = cpu_buf_free;
+    b->upload = cpu_upload;
+    b->download = cpu_download;
+    b->copy = cpu_upload;
+    b->copy2d = cpu_copy2d;
+    b->sync = cpu_sync;
+    b->argmax = cpu_argmax;
     *out = b;
     return SD_OK;
 }
