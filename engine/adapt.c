@@ -445,6 +445,11 @@ int adapt_nodes(adapt *a)
         best = probe;
         a->last_probe = 1;
     }
+    /* before the first walk the acceptance is only the prior: the first speculative step is the
+     * smallest that measures, so a drafter that is never right costs one small tree, not a big
+     * one (a good one grows from there a level per step) */
+    if (best > 0 && a->walks == 0 && best > explore_budget(a))
+        best = explore_budget(a);
     if (best > 0) {
         a->idle = 0;
     } else if (++a->idle >= explore_interval(a)) {

@@ -29,12 +29,12 @@
  * costs at most explore_cost of the time (from the measured costs) and doubles after each
  * exploration that accepted nothing (an exploration that proposed nothing is retried at once).
  * More rules keep the measurements honest: the first step is a plain decode (c(1) is measured
- * first); after 8 walks, a budget whose forward would be larger than any measured (up to twice
- * the largest) is tried once when it would pay at the largest measured cost (so cheap big trees
- * are found); while speculating for a marginal gain (< 10 %) one step in 16 without a
- * 1-position measurement is a plain decode (so the cost every budget is compared with does not
- * go stale); no budget below the smallest that measures anything is chosen. Leaving budget 0
- * takes twice min_gain (hysteresis against noise). */
+ * first) and the first speculative one the smallest budget that measures; after 8 walks, a budget
+ * whose forward would be larger than any measured (up to twice the largest) is tried once when it
+ * would pay at the largest measured cost (so cheap big trees are found); while speculating for a
+ * marginal gain (< 10 %) one step in 16 without a 1-position measurement is a plain decode (so the
+ * cost every budget is compared with does not go stale); no budget below the smallest that measures
+ * anything is chosen. Leaving budget 0 takes twice min_gain (hysteresis against noise). */
 #ifndef SD_ADAPT_H
 #define SD_ADAPT_H
 

@@ -3,9 +3,18 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "../common/clock.h"
 #include "../common/log.h"
+
+static double cpu_now_s(void)
+{
+    struct timespec ts;
+    if (clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts))
+        return 0;
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
 
 static int is_eog(const spec_config *c, int32_t t)
 {
@@ -51,7 +60,7 @@ sd_err spec_generate(const spec_config *c, const int32_t *prompt, int n, spec_st
         ad = malloc(sizeof *ad);
         e = ad ? adapt_init(ad, &ac) : SD_ENOMEM;
     }
-    double t0 = clock_now_s();
+    double t0 = clock_now_s(), c0 = cpu_now_s();
     if (!e && n > 1) {
         e = model_forward(c->target, run, kv, prompt, NULL, n - 1, NULL, 0, NULL);
         if (!e)
@@ -60,6 +69,7 @@ sd_err spec_generate(const spec_config *c, const int32_t *prompt, int n, spec_st
     if (!e && c->drafter)
         e = draft_advance(c->drafter, prompt, n);
     st->t_prefill = clock_now_s() - t0;
+    st->c_prefill = cpu_now_s() - c0;
     int32_t last = prompt[n - 1];
     int done = 0;
     while (!e && !done) {
@@ -153,6 +163,7 @@ sd_err spec_generate(const spec_config *c, const int32_t *prompt, int n, spec_st
             done = 1; /* `last` takes the final slot: a token after it would not fit */
     }
     st->t_total = clock_now_s() - t0;
+    st->c_total = cpu_now_s() - c0;
     free(ad);
     free(commit);
     free(res);

@@ -39,6 +39,9 @@ typedef struct {
 typedef struct {
     int n_prompt, n_gen, n_steps;
     double t_prefill, t_draft, t_verify, t_total;
+    /* the same spans in CPU seconds of the whole process (all threads): on a machine shared with
+     * other jobs, time spent waiting for a core does not count here */
+    double c_prefill, c_total;
     long proposed;                                    /* tree nodes proposed */
     long accepted;                                    /* tree nodes accepted */
     long tried[TREE_MAX_DEPTH], took[TREE_MAX_DEPTH]; /* per depth: walks that reached a node
