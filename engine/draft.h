@@ -13,7 +13,8 @@
  *                   tokens (default 3 and 1; M = 2 skips one-token matches, which mostly propose
  *                   noise in free text) in the prompt and generated text; no model
  *   replay:P:SEED:T1,T2,...  experiments only: proposes the given continuation of the prompt,
- *                   each token kept with probability P (acceptance as a parameter) */
+ *                   each token kept with probability P (acceptance as a parameter)
+ *   random:SEED     tests and benchmarks only: random tokens, a drafter that is never right */
 #ifndef SD_DRAFT_H
 #define SD_DRAFT_H
 
