@@ -13,6 +13,7 @@
 #include "../engine/sample.h"
 #include "../engine/tok.h"
 #include "../engine/tree.h"
+#include "../net/daemon.h"
 #include "../net/node.h"
 #include "../net/wire.h"
 #include "seq.h"
@@ -146,9 +147,8 @@ static void node_lost(co *c, co_node *n, const char *why)
     if (!n->alive)
         return;
     n->alive = 0;
-    LOG_WARN("coordinator", "%s %s lost: %s", n->kind == SPECD__NODE_KIND__NODE_WORKER ? "worker"
-                                                                                     : "drafter",
-             n->id, why);
+    LOG_WARN("coordinator", "%s %s lost: %s",
+             n->kind == SPECD__NODE_KIND__NODE_WORKER ? "worker" : "drafter", n->id, why);
     co_node **pp = &c->nodes;
     while (*pp && *pp != n)
         pp = &(*pp)->next;
@@ -169,14 +169,14 @@ static void node_lost(co *c, co_node *n, const char *why)
                 sess_fail(c, s, RPC_UNAVAILABLE, "worker %s lost: %s", n->id, why);
                 continue;
             }
-            sess_event(s, "worker %s lost after %d tokens (%s): its chunks went to the session's "
-                          "other workers",
+            sess_event(s,
+                       "worker %s lost after %d tokens (%s): its chunks went to the session's "
+                       "other workers",
                        n->id, seq_get_stats(s->sq)->n_gen, why);
             sess_pump(c, s);
         } else if (s->drafter == n) {
             int ng = s->sq ? seq_get_stats(s->sq)->n_gen : 0;
-            sess_event(s, "drafter %s lost after %d tokens (%s): continuing as ar", n->id, ng,
-                       why);
+            sess_event(s, "drafter %s lost after %d tokens (%s): continuing as ar", n->id, ng, why);
             if (s->sq) {
                 seq_drafter_lost(s->sq);
                 sess_pump(c, s);
@@ -252,7 +252,11 @@ static int utf8_complete(const char *b, int n)
         unsigned char ch = (unsigned char)b[n - k];
         if ((ch & 0xC0) == 0x80)
             continue; /* continuation byte */
-        int need = ch < 0x80 ? 1 : (ch >> 5) == 6 ? 2 : (ch >> 4) == 14 ? 3 : (ch >> 3) == 30 ? 4 : 1;
+        int need = ch < 0x80         ? 1
+                   : (ch >> 5) == 6  ? 2
+                   : (ch >> 4) == 14 ? 3
+                   : (ch >> 3) == 30 ? 4
+                                     : 1;
         i = need > k ? n - k : n;
         break;
     }
@@ -265,7 +269,11 @@ static size_t utf8_clean(const char *in, size_t n, char *out)
     size_t o = 0;
     for (size_t i = 0; i < n;) {
         unsigned char ch = (unsigned char)in[i];
-        size_t need = ch < 0x80 ? 1 : (ch >> 5) == 6 ? 2 : (ch >> 4) == 14 ? 3 : (ch >> 3) == 30 ? 4 : 0;
+        size_t need = ch < 0x80         ? 1
+                      : (ch >> 5) == 6  ? 2
+                      : (ch >> 4) == 14 ? 3
+                      : (ch >> 3) == 30 ? 4
+                                        : 0;
         int ok = need > 0 && i + need <= n;
         for (size_t k = 1; ok && k < need; k++)
             ok = ((unsigned char)in[i + k] & 0xC0) == 0x80;
@@ -487,8 +495,7 @@ static void sess_check(co *c, co_sess *s)
 {
     if (s->emit_failed)
         sess_fail(c, s, RPC_RESOURCE_EXHAUSTED,
-                  "the client does not read the stream fast enough (%d token events queued)",
-                  1024);
+                  "the client does not read the stream fast enough (%d token events queued)", 1024);
     else if (seq_get_state(s->sq) != SEQ_RUNNING)
         sess_finish(c, s);
 }
@@ -596,8 +603,8 @@ static co_node *pick(co *c, int kind, const char *numerics, co_node *const *ex, 
             skip = ex[i] == n;
         if (skip)
             continue;
-        if (!best || (double)n->sessions / n->max_sessions <
-                         (double)best->sessions / best->max_sessions)
+        if (!best ||
+            (double)n->sessions / n->max_sessions < (double)best->sessions / best->max_sessions)
             best = n;
     }
     return best;
@@ -886,15 +893,12 @@ static rpc_code reply(const ProtobufCMessage *m, rpc_buf *resp)
     return wire_pack(m, &resp->data, &resp->len) ? RPC_INTERNAL : RPC_OK;
 }
 
-static rpc_code on_register(void *ud, const uint8_t *req, size_t len, rpc_buf *resp,
-                            rpc_status *st)
+static rpc_code on_register(void *ud, const uint8_t *req, size_t len, rpc_buf *resp, rpc_status *st)
 {
     co *c = ud;
     ProtobufCMessage *m;
-    if (wire_unpack(&specd__register_request__descriptor, req, len, &m)) {
-        snprintf(st->msg, sizeof st->msg, "%s", sd_errmsg());
+    if (daemon_unpack_request(&specd__register_request__descriptor, req, len, &m, st))
         return RPC_INVALID_ARGUMENT;
-    }
     Specd__RegisterRequest *q = (Specd__RegisterRequest *)m;
     Specd__RegisterReply r = SPECD__REGISTER_REPLY__INIT;
     char why[600] = "";
@@ -970,10 +974,8 @@ static rpc_code on_heartbeat(void *ud, const uint8_t *req, size_t len, rpc_buf *
 {
     co *c = ud;
     ProtobufCMessage *m;
-    if (wire_unpack(&specd__heartbeat_request__descriptor, req, len, &m)) {
-        snprintf(st->msg, sizeof st->msg, "%s", sd_errmsg());
+    if (daemon_unpack_request(&specd__heartbeat_request__descriptor, req, len, &m, st))
         return RPC_INVALID_ARGUMENT;
-    }
     Specd__HeartbeatRequest *q = (Specd__HeartbeatRequest *)m;
     Specd__HeartbeatReply r = SPECD__HEARTBEAT_REPLY__INIT;
     pthread_mutex_lock(&c->mu);
@@ -991,8 +993,7 @@ static rpc_code on_heartbeat(void *ud, const uint8_t *req, size_t len, rpc_buf *
     return reply(&r.base, resp);
 }
 
-static rpc_code on_status(void *ud, const uint8_t *req, size_t len, rpc_buf *resp,
-                          rpc_status *st)
+static rpc_code on_status(void *ud, const uint8_t *req, size_t len, rpc_buf *resp, rpc_status *st)
 {
     co *c = ud;
     Specd__StatusReply r = SPECD__STATUS_REPLY__INIT;
@@ -1049,7 +1050,8 @@ static rpc_code on_status(void *ud, const uint8_t *req, size_t len, rpc_buf *res
         }
         sp[i] = x;
     }
-    r.version = (char *)"specd " "0.2";
+    r.version = (char *)"specd "
+                        "0.2";
     r.model = c->model_ident;
     r.n_nodes = nn;
     r.nodes = np;
@@ -1072,10 +1074,8 @@ static rpc_code on_generate(void *ud, const uint8_t *req, size_t len, rpc_stream
 {
     co *c = ud;
     ProtobufCMessage *m;
-    if (wire_unpack(&specd__generate_request__descriptor, req, len, &m)) {
-        snprintf(st->msg, sizeof st->msg, "%s", sd_errmsg());
+    if (daemon_unpack_request(&specd__generate_request__descriptor, req, len, &m, st))
         return RPC_INVALID_ARGUMENT;
-    }
     Specd__GenerateRequest *q = (Specd__GenerateRequest *)m;
     rpc_code code = RPC_INVALID_ARGUMENT;
     co_sess *s = calloc(1, sizeof *s);
@@ -1099,7 +1099,8 @@ static rpc_code on_generate(void *ud, const uint8_t *req, size_t len, rpc_stream
     } else {
         s->sp.top_p = 1.0f;
     }
-    snprintf(s->draft, sizeof s->draft, "%s", q->draft && *q->draft ? q->draft : c->o.default_draft);
+    snprintf(s->draft, sizeof s->draft, "%s",
+             q->draft && *q->draft ? q->draft : c->o.default_draft);
     snprintf(s->tree, sizeof s->tree, "%s", q->tree && *q->tree ? q->tree : c->o.default_tree);
     if (!strcmp(s->draft, "none"))
         s->mode = SPECD__MODE__MODE_AR;
@@ -1148,8 +1149,8 @@ static rpc_code on_generate(void *ud, const uint8_t *req, size_t len, rpc_stream
             snprintf(st->msg, sizeof st->msg, "prompt or prompt_tokens is required");
             goto out;
         }
-        if (tok_encode_prompt(c->tk, q->prompt, q->system && *q->system ? q->system : NULL,
-                              q->chat, &s->prompt, &n)) {
+        if (tok_encode_prompt(c->tk, q->prompt, q->system && *q->system ? q->system : NULL, q->chat,
+                              &s->prompt, &n)) {
             snprintf(st->msg, sizeof st->msg, "prompt: %s", sd_errmsg());
             goto out;
         }

@@ -33,13 +33,13 @@ sd_err daemon_common_apply(const daemon_common *c, const char *role, ucx_opts *u
         LOG_WARN(role,
                  "link emulator ON: delay %.1f ms + jitter %.1f ms, bandwidth %.0f Mbit/s, "
                  "reorder p=%.2f (+%.1f ms) — timings are emulated",
-                 c->link_delay_ms, c->link_jitter_ms, c->link_bandwidth_mbps,
-                 c->link_reorder_prob, c->link_reorder_ms);
+                 c->link_delay_ms, c->link_jitter_ms, c->link_bandwidth_mbps, c->link_reorder_prob,
+                 c->link_reorder_ms);
     return SD_OK;
 }
 
-static int daemon_load_config(const char *prog, const opt_def *defs, size_t n, void *target, int argc,
-                       char **argv, cfg_file **keep)
+static int daemon_load_config(const char *prog, const opt_def *defs, size_t n, void *target,
+                              int argc, char **argv, cfg_file **keep)
 {
     for (int i = 1; i < argc; i++)
         if (!strcmp(argv[i], "--config-markdown")) { /* docs/configuration.md is made of these */
@@ -102,8 +102,7 @@ int daemon_wait_signal(int timeout_ms)
 
 #include "wire.h"
 
-static rpc_code node_health(void *ud, const uint8_t *req, size_t len, rpc_buf *resp,
-                            rpc_status *st)
+static rpc_code node_health(void *ud, const uint8_t *req, size_t len, rpc_buf *resp, rpc_status *st)
 {
     const daemon_node *n = ud;
     node_load ld = {0};
@@ -116,15 +115,22 @@ static rpc_code node_health(void *ud, const uint8_t *req, size_t len, rpc_buf *r
     return wire_pack(&r.base, &resp->data, &resp->len) ? RPC_INTERNAL : RPC_OK;
 }
 
-static rpc_code node_open(void *ud, const uint8_t *req, size_t len, rpc_buf *resp,
-                          rpc_status *st)
+rpc_code daemon_unpack_request(const ProtobufCMessageDescriptor *d, const uint8_t *req, size_t len,
+                               ProtobufCMessage **m, rpc_status *st)
 {
-    const daemon_node *n = ud;
-    ProtobufCMessage *m;
-    if (wire_unpack(&specd__open_session_request__descriptor, req, len, &m)) {
+    if (wire_unpack(d, req, len, m)) {
         snprintf(st->msg, sizeof st->msg, "%s", sd_errmsg());
         return RPC_INVALID_ARGUMENT;
     }
+    return RPC_OK;
+}
+
+static rpc_code node_open(void *ud, const uint8_t *req, size_t len, rpc_buf *resp, rpc_status *st)
+{
+    const daemon_node *n = ud;
+    ProtobufCMessage *m;
+    if (daemon_unpack_request(&specd__open_session_request__descriptor, req, len, &m, st))
+        return RPC_INVALID_ARGUMENT;
     Specd__OpenSessionRequest *q = (Specd__OpenSessionRequest *)m;
     rpc_code code;
     if (q->protocol_version != WIRE_PROTOCOL_VERSION) {
@@ -142,15 +148,12 @@ static rpc_code node_open(void *ud, const uint8_t *req, size_t len, rpc_buf *res
     return wire_pack(&r.base, &resp->data, &resp->len) ? RPC_INTERNAL : RPC_OK;
 }
 
-static rpc_code node_close(void *ud, const uint8_t *req, size_t len, rpc_buf *resp,
-                           rpc_status *st)
+static rpc_code node_close(void *ud, const uint8_t *req, size_t len, rpc_buf *resp, rpc_status *st)
 {
     const daemon_node *n = ud;
     ProtobufCMessage *m;
-    if (wire_unpack(&specd__close_session_request__descriptor, req, len, &m)) {
-        snprintf(st->msg, sizeof st->msg, "%s", sd_errmsg());
+    if (daemon_unpack_request(&specd__close_session_request__descriptor, req, len, &m, st))
         return RPC_INVALID_ARGUMENT;
-    }
     uint64_t id = ((Specd__CloseSessionRequest *)m)->session_id;
     protobuf_c_message_free_unpacked(m, NULL);
     Specd__CloseSessionReply r = SPECD__CLOSE_SESSION_REPLY__INIT;
@@ -243,9 +246,9 @@ int daemon_node_serve(const daemon_node *n0, ucx_opts *uo)
         LOG_ERROR(n.role, "%s", sd_errmsg());
         goto out;
     }
-    LOG_INFO(n.role, "%s ready: gRPC %s, UCX %s, model %s%s%s, coordinator %s", id, addr,
-             ucx_addr, n.model_ident, n.numerics ? ", numerics " : "",
-             n.numerics ? n.numerics : "", n.coordinator);
+    LOG_INFO(n.role, "%s ready: gRPC %s, UCX %s, model %s%s%s, coordinator %s", id, addr, ucx_addr,
+             n.model_ident, n.numerics ? ", numerics " : "", n.numerics ? n.numerics : "",
+             n.coordinator);
     for (;;) {
         int sig = daemon_wait_signal(200);
         const char *why;

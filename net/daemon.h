@@ -18,23 +18,66 @@ typedef struct {
 } daemon_common;
 
 #define DAEMON_COMMON_DEFS(T, f)                                                                   \
-    {"log-level", 0, OPT_STR, offsetof(T, f.log_level), OPT_NOBOUNDS, "info", "LEVEL",            \
-     "error, warn, info or debug"},                                                                \
-        {"ucx-err-mode", 0, OPT_STR, offsetof(T, f.ucx_err_mode), OPT_NOBOUNDS, "peer", "MODE",   \
-         "UCX error handling: peer (failure callbacks; TCP) or none (shared memory allowed; "     \
+    {"log-level",  0,      OPT_STR, offsetof(T, f.log_level),                                      \
+     OPT_NOBOUNDS, "info", "LEVEL", "error, warn, info or debug"},                                 \
+        {"ucx-err-mode",                                                                           \
+         0,                                                                                        \
+         OPT_STR,                                                                                  \
+         offsetof(T, f.ucx_err_mode),                                                              \
+         OPT_NOBOUNDS,                                                                             \
+         "peer",                                                                                   \
+         "MODE",                                                                                   \
+         "UCX error handling: peer (failure callbacks; TCP) or none (shared memory allowed; "      \
          "heartbeats only)"},                                                                      \
-        {"link-delay-ms", 0, OPT_FLOAT, offsetof(T, f.link_delay_ms), 0, 60000, "0", "MS",       \
-         "link emulator: fixed delay added to every message this daemon sends"},                  \
-        {"link-jitter-ms", 0, OPT_FLOAT, offsetof(T, f.link_jitter_ms), 0, 60000, "0", "MS",     \
+        {"link-delay-ms",                                                                          \
+         0,                                                                                        \
+         OPT_FLOAT,                                                                                \
+         offsetof(T, f.link_delay_ms),                                                             \
+         0,                                                                                        \
+         60000,                                                                                    \
+         "0",                                                                                      \
+         "MS",                                                                                     \
+         "link emulator: fixed delay added to every message this daemon sends"},                   \
+        {"link-jitter-ms",                                                                         \
+         0,                                                                                        \
+         OPT_FLOAT,                                                                                \
+         offsetof(T, f.link_jitter_ms),                                                            \
+         0,                                                                                        \
+         60000,                                                                                    \
+         "0",                                                                                      \
+         "MS",                                                                                     \
          "link emulator: + uniform random delay in [0, MS)"},                                      \
-        {"link-bandwidth-mbps", 0, OPT_FLOAT, offsetof(T, f.link_bandwidth_mbps), 0, 1e6, "0",   \
-         "MBPS", "link emulator: bandwidth cap in megabits/s (0 = none)"},                        \
-        {"link-reorder-prob", 0, OPT_FLOAT, offsetof(T, f.link_reorder_prob), 0, 1, "0", "P",    \
-         "link emulator: probability a message is held back link-reorder-ms (reordering)"},       \
-        {"link-reorder-ms", 0, OPT_FLOAT, offsetof(T, f.link_reorder_ms), 0, 60000, "5", "MS",   \
+        {"link-bandwidth-mbps",                                                                    \
+         0,                                                                                        \
+         OPT_FLOAT,                                                                                \
+         offsetof(T, f.link_bandwidth_mbps),                                                       \
+         0,                                                                                        \
+         1e6,                                                                                      \
+         "0",                                                                                      \
+         "MBPS",                                                                                   \
+         "link emulator: bandwidth cap in megabits/s (0 = none)"},                                 \
+        {"link-reorder-prob",                                                                      \
+         0,                                                                                        \
+         OPT_FLOAT,                                                                                \
+         offsetof(T, f.link_reorder_prob),                                                         \
+         0,                                                                                        \
+         1,                                                                                        \
+         "0",                                                                                      \
+         "P",                                                                                      \
+         "link emulator: probability a message is held back link-reorder-ms (reordering)"},        \
+        {"link-reorder-ms",                                                                        \
+         0,                                                                                        \
+         OPT_FLOAT,                                                                                \
+         offsetof(T, f.link_reorder_ms),                                                           \
+         0,                                                                                        \
+         60000,                                                                                    \
+         "5",                                                                                      \
+         "MS",                                                                                     \
          "link emulator: extra delay of a reordered message"},                                     \
-        {"link-seed", 0, OPT_U64, offsetof(T, f.link_seed), OPT_NOBOUNDS, "1", "S",              \
-         "link emulator: seed of its random draws"}
+    {                                                                                              \
+        "link-seed", 0, OPT_U64, offsetof(T, f.link_seed), OPT_NOBOUNDS, "1", "S",                 \
+            "link emulator: seed of its random draws"                                              \
+    }
 
 /* Apply log level and role; fill a ucx_opts' error mode and link from the common keys. Errors
  * name the key. */
@@ -45,8 +88,7 @@ sd_err daemon_common_apply(const daemon_common *c, const char *role, ucx_opts *u
  * its common keys (daemon_common_apply). Errors are printed as "prog: message". Returns -1 to go
  * on, else the exit status (0 after --help, 2 after an error). */
 int daemon_setup(const char *prog, const char *role, const opt_def *defs, size_t n, void *target,
-                 const daemon_common *common, int argc, char **argv, cfg_file **keep,
-                 ucx_opts *uo);
+                 const daemon_common *common, int argc, char **argv, cfg_file **keep, ucx_opts *uo);
 
 /* Block SIGTERM/SIGINT/SIGPIPE in the calling thread (call first, before any thread starts, so
  * every thread inherits it), then wait for SIGTERM/SIGINT with daemon_wait_signal. */
@@ -65,6 +107,11 @@ int daemon_wait_signal(int timeout_ms);
 #include "node.h"
 #include "proto/specd.pb-c.h"
 #include "rpc.h"
+
+/* Unpack a gRPC request as d; on malformed bytes fill st and return RPC_INVALID_ARGUMENT (the
+ * handlers' answer), else RPC_OK with *m to free with protobuf_c_message_free_unpacked. */
+rpc_code daemon_unpack_request(const ProtobufCMessageDescriptor *d, const uint8_t *req, size_t len,
+                               ProtobufCMessage **m, rpc_status *st);
 
 /* Load a node's model and its tokenizer (errors logged as role); ident gets the model identity
  * (node_model_identity). On error nothing is left allocated. */

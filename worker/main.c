@@ -75,10 +75,6 @@ static const opt_def worker_defs[] = {
 #undef F
 #define N_DEFS (sizeof worker_defs / sizeof worker_defs[0])
 
-typedef struct {
-    wk *core;
-} worker_app;
-
 static rpc_code on_open(void *ud, const Specd__OpenSessionRequest *q, rpc_status *st)
 {
     if (q->verify_mode != 0) {
@@ -93,29 +89,28 @@ static rpc_code on_open(void *ud, const Specd__OpenSessionRequest *q, rpc_status
         sp.top_p = q->sampling->top_p > 0 ? q->sampling->top_p : 1.0f;
         sp.seed = q->sampling->seed;
     }
-    return wk_open_session(((worker_app *)ud)->core, q->session_id, &sp, q->max_ctx, q->max_nodes,
-                           st);
+    return wk_open_session(ud, q->session_id, &sp, q->max_ctx, q->max_nodes, st);
 }
 
 static rpc_code on_close(void *ud, uint64_t id)
 {
-    return wk_close_session(((worker_app *)ud)->core, id);
+    return wk_close_session(ud, id);
 }
 
 static void on_msg(void *ud, ucx_peer *from, unsigned id, const void *data, size_t len)
 {
-    wk_on_msg(((worker_app *)ud)->core, from, id, data, len);
+    wk_on_msg(ud, from, id, data, len);
 }
 
 static void on_down(void *ud, ucx_peer *p)
 {
-    wk_on_peer_down(((worker_app *)ud)->core, p);
+    wk_on_peer_down(ud, p);
 }
 
 static void load(void *ud, node_load *out)
 {
     wk_stats ws;
-    wk_get_stats(((worker_app *)ud)->core, &ws);
+    wk_get_stats(ud, &ws);
     out->sessions = ws.sessions;
     out->forwards = ws.forwards;
     out->batched_forwards = ws.batched_forwards;
@@ -174,7 +169,6 @@ int main(int argc, char **argv)
     }
     if (c.forward_delay_ms > 0)
         LOG_WARN("worker", "EMULATION: +%.1f ms per forward (a larger target)", c.forward_delay_ms);
-    worker_app app = {core};
     daemon_node dn = {.role = "worker",
                       .service = "specd.Worker",
                       .kind = SPECD__NODE_KIND__NODE_WORKER,
@@ -193,7 +187,7 @@ int main(int argc, char **argv)
                       .on_msg = on_msg,
                       .on_peer_down = on_down,
                       .load = load,
-                      .ud = &app};
+                      .ud = core};
     rc = daemon_node_serve(&dn, &uo);
 out:
     wk_free(core, 2000);
