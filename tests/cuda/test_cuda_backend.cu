@@ -317,7 +317,7 @@ static void test_no_gpu(void **state)
     assert_int_equal(kern_cuda_create(&b, 7, 0), SD_EINVAL); /* no such device */
     assert_null(b);
 #else
-    skip();
+    skip(); /* a GPU build cannot hide its devices: the no-GPU case is staged in the simulator */
 #endif
 }
 
