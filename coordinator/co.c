@@ -57,6 +57,8 @@ typedef struct co_sess {
     char events[CO_MAX_EVENTS][200];
     int n_events;
     int emit_failed; /* a token event could not be queued for the client */
+    int32_t *pend;   /* committed tokens not yet streamed (held until the UCX sends are out) */
+    int n_pend, cap_pend;
     char who_workers[300], who_drafter[128], who_numerics[128]; /* for the summary */
 } co_sess;
 
@@ -87,6 +89,7 @@ struct co {
     co_task *tasks, *tasks_tail;
     pthread_t th_ctl, th_timer;
     int stop, draining, threads;
+    int in_msg; /* on_msg is running (lock held): token events wait for on_round_end */
     int64_t done, failed;
 };
 
@@ -290,9 +293,9 @@ static size_t utf8_clean(const char *in, size_t n, char *out)
     return o;
 }
 
-static void io_emit(void *ud, const int32_t *tok, int n)
+/* One token event with tok[0..n) to the client. Lock held. */
+static void emit_now(co_sess *s, const int32_t *tok, int n)
 {
-    co_sess *s = ud;
     co *c = s->c;
     if (s->t_first == 0)
         s->t_first = now_ms();
@@ -336,6 +339,41 @@ static void io_emit(void *ud, const int32_t *tok, int n)
     }
     free(raw);
     free(text);
+}
+
+/* Stream the tokens held back (sess_defer). Lock held. */
+static void sess_flush(co_sess *s)
+{
+    if (s->n_pend > 0 && !s->emit_failed)
+        emit_now(s, s->pend, s->n_pend);
+    s->n_pend = 0;
+}
+
+/* Hold tokens committed while a message is handled: the Commit and the next chunk that the
+ * same message caused are queued to UCX and leave when on_msg returns, and the token event's
+ * gRPC send (tens of µs) must not delay them. Lock held. */
+static int sess_defer(co_sess *s, const int32_t *tok, int n)
+{
+    if (s->n_pend + n > s->cap_pend) {
+        int cap = (s->n_pend + n) * 2 + 16;
+        int32_t *p = realloc(s->pend, sizeof *p * (size_t)cap);
+        if (!p)
+            return -1;
+        s->pend = p;
+        s->cap_pend = cap;
+    }
+    memcpy(s->pend + s->n_pend, tok, sizeof *tok * (size_t)n);
+    s->n_pend += n;
+    return 0;
+}
+
+static void io_emit(void *ud, const int32_t *tok, int n)
+{
+    co_sess *s = ud;
+    if (s->c->in_msg && sess_defer(s, tok, n) == 0)
+        return;
+    sess_flush(s); /* in order */
+    emit_now(s, tok, n);
 }
 
 static const char *stop_reason(seq_state st)
@@ -395,6 +433,7 @@ static void sess_destroy(co_sess *s)
 {
     seq_free(s->sq);
     free(s->prompt);
+    free(s->pend);
     free(s);
 }
 
@@ -443,6 +482,7 @@ static void fill_summary(co_sess *s, Specd__SessionSummary *m, char **ev, int32_
 /* The sequencer finished: summary, final status, release. Lock held. */
 static void sess_finish(co *c, co_sess *s)
 {
+    sess_flush(s);
     sess_end(c, s);
     Specd__SessionSummary sm = SPECD__SESSION_SUMMARY__INIT;
     char *ev[CO_MAX_EVENTS];
@@ -479,6 +519,7 @@ static void sess_fail(co *c, co_sess *s, rpc_code code, const char *fmt, ...)
     LOG_WARN("coordinator", "session %llu failed: %s: %s", (unsigned long long)s->id,
              rpc_code_name(code), msg);
     int placing = s->state == CS_PLACING;
+    sess_flush(s); /* what was committed before the failure */
     if (s->state != CS_DONE)
         sess_end(c, s);
     if (s->stream)
@@ -528,6 +569,7 @@ static void on_msg(void *ud, ucx_peer *from, unsigned id, const void *data, size
         return;
     }
     pthread_mutex_lock(&c->mu);
+    c->in_msg = 1;
     co_node *n = ucx_peer_ud(from);
     double t = now_ms();
     if (id == SPECD__DATA_MSG_ID__DATA_MSG_TREE_EXTEND) {
@@ -575,8 +617,25 @@ static void on_msg(void *ud, ucx_peer *from, unsigned id, const void *data, size
         LOG_WARN("coordinator", "unexpected %s from %s", wire_data_name(id),
                  n ? n->id : ucx_peer_name(from));
     }
+    c->in_msg = 0;
     pthread_mutex_unlock(&c->mu);
     protobuf_c_message_free_unpacked(m, NULL);
+}
+
+/* The sends of this round are out: stream the token events they held back. */
+static void on_round_end(void *ud)
+{
+    co *c = ud;
+    pthread_mutex_lock(&c->mu);
+    for (co_sess *s = c->sessions, *next; s; s = next) {
+        next = s->next;
+        if (s->n_pend == 0)
+            continue;
+        sess_flush(s);
+        if (s->state == CS_RUNNING)
+            sess_check(c, s);
+    }
+    pthread_mutex_unlock(&c->mu);
 }
 
 static void on_peer_down(void *ud, ucx_peer *p, const char *why)
@@ -1244,6 +1303,7 @@ sd_err co_create(co **out, const co_opts *o)
     uo.listen_addr = NULL; /* the coordinator connects to its nodes */
     uo.on_msg = on_msg;
     uo.on_peer_down = on_peer_down;
+    uo.on_round_end = on_round_end;
     uo.ud = c;
     if ((e = ucx_create(&c->ux, &uo))) {
         co_free(c);

@@ -1,13 +1,19 @@
 /* ucx: UCX active-message data plane (see ucx.h).
  *
  * Threads and queues:
- * - One progress thread per context owns the UCP worker: every ucp_* call after ucx_create
- *   happens on it (ucp_worker_signal excepted, which UCX allows from any thread).
- * - Application threads talk to it through one command queue (mutex + singly linked FIFO):
- *   SEND (payload copied into the command), CONNECT, CLOSE, SET_LINK, STOP. A producer appends
- *   and calls ucp_worker_signal; the progress thread sleeps in poll() on the worker's event fd
- *   after ucp_worker_arm, so a command or a network event wakes it, and it sleeps at most until
- *   the next held send of the link emulator is due.
+ * - One progress thread per context owns the UCP worker (UCS_THREAD_MODE_SERIALIZED, the
+ *   mutex wmu): it holds wmu always except while it sleeps in poll(), and every ucp_* call after
+ *   ucx_create happens on it, with one exception: a SEND from another thread that finds wmu free,
+ *   the command queue empty and the peer up without emulation is sent by that thread at once
+ *   (send_direct) — a hand-off to a sleeping thread costs tens of µs on a busy or virtual CPU,
+ *   and a worker's verdict would pay it on every chunk. ucp_worker_signal is called from any
+ *   thread, which UCX allows.
+ * - Otherwise application threads talk to it through one command queue (mutex + singly linked
+ *   FIFO): SEND (payload copied into the command), CONNECT, CLOSE, SET_LINK, STOP. A producer
+ *   appends and calls ucp_worker_signal; the progress thread sleeps in poll() on the worker's
+ *   event fd after ucp_worker_arm, so a command or a network event wakes it, and it sleeps at
+ *   most until the next held send of the link emulator is due. After a round that delivered
+ *   messages and handed their queued sends to UCX it calls on_round_end.
  * - The link emulator is a binary min-heap of held SEND commands ordered by (release time,
  *   sequence number) on the progress thread: no thread or timer per peer.
  * - Receive: one AM handler. Eager data is delivered from the callback when nothing earlier
@@ -107,6 +113,9 @@ struct ucx_ctx {
     pthread_t th;
     int running;
 
+    /* Held by the progress thread except while it sleeps in poll(): another thread that takes
+     * it may use the worker for one direct send (UCS_THREAD_MODE_SERIALIZED). */
+    pthread_mutex_t wmu;
     pthread_mutex_t mu; /* command queue */
     cmd *q_head, *q_tail;
     int stopping; /* under mu: no more commands accepted */
@@ -870,7 +879,9 @@ static void handle_cmd(ucx_ctx *c, cmd *x)
 static void *progress_main(void *arg)
 {
     ucx_ctx *c = arg;
+    pthread_mutex_lock(&c->wmu);
     while (!c->stop) {
+        uint64_t rx0 = atomic_load(&c->received);
         while (ucp_worker_progress(c->w))
             ;
         accept_pending(c);
@@ -889,6 +900,8 @@ static void *progress_main(void *arg)
             }
             handle_cmd(c, x);
         }
+        if (c->o.on_round_end && !c->stop && atomic_load(&c->received) != rx0)
+            c->o.on_round_end(c->o.ud);
         double next = release_due(c);
         peers_housekeeping(c);
         if (c->stop || did)
@@ -908,8 +921,11 @@ static void *progress_main(void *arg)
                 break;
             }
         struct pollfd pfd = {c->efd, POLLIN, 0};
+        pthread_mutex_unlock(&c->wmu);
         poll(&pfd, 1, timeout);
+        pthread_mutex_lock(&c->wmu);
     }
+    pthread_mutex_unlock(&c->wmu);
     return NULL;
 }
 
@@ -938,6 +954,7 @@ sd_err ucx_create(ucx_ctx **out, const ucx_opts *o)
         c->o.max_msg_bytes = UCX_DEFAULT_MAX;
     c->efd = -1;
     pthread_mutex_init(&c->mu, NULL);
+    pthread_mutex_init(&c->wmu, NULL);
 
     ucp_config_t *cfg;
     ucs_status_t st = ucp_config_read(NULL, NULL, &cfg);
@@ -959,7 +976,7 @@ sd_err ucx_create(ucx_ctx **out, const ucx_opts *o)
     ucp_worker_params_t wp;
     memset(&wp, 0, sizeof wp);
     wp.field_mask = UCP_WORKER_PARAM_FIELD_THREAD_MODE;
-    wp.thread_mode = UCS_THREAD_MODE_SINGLE; /* only the progress thread touches it */
+    wp.thread_mode = UCS_THREAD_MODE_SERIALIZED; /* the progress thread, or a sender with wmu */
     st = ucp_worker_create(c->uc, &wp, &c->w);
     if (st != UCS_OK) {
         e = sd_fail(SD_EIO, "ucx: worker: %s", ucs_status_string(st));
@@ -1037,6 +1054,7 @@ fail:
     if (c->uc)
         ucp_cleanup(c->uc);
     pthread_mutex_destroy(&c->mu);
+    pthread_mutex_destroy(&c->wmu);
     free(c);
     return e;
 }
@@ -1072,6 +1090,28 @@ sd_err ucx_connect(ucx_ctx *c, const char *addr, ucx_peer **out)
     return SD_OK;
 }
 
+/* Send x from the calling thread when the progress thread sleeps and nothing queued earlier
+ * could be overtaken: no wake-up on the way out (a verdict leaves as its forward ends). 0 when
+ * x must go through the queue (x untouched). */
+static int send_direct(ucx_ctx *c, cmd *x)
+{
+    ucx_peer *p = x->peer;
+    if (pthread_mutex_trylock(&c->wmu)) /* the progress thread is busy (or it is us) */
+        return 0;
+    pthread_mutex_lock(&c->mu);
+    int ok = !c->q_head && !c->stopping;
+    pthread_mutex_unlock(&c->mu);
+    ok = ok && p->ep && !p->emu_on && !p->close_wanted && atomic_load(&p->state) == P_UP;
+    if (ok) {
+        int before = p->inflight;
+        send_now(c, x);
+        if (p->inflight != before) /* not complete yet: the progress thread finishes it */
+            ucp_worker_signal(c->w);
+    }
+    pthread_mutex_unlock(&c->wmu);
+    return ok;
+}
+
 sd_err ucx_send(ucx_peer *p, unsigned msg_id, const void *data, size_t len)
 {
     int st = atomic_load(&p->state);
@@ -1086,6 +1126,8 @@ sd_err ucx_send(ucx_peer *p, unsigned msg_id, const void *data, size_t len)
     x->hdr = msg_id;
     if (len)
         memcpy(x->data, data, len);
+    if (send_direct(p->c, x))
+        return SD_OK;
     return cmd_push(p->c, x);
 }
 
@@ -1193,5 +1235,6 @@ void ucx_free(ucx_ctx *c)
     free(c->heap);
     free(c->conn_reqs);
     pthread_mutex_destroy(&c->mu);
+    pthread_mutex_destroy(&c->wmu);
     free(c);
 }

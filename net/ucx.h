@@ -1,7 +1,7 @@
 /* ucx: the data plane over UCX (1.13) active messages. One ucx_ctx = a UCP context + worker, an
- * optional listener and one progress thread that owns the worker: every UCP call happens on that
- * thread. Sends from any thread are queued to it (the payload is copied) and woken with
- * ucp_worker_signal. Received messages are delivered on the progress thread through on_msg, in
+ * optional listener and one progress thread that owns the worker. Sends from any thread copy
+ * the payload; they go out from the calling thread when the progress thread is asleep and
+ * nothing is queued ahead of them, else through its queue (woken with ucp_worker_signal). Received messages are delivered on the progress thread through on_msg, in
  * the order the peer sent them (eager and rendezvous alike: a message that arrives while an
  * earlier rendezvous receive from the same peer is in progress waits for it); data is valid only
  * during the callback, which must not block.
@@ -49,6 +49,9 @@ typedef struct {
     void (*on_msg)(void *ud, ucx_peer *from, unsigned msg_id, const void *data, size_t len);
     void (*on_peer_up)(void *ud, ucx_peer *p);                       /* accepted connection */
     void (*on_peer_down)(void *ud, ucx_peer *p, const char *reason); /* once per peer */
+    /* After a round of the progress loop that delivered messages, once the sends on_msg queued
+     * in it have been handed to UCX: work that should not delay those sends goes here. */
+    void (*on_round_end)(void *ud);
     void *ud;
 } ucx_opts;
 
