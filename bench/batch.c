@@ -23,8 +23,8 @@
 #define MAX_SEQ 16
 
 typedef struct {
-    const char *model, *csv;
-    int threads, steps, reps;
+    const char *model, *csv, *backend;
+    int threads, steps, reps, device;
 } bench_opts;
 
 #define F(x) offsetof(bench_opts, x)
@@ -35,6 +35,9 @@ static const opt_def bench_defs[] = {
     {"steps", 0, OPT_INT, F(steps), 1, 1000, "16", "S", "verification steps per run"},
     {"reps", 0, OPT_INT, F(reps), 1, 100, "3", "R", "runs of each mode (median reported)"},
     {"csv", 0, OPT_STR, F(csv), OPT_NOBOUNDS, "bench/out/batch.csv", "FILE", "CSV output"},
+    {"backend", 0, OPT_STR, F(backend), OPT_NOBOUNDS, "cpu", "NAME",
+     "cpu | cuda (CPU when there is no GPU) | cuda! (exit 2 without a GPU)"},
+    {"device", 0, OPT_INT, F(device), 0, 1024, "0", "N", "CUDA device"},
 };
 #undef F
 #define N_DEFS (sizeof bench_defs / sizeof bench_defs[0])
@@ -165,7 +168,12 @@ int main(int argc, char **argv)
                  getenv("HOME") ? getenv("HOME") : ".");
         bo.model = dflt;
     }
-    model_opts mo = {.n_threads = bo.threads};
+    kern_backend *be;
+    if ((e = kern_backend_open(&be, bo.backend, bo.device, bo.threads, 0))) {
+        fprintf(stderr, "bench_batch: --backend %s: %s\n", bo.backend, sd_errmsg());
+        return 2;
+    }
+    model_opts mo = {.n_threads = bo.threads, .backend = be};
     model *m;
     if ((e = model_open(&m, bo.model, &mo)))
         die("loading model", e);
@@ -270,5 +278,6 @@ int main(int argc, char **argv)
     free(S);
     model_run_free(r);
     model_free(m);
+    kern_free(be);
     return 0;
 }

@@ -72,8 +72,8 @@ static double gen_tps(const spec_stats *st)
 }
 
 typedef struct {
-    const char *model, *csv, *harm_csv;
-    int n_gen, threads, quick, harm_only, rounds;
+    const char *model, *csv, *harm_csv, *backend;
+    int n_gen, threads, quick, harm_only, rounds, device;
 } bench_opts;
 
 #define F(x) offsetof(bench_opts, x)
@@ -88,6 +88,9 @@ static const opt_def bench_defs[] = {
     {"rounds", 0, OPT_INT, F(rounds), 1, 100, "7", "R", "do-no-harm rounds"},
     {"harm-csv", 0, OPT_STR, F(harm_csv), OPT_NOBOUNDS, "bench/out/spec_harm.csv", "FILE",
      "do-no-harm CSV output"},
+    {"backend", 0, OPT_STR, F(backend), OPT_NOBOUNDS, "cpu", "NAME",
+     "cpu | cuda (CPU when there is no GPU) | cuda! (exit 2 without a GPU)"},
+    {"device", 0, OPT_INT, F(device), 0, 1024, "0", "N", "CUDA device"},
 };
 #undef F
 #define N_BENCH_DEFS (sizeof bench_defs / sizeof bench_defs[0])
@@ -266,7 +269,12 @@ int main(int argc, char **argv)
     }
     const char *path = bo.model, *csv = bo.csv;
     int n_gen = bo.n_gen, threads = bo.threads, quick = bo.quick;
-    model_opts mo = {.n_threads = threads};
+    kern_backend *be;
+    if ((e = kern_backend_open(&be, bo.backend, bo.device, threads, 0))) {
+        fprintf(stderr, "bench_spec: --backend %s: %s\n", bo.backend, sd_errmsg());
+        return 2;
+    }
+    model_opts mo = {.n_threads = threads, .backend = be};
     model *m;
     tok *tk;
     if (model_open(&m, path, &mo) || tok_load(&tk, model_gguf(m))) {
@@ -403,5 +411,6 @@ harm:;
     printf("outputs identical to target-only: %s\n", mismatches ? "NO" : "all");
     tok_free(tk);
     model_free(m);
+    kern_free(be);
     return mismatches || harm ? 1 : 0;
 }
