@@ -11,7 +11,9 @@
 # Then, reported separately, the same modes without any emulation on the real default model
 # with the n-gram drafter, W = 2.
 #
-#   bench/dsi.sh [--quick | --real-only]     (BUILD=build, FORWARD_MS=100, N=40, NODES=8; RATIOS, PS, WS lists)
+#   bench/dsi.sh [--quick | --real-only]     (BUILD=build, FORWARD_MS=100, N=120, NODES=8; RATIOS, PS, WS lists)
+# N: sessions of 120 tokens are ~30 steps: the per-session controller (engine/adapt) spends its
+# first steps measuring, and in sessions of 10 steps that start-up is most of the run.
 # Writes bench/out/dsi.csv and bench/out/dsi_real.csv; prints a table with dsi's ratio over the
 # best of ar/si/async per cell.
 set -u
@@ -19,13 +21,13 @@ cd "$(dirname "$0")/.."
 B=${BUILD:-build}
 SPECD="$B/specd"
 FORWARD_MS=${FORWARD_MS:-100}
-N=${N:-40}
+N=${N:-120}
 NODES=${NODES:-8} # tree nodes per chunk, every mode alike: keeps the real compute small beside
               # the emulated forward
 RATIOS=${RATIOS:-"5 20 50"}
 PS=${PS:-"0.5 0.8 0.95"}
 WS=${WS:-"1 2 4 8"}
-if [ "${1:-}" = --quick ]; then RATIOS="20"; PS="0.8"; WS="1 2 4"; N=24; fi
+if [ "${1:-}" = --quick ]; then RATIOS="20"; PS="0.8"; WS="1 2 4"; N=48; fi
 [ "${1:-}" = --real-only ] && RATIOS=""
 mkdir -p bench/out
 out=bench/out/dsi.csv
@@ -101,7 +103,7 @@ addr=$(head -n1 "$work/addr")
     --draft none --tokens-out "$work/ref2" >/dev/null 2>&1
 prompts+=("Tell me about your favourite season.")
 # prompt 2 is a chat turn drafted by random:1, a drafter that is never right: do no harm
-for rep in 1 2; do
+for rep in 1 2 3; do
     for i in 0 1 2; do
         for mode in ar si async dsi; do
             err="$work/err"

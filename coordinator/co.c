@@ -844,6 +844,7 @@ static void place(co *c, co_sess *s)
                      .n_predict = s->n_predict,
                      .max_ctx = s->max_ctx,
                      .draft_wait_ms = c->o.draft_wait_ms,
+                     .inflight_min_p = c->o.inflight_min_p,
                      .eog = c->eog,
                      .n_eog = s->ignore_eos ? 0 : c->n_eog,
                      .adaptive = !s->no_adapt,

@@ -31,6 +31,7 @@ typedef struct {
     int chunk_timeout_ms; /* a chunk unanswered this long fails its session */
     int draft_wait_ms;   /* si/async: wait this long for the drafter before an empty chunk */
     int max_inflight;    /* dsi */
+    double inflight_min_p; /* dsi: a chunk below another goes out when at least this likely used */
     const char *default_draft, *default_tree;
     ucx_opts uo;         /* error mode and link emulation for the data plane */
 } co_opts;

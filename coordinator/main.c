@@ -28,6 +28,7 @@ typedef struct {
     const char *host, *model, *port_file, *default_draft, *default_tree;
     int port, max_sessions, max_ctx, max_nodes, max_predict, heartbeat_ms, node_timeout_ms,
         chunk_timeout_ms, draft_wait_ms, max_inflight, drain_ms, max_msg_kib;
+    float inflight_min_p;
 } coord_cfg;
 
 #define F(x) offsetof(coord_cfg, x)
@@ -57,6 +58,9 @@ static const opt_def coord_defs[] = {
      "si/async: dispatch an empty chunk when the drafter has proposed nothing for this long"},
     {"max-inflight", 0, OPT_INT, F(max_inflight), 1, 16, "1", "N",
      "dsi: chunks of one session in flight on different workers"},
+    {"inflight-min-p", 0, OPT_FLOAT, F(inflight_min_p), 0, 1, "0.2", "P",
+     "dsi: a chunk rooted below the ones in flight goes out only when at least this likely to be "
+     "used (raise it where workers are shared by many sessions)"},
     {"default-draft", 0, OPT_STR, F(default_draft), OPT_NOBOUNDS, "ngram:3:2", "SPEC",
      "drafter for requests that name none"},
     {"default-tree", 0, OPT_STR, F(default_tree), OPT_NOBOUNDS, "chain:4", "SHAPE",
@@ -91,6 +95,7 @@ int main(int argc, char **argv)
                  .chunk_timeout_ms = c.chunk_timeout_ms,
                  .draft_wait_ms = c.draft_wait_ms,
                  .max_inflight = c.max_inflight,
+                 .inflight_min_p = c.inflight_min_p,
                  .default_draft = c.default_draft,
                  .default_tree = c.default_tree,
                  .uo = uo};

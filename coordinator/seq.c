@@ -141,6 +141,8 @@ sd_err seq_init(seq **out, const seq_config *c, const seq_io *io, const int32_t 
         adapt_config ac;
         adapt_config_defaults(&ac, c->max_nodes);
         adapt_config_shape(&ac, c->shape, c->max_nodes);
+        if (c->inflight_min_p > 0)
+            ac.inflight_min_p = c->inflight_min_p;
         sd_err e = adapt_init(&s->ad, &ac);
         if (e) {
             seq_free(s);

@@ -34,6 +34,7 @@ typedef struct {
     int n_predict;     /* tokens to generate */
     int max_ctx;       /* committed tokens may not exceed this */
     double draft_wait_ms; /* si/async: dispatch without a tree after waiting this long */
+    double inflight_min_p; /* dsi: adapt_config.inflight_min_p; 0 = the controller's default */
     const int32_t *eog; /* tokens that end generation (not emitted) */
     int n_eog;
     /* How much to speculate adapts per session (engine/adapt.h) from the measured acceptance

@@ -285,7 +285,7 @@ void adapt_config_defaults(adapt_config *c, int max_nodes)
     c->explore_cost = 0.02;
     c->explore_min = 8;
     c->explore_max = 256;
-    c->inflight_min_p = 0.5;
+    c->inflight_min_p = 0.2;
 }
 
 void adapt_config_shape(adapt_config *c, const tree_shape *s, int max_nodes)

@@ -64,7 +64,7 @@ typedef struct {
     double explore_cost;          /* exploring costs at most this share of the time (0.02) */
     int explore_min, explore_max; /* steps between explorations (8, 256) */
     double inflight_min_p;        /* adapt_inflight: a chunk goes out only when at least this
-                                     likely to be used (0.5) */
+                                     likely to be used (0.2) */
 } adapt_config;
 
 #define ADAPT_FIRST 5 /* a bucket's first samples, whose median is its estimate until then */

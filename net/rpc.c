@@ -877,31 +877,36 @@ void rpc_server_shutdown(rpc_server *s)
         return;
     /* Every stream the application has not finished is cancelled first, with its on_cancel,
      * before anything else can fail its sends; new streams are refused from here on. */
+    /* Marked cancelled before `stopping` is set: a producer whose send fails from here on waits
+     * in rpc_stream_finish until on_cancel has run (cb_running), so no stream is finished by its
+     * application between the two and loses its on_cancel. */
     pthread_mutex_lock(&s->list_mu);
     size_t n = 0, cap = 0;
     rpc_stream **all = NULL;
+    unsigned char *fire = NULL;
     for (rpc_stream *x = s->streams; x; x = x->next) {
         if (n == cap) {
             cap = cap ? 2 * cap : 16;
             rpc_stream **a = realloc(all, cap * sizeof *a);
-            if (!a)
+            unsigned char *f = a ? realloc(fire, cap) : NULL;
+            if (a)
+                all = a;
+            if (!f)
                 break; /* the rest is released as its batches complete */
-            all = a;
+            fire = f;
         }
         pthread_mutex_lock(&x->mu);
         x->refs++;
+        fire[n] = (unsigned char)stream_mark_cancelled(x);
         pthread_mutex_unlock(&x->mu);
         all[n++] = x;
     }
     atomic_store(&s->stopping, 1);
     pthread_mutex_unlock(&s->list_mu);
-    for (size_t i = 0; i < n; i++) {
-        pthread_mutex_lock(&all[i]->mu);
-        int fire = stream_mark_cancelled(all[i]);
-        pthread_mutex_unlock(&all[i]->mu);
-        if (fire)
+    for (size_t i = 0; i < n; i++)
+        if (fire[i])
             stream_fire_cancel(all[i]);
-    }
+    free(fire);
     grpc_server_shutdown_and_notify(s->srv, s->cq, &s->shutdown_tag);
     grpc_server_cancel_all_calls(s->srv);
     /* Streams with nothing outstanding release their call here (the others as their batches

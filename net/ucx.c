@@ -1164,7 +1164,7 @@ void ucx_free(ucx_ctx *c)
     cmd_push(c, c->stop_cmd); /* allocated up front: stopping cannot fail */
     c->stop_cmd = NULL;
     pthread_join(c->th, NULL);
-    /* The worker is this thread's now. */
+    pthread_mutex_lock(&c->wmu); /* the worker is this thread's now (no direct sends either) */
     while (c->heap_n) {
         cmd *x = heap_pop(c);
         x->peer->held--;
@@ -1232,6 +1232,7 @@ void ucx_free(ucx_ctx *c)
     }
     ucp_worker_destroy(c->w);
     ucp_cleanup(c->uc);
+    pthread_mutex_unlock(&c->wmu);
     free(c->heap);
     free(c->conn_reqs);
     pthread_mutex_destroy(&c->mu);
