@@ -377,6 +377,29 @@ static void ctrl_cb(void *req, ucs_status_t st, void *ud)
     ucp_request_free(req);
 }
 
+/* Post x (its header, then its len bytes) on its peer's endpoint. 1: in flight, cb(x) completes
+ * it and p->inflight counts it; 0: done at once with status *st (cb never runs). */
+static int am_post(cmd *x, ucp_send_nbx_callback_t cb, uint32_t flags, ucs_status_t *st)
+{
+    ucx_peer *p = x->peer;
+    ucp_request_param_t prm;
+    memset(&prm, 0, sizeof prm);
+    prm.op_attr_mask =
+        UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA | UCP_OP_ATTR_FIELD_FLAGS;
+    prm.cb.send = cb;
+    prm.user_data = x;
+    /* REPLY: the receiver learns which endpoint a message came from (param->reply_ep). */
+    prm.flags = UCP_AM_SEND_FLAG_REPLY | flags;
+    ucs_status_ptr_t r =
+        ucp_am_send_nbx(p->ep, UCX_AM_ID, &x->hdr, sizeof x->hdr, x->data, x->len, &prm);
+    if (UCS_PTR_IS_PTR(r)) {
+        p->inflight++;
+        return 1;
+    }
+    *st = UCS_PTR_STATUS(r);
+    return 0;
+}
+
 static void send_now(ucx_ctx *c, cmd *x)
 {
     ucx_peer *p = x->peer;
@@ -385,21 +408,9 @@ static void send_now(ucx_ctx *c, cmd *x)
         cmd_free(x);
         return;
     }
-    ucp_request_param_t prm;
-    memset(&prm, 0, sizeof prm);
-    prm.op_attr_mask =
-        UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA | UCP_OP_ATTR_FIELD_FLAGS;
-    prm.cb.send = send_cb;
-    prm.user_data = x;
-    /* REPLY: the receiver learns which endpoint a message came from (param->reply_ep). */
-    prm.flags = UCP_AM_SEND_FLAG_REPLY | (x->len >= UCX_RNDV_MIN ? UCP_AM_SEND_FLAG_RNDV : 0);
-    ucs_status_ptr_t r =
-        ucp_am_send_nbx(p->ep, UCX_AM_ID, &x->hdr, sizeof x->hdr, x->data, x->len, &prm);
-    if (UCS_PTR_IS_PTR(r)) {
-        p->inflight++;
-        return;
-    }
-    send_done(x, UCS_PTR_STATUS(r));
+    ucs_status_t done;
+    if (!am_post(x, send_cb, x->len >= UCX_RNDV_MIN ? UCP_AM_SEND_FLAG_RNDV : 0, &done))
+        send_done(x, done);
 }
 
 /* A control message (close handshake) on the progress thread, never held by the emulator:
@@ -410,23 +421,9 @@ static void send_ctrl(ucx_ctx *c, ucx_peer *p, uint32_t what)
     if (!x)
         return;
     x->hdr = what;
-    if (!p->ep) {
+    ucs_status_t done;
+    if (!p->ep || !am_post(x, ctrl_cb, 0, &done))
         cmd_free(x);
-        return;
-    }
-    ucp_request_param_t prm;
-    memset(&prm, 0, sizeof prm);
-    prm.op_attr_mask =
-        UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA | UCP_OP_ATTR_FIELD_FLAGS;
-    prm.cb.send = ctrl_cb;
-    prm.user_data = x;
-    prm.flags = UCP_AM_SEND_FLAG_REPLY;
-    ucs_status_ptr_t r = ucp_am_send_nbx(p->ep, UCX_AM_ID, &x->hdr, sizeof x->hdr, NULL, 0, &prm);
-    if (UCS_PTR_IS_PTR(r)) {
-        p->inflight++;
-        return;
-    }
-    cmd_free(x);
 }
 
 static void handle_send(ucx_ctx *c, cmd *x)
