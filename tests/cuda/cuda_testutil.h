@@ -14,6 +14,21 @@ extern "C" {
 
 extern tu_rng rng;
 
+/* Every test's group set-up starts here: on a machine without a CUDA device (a GPU build run
+ * where there is none) exit 77, ctest's skip code — the simulator always has its device — then
+ * seed `rng` (the seed is printed). */
+static inline void cu_test_start(void)
+{
+#if !defined(CUSIM)
+    int n = 0;
+    if (cudaGetDeviceCount(&n) != cudaSuccess || n == 0) {
+        fprintf(stderr, "no CUDA device: skipping\n");
+        exit(77);
+    }
+#endif
+    tu_rng_init(&rng, tu_seed());
+}
+
 /* ---- random inputs (as tests/test_kernels.c) ---- */
 
 static inline void put16(uint8_t *p, uint16_t v)

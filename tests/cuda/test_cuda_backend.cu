@@ -20,14 +20,7 @@ static kern_backend *gpu[2], *cpu[2]; /* [0]: 8-bit activations, [1]: f32 activa
 static int group_setup(void **state)
 {
     (void)state;
-#if !defined(CUSIM)
-    int n = 0;
-    if (cudaGetDeviceCount(&n) != cudaSuccess || n == 0) {
-        fprintf(stderr, "no CUDA device: skipping\n");
-        exit(77);
-    }
-#endif
-    tu_rng_init(&rng, tu_seed());
+    cu_test_start();
     unsigned portable = KERN_CPU_LEVEL(KERN_CPU_LEVEL_PORTABLE);
     for (int m = 0; m < 2; m++) {
         unsigned f = m ? KERN_CPU_F32_ACT : 0;

@@ -30,14 +30,7 @@ static kern_backend *cpu_q8, *cpu_f32; /* portable level, 1 thread */
 static int group_setup(void **state)
 {
     (void)state;
-#if !defined(CUSIM)
-    int n = 0;
-    if (cudaGetDeviceCount(&n) != cudaSuccess || n == 0) {
-        fprintf(stderr, "no CUDA device: skipping\n");
-        exit(77);
-    }
-#endif
-    tu_rng_init(&rng, tu_seed());
+    cu_test_start();
     unsigned portable = KERN_CPU_LEVEL(KERN_CPU_LEVEL_PORTABLE);
     if (kern_cpu_create(&cpu_q8, 1, portable) != SD_OK ||
         kern_cpu_create(&cpu_f32, 1, portable | KERN_CPU_F32_ACT) != SD_OK)

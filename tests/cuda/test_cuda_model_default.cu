@@ -18,19 +18,14 @@ tu_rng rng;
 static int group_setup(void **state)
 {
     (void)state;
+    cu_test_start();
 #if !defined(CUSIM)
-    int n = 0;
-    if (cudaGetDeviceCount(&n) != cudaSuccess || n == 0) {
-        fprintf(stderr, "no CUDA device: skipping\n");
-        exit(77);
-    }
     const char *mp = getenv("SPECD_MODEL");
     if (!mp || access(mp, R_OK) != 0) { /* a GPU machine may not have the model */
         fprintf(stderr, "model %s not found: skipping\n", mp ? mp : "(SPECD_MODEL unset)");
         exit(77);
     }
 #endif
-    tu_rng_init(&rng, tu_seed());
     return 0;
 }
 

@@ -26,14 +26,7 @@ tu_rng rng;
 static int group_setup(void **state)
 {
     (void)state;
-#if !defined(CUSIM)
-    int n = 0;
-    if (cudaGetDeviceCount(&n) != cudaSuccess || n == 0) {
-        fprintf(stderr, "no CUDA device: skipping\n");
-        exit(77);
-    }
-#endif
-    tu_rng_init(&rng, tu_seed());
+    cu_test_start();
     return 0;
 }
 
