@@ -19,39 +19,14 @@
 #include "tiny_model.h"
 
 typedef struct {
-    const char *name;
-    const char *arch;
-    sd_dtype wtype, etype;
-    int D, F, untied;
-} variant;
-
-static const variant variants[] = {
-    {"q8_0", "llama", SD_DTYPE_Q8_0, SD_DTYPE_Q8_0, 64, 96, 0},
-    {"q4_0", "llama", SD_DTYPE_Q4_0, SD_DTYPE_Q8_0, 64, 96, 0},
-    {"q4_1", "llama", SD_DTYPE_Q4_1, SD_DTYPE_Q8_0, 64, 96, 1},
-    {"f32", "llama", SD_DTYPE_F32, SD_DTYPE_F32, 64, 96, 0},
-    {"f16", "qwen2", SD_DTYPE_F16, SD_DTYPE_F16, 64, 96, 0},
-    {"bf16", "llama", SD_DTYPE_BF16, SD_DTYPE_BF16, 64, 96, 1},
-    {"q4_k", "qwen2", SD_DTYPE_Q4_K, SD_DTYPE_Q8_0, 256, 512, 0},
-    {"q6_k", "llama", SD_DTYPE_Q6_K, SD_DTYPE_Q6_K, 256, 512, 0},
-};
-#define NV (sizeof variants / sizeof variants[0])
-
-typedef struct {
     model *m;
     int V;
     char path[256];
 } fixture;
 
-static void open_fixture(fixture *f, const variant *v, unsigned flags, int threads)
+static void open_fixture(fixture *f, const tiny_variant *v, unsigned flags, int threads)
 {
-    tiny_model_opts o = tiny_model_defaults();
-    o.arch = v->arch;
-    o.wtype = v->wtype;
-    o.etype = v->etype;
-    o.n_embd = v->D;
-    o.n_ff = v->F;
-    o.untied = v->untied;
+    tiny_model_opts o = tiny_variant_opts(v);
     o.seed = tu_seed() + (uint64_t)v->wtype;
     snprintf(f->path, sizeof f->path, "/tmp/specd-batch-%d-%s.gguf", (int)getpid(), v->name);
     assert_int_equal(tiny_model_write(f->path, &o), 0);
@@ -119,7 +94,7 @@ static void random_seq(tu_rng *r, int V, int P, seq_spec *s)
                 s->out[s->n_out++] = i;
 }
 
-static void check_multi(const variant *v, unsigned flags, int threads, tu_rng *rng)
+static void check_multi(const tiny_variant *v, unsigned flags, int threads, tu_rng *rng)
 {
     fixture f;
     open_fixture(&f, v, flags, threads);
@@ -208,9 +183,10 @@ static void test_multi_forward(void **state)
 {
     tu_rng rng;
     tu_rng_init(&rng, tu_seed());
-    for (size_t i = 0; i < NV; i++)
+    for (size_t i = 0; i < (size_t)tiny_n_variants; i++)
         for (int fl = 0; fl < 2; fl++)
-            check_multi(&variants[i], fl ? KERN_CPU_F32_ACT : 0, 1 + (int)(2 * i + fl) % 3, &rng);
+            check_multi(&tiny_variants[i], fl ? KERN_CPU_F32_ACT : 0, 1 + (int)(2 * i + fl) % 3,
+                        &rng);
 }
 
 /* ---- bad input to model_forward_multi: the whole call fails, nothing changes ---- */
@@ -218,7 +194,7 @@ static void test_multi_forward(void **state)
 static void test_multi_bad(void **state)
 {
     fixture f;
-    open_fixture(&f, &variants[0], 0, 2);
+    open_fixture(&f, &tiny_variants[0], 0, 2);
     int V = f.V;
     model_run *r;
     assert_int_equal(model_run_init(&r, f.m, 8), SD_OK);
@@ -375,7 +351,7 @@ typedef struct {
     tree t;
 } bad_job;
 
-static void check_verify(const variant *v, unsigned flags, int threads, tu_rng *rng)
+static void check_verify(const tiny_variant *v, unsigned flags, int threads, tu_rng *rng)
 {
     fixture f;
     open_fixture(&f, v, flags, threads);
@@ -598,9 +574,9 @@ static void test_verify_batch(void **state)
 {
     tu_rng rng;
     tu_rng_init(&rng, tu_seed() ^ 0x5eed);
-    for (size_t i = 0; i < NV; i++)
+    for (size_t i = 0; i < (size_t)tiny_n_variants; i++)
         for (int fl = 0; fl < 2; fl++)
-            check_verify(&variants[i], fl ? KERN_CPU_F32_ACT : 0, 1 + (int)(i + fl) % 3, &rng);
+            check_verify(&tiny_variants[i], fl ? KERN_CPU_F32_ACT : 0, 1 + (int)(i + fl) % 3, &rng);
 }
 
 int main(void)

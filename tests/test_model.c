@@ -12,42 +12,16 @@
 #include "tiny_model.h"
 
 typedef struct {
-    const char *name;
-    const char *arch;
-    sd_dtype wtype, etype;
-    int D, F, untied;
-} variant;
-
-static const variant variants[] = {
-    {"q8_0", "llama", SD_DTYPE_Q8_0, SD_DTYPE_Q8_0, 64, 96, 0},
-    {"q4_0", "llama", SD_DTYPE_Q4_0, SD_DTYPE_Q8_0, 64, 96, 0},
-    {"q4_1", "llama", SD_DTYPE_Q4_1, SD_DTYPE_Q8_0, 64, 96, 1},
-    {"f32", "llama", SD_DTYPE_F32, SD_DTYPE_F32, 64, 96, 0},
-    {"f16", "qwen2", SD_DTYPE_F16, SD_DTYPE_F16, 64, 96, 0},
-    {"bf16", "llama", SD_DTYPE_BF16, SD_DTYPE_BF16, 64, 96, 1},
-    {"q4_k", "qwen2", SD_DTYPE_Q4_K, SD_DTYPE_Q8_0, 256, 512, 0},
-    {"q6_k", "llama", SD_DTYPE_Q6_K, SD_DTYPE_Q6_K, 256, 512, 0},
-};
-#define NV (sizeof variants / sizeof variants[0])
-
-typedef struct {
     model *m;
     model_run *r;
     int V;
     char path[256];
 } fixture;
 
-static void open_variant_opts(fixture *f, const variant *v, unsigned flags, int threads, int t_max,
-                              int no_pack)
+static void open_variant_opts(fixture *f, const tiny_variant *v, unsigned flags, int threads,
+                              int t_max, int no_pack)
 {
-    tiny_model_opts o = tiny_model_defaults();
-    o.arch = v->arch;
-    o.wtype = v->wtype;
-    o.etype = v->etype;
-    o.n_embd = v->D;
-    o.n_ff = v->F;
-    o.untied = v->untied;
-    o.n_layer = 2;
+    tiny_model_opts o = tiny_variant_opts(v);
     o.seed = tu_seed() + (uint64_t)v->wtype;
     snprintf(f->path, sizeof f->path, "/tmp/specd-tiny-%d-%s.gguf", (int)getpid(), v->name);
     assert_int_equal(tiny_model_write(f->path, &o), 0);
@@ -60,7 +34,7 @@ static void open_variant_opts(fixture *f, const variant *v, unsigned flags, int 
     f->V = model_cfg(f->m)->n_vocab;
 }
 
-static void open_variant(fixture *f, const variant *v, unsigned flags, int threads, int t_max)
+static void open_variant(fixture *f, const tiny_variant *v, unsigned flags, int threads, int t_max)
 {
     open_variant_opts(f, v, flags, threads, t_max, 0);
 }
@@ -86,7 +60,7 @@ static void decode_each(fixture *f, const int32_t *toks, int n, float *logits)
     kv_free(kv);
 }
 
-static void check_batch_invariance(const variant *v, unsigned flags)
+static void check_batch_invariance(const tiny_variant *v, unsigned flags)
 {
     tu_rng rng;
     tu_rng_init(&rng, tu_seed() ^ (uint64_t)v->wtype);
@@ -161,20 +135,20 @@ static void check_batch_invariance(const variant *v, unsigned flags)
 
 static void test_batch_invariance(void **state)
 {
-    for (size_t i = 0; i < NV; i++) {
-        fprintf(stderr, "  variant %s (quantized activations)\n", variants[i].name);
-        check_batch_invariance(&variants[i], 0);
-        fprintf(stderr, "  variant %s (f32 activations)\n", variants[i].name);
-        check_batch_invariance(&variants[i], KERN_CPU_F32_ACT);
-        fprintf(stderr, "  variant %s (portable)\n", variants[i].name);
-        check_batch_invariance(&variants[i], KERN_CPU_LEVEL(KERN_CPU_LEVEL_PORTABLE));
+    for (size_t i = 0; i < (size_t)tiny_n_variants; i++) {
+        fprintf(stderr, "  variant %s (quantized activations)\n", tiny_variants[i].name);
+        check_batch_invariance(&tiny_variants[i], 0);
+        fprintf(stderr, "  variant %s (f32 activations)\n", tiny_variants[i].name);
+        check_batch_invariance(&tiny_variants[i], KERN_CPU_F32_ACT);
+        fprintf(stderr, "  variant %s (portable)\n", tiny_variants[i].name);
+        check_batch_invariance(&tiny_variants[i], KERN_CPU_LEVEL(KERN_CPU_LEVEL_PORTABLE));
     }
 }
 
 /* The thread count changes nothing. */
 static void test_thread_invariance(void **state)
 {
-    const variant *v = &variants[2];
+    const tiny_variant *v = &tiny_variants[2];
     int32_t toks[20];
     tu_rng rng;
     tu_rng_init(&rng, tu_seed());
@@ -204,7 +178,7 @@ static void test_thread_invariance(void **state)
 static void test_packed_weights(void **state)
 {
     (void)state;
-    static const variant wide[] = {
+    static const tiny_variant wide[] = {
         {"q8_0", "llama", SD_DTYPE_Q8_0, SD_DTYPE_Q8_0, 64, 96, 0},
         {"q4_1", "llama", SD_DTYPE_Q4_1, SD_DTYPE_Q8_0, 64, 96, 1},
         {"q4_1-wide", "llama", SD_DTYPE_Q4_1, SD_DTYPE_Q8_0, 576, 1536, 0},
@@ -281,7 +255,7 @@ static void test_packed_weights(void **state)
 static void test_bad_input(void **state)
 {
     fixture f;
-    open_variant(&f, &variants[0], 0, 2, 16);
+    open_variant(&f, &tiny_variants[0], 0, 2, 16);
     kv_cache *kv;
     assert_int_equal(model_kv_init(f.m, &kv, 32), SD_OK);
     float *lg = malloc(sizeof(float) * 64 * (size_t)f.V);

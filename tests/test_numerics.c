@@ -14,25 +14,9 @@
 #include "testutil.h"
 #include "tiny_model.h"
 
-typedef struct {
-    const char *name, *arch;
-    sd_dtype wtype, etype;
-    int D, F, untied;
-} variant;
-
-static const variant variants[] = {
-    {"q8_0", "llama", SD_DTYPE_Q8_0, SD_DTYPE_Q8_0, 64, 96, 0},
-    {"q4_0", "llama", SD_DTYPE_Q4_0, SD_DTYPE_Q8_0, 64, 96, 0},
-    {"q4_1", "llama", SD_DTYPE_Q4_1, SD_DTYPE_Q8_0, 64, 96, 1},
-    {"f32", "llama", SD_DTYPE_F32, SD_DTYPE_F32, 64, 96, 0},
-    {"f16", "qwen2", SD_DTYPE_F16, SD_DTYPE_F16, 64, 96, 0},
-    {"bf16", "llama", SD_DTYPE_BF16, SD_DTYPE_BF16, 64, 96, 1},
-    {"q4_k", "qwen2", SD_DTYPE_Q4_K, SD_DTYPE_Q8_0, 256, 512, 0},
-    {"q6_k", "llama", SD_DTYPE_Q6_K, SD_DTYPE_Q6_K, 256, 512, 0},
-    /* D = 320: 10 blocks per row, N = 320 / 20 rows: short row groups and odd block counts */
-    {"q4_1-odd", "llama", SD_DTYPE_Q4_1, SD_DTYPE_Q4_0, 320, 160, 1},
-};
-#define NV (sizeof variants / sizeof variants[0])
+/* D = 320: 10 blocks per row, N = 320 / 20 rows: short row groups and odd block counts */
+static const tiny_variant odd = {"q4_1-odd", "llama", SD_DTYPE_Q4_1, SD_DTYPE_Q4_0, 320, 160, 1};
+#define NV ((size_t)tiny_n_variants + 1) /* every weight type, then odd */
 
 static void test_levels_tiny_models(void **state)
 {
@@ -42,15 +26,8 @@ static void test_levels_tiny_models(void **state)
     uint64_t seed = tu_seed();
     long n_cmp = 0;
     for (size_t vi = 0; vi < NV; vi++) {
-        const variant *v = &variants[vi];
-        tiny_model_opts o = tiny_model_defaults();
-        o.arch = v->arch;
-        o.wtype = v->wtype;
-        o.etype = v->etype;
-        o.n_embd = v->D;
-        o.n_ff = v->F;
-        o.untied = v->untied;
-        o.n_layer = 2;
+        const tiny_variant *v = vi < (size_t)tiny_n_variants ? &tiny_variants[vi] : &odd;
+        tiny_model_opts o = tiny_variant_opts(v);
         o.seed = seed + vi;
         char path[256];
         snprintf(path, sizeof path, "/tmp/specd-numerics-%d-%s.gguf", (int)getpid(), v->name);

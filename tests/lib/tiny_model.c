@@ -13,6 +13,30 @@ tiny_model_opts tiny_model_defaults(void)
                              SD_DTYPE_Q8_0, 0, 10000.0f, 1};
 }
 
+const tiny_variant tiny_variants[] = {
+    {"q8_0", "llama", SD_DTYPE_Q8_0, SD_DTYPE_Q8_0, 64, 96, 0},
+    {"q4_0", "llama", SD_DTYPE_Q4_0, SD_DTYPE_Q8_0, 64, 96, 0},
+    {"q4_1", "llama", SD_DTYPE_Q4_1, SD_DTYPE_Q8_0, 64, 96, 1},
+    {"f32", "llama", SD_DTYPE_F32, SD_DTYPE_F32, 64, 96, 0},
+    {"f16", "qwen2", SD_DTYPE_F16, SD_DTYPE_F16, 64, 96, 0},
+    {"bf16", "llama", SD_DTYPE_BF16, SD_DTYPE_BF16, 64, 96, 1},
+    {"q4_k", "qwen2", SD_DTYPE_Q4_K, SD_DTYPE_Q8_0, 256, 512, 0},
+    {"q6_k", "llama", SD_DTYPE_Q6_K, SD_DTYPE_Q6_K, 256, 512, 0},
+};
+const int tiny_n_variants = (int)(sizeof tiny_variants / sizeof tiny_variants[0]);
+
+tiny_model_opts tiny_variant_opts(const tiny_variant *v)
+{
+    tiny_model_opts o = tiny_model_defaults();
+    o.arch = v->arch;
+    o.wtype = v->wtype;
+    o.etype = v->etype;
+    o.n_embd = v->D;
+    o.n_ff = v->F;
+    o.untied = v->untied;
+    return o;
+}
+
 static uint64_t rnd(uint64_t *s)
 {
     uint64_t z = (*s += 0x9E3779B97F4A7C15ull);

@@ -24,4 +24,18 @@ void tiny_random_row(void *out, sd_dtype t, int n, float amp, uint64_t *rng);
 /* Write the model to `path`; 0 on success. */
 int tiny_model_write(const char *path, const tiny_model_opts *o);
 
+/* One kind of tiny model the engine tests sweep: architecture, layer and embedding types, width
+ * D, feed-forward size F, untied output. */
+typedef struct {
+    const char *name, *arch;
+    sd_dtype wtype, etype;
+    int D, F, untied;
+} tiny_variant;
+
+/* Every weight type once, llama and qwen2: q8_0 q4_0 q4_1 f32 f16 bf16 q4_k q6_k. */
+extern const tiny_variant tiny_variants[];
+extern const int tiny_n_variants;
+/* tiny_model_defaults() with v's architecture, types and sizes (2 layers, seed 1). */
+tiny_model_opts tiny_variant_opts(const tiny_variant *v);
+
 #endif
