@@ -9,7 +9,8 @@
  *                       the client's stream and sent one at a time by this thread.
  *   control thread      placement and the blocking calls to nodes (OpenSession, CloseSession).
  *   UCX progress thread data plane (net/ucx): TreeExtend and Verdict into the sequencers; Prompt,
- *                       Chunk, Commit, Cancel out through ucx_send's queue.
+ *                       Chunk, Commit, Cancel out through ucx_send's queue; the token events
+ *                       a round committed once its sends are out (on_round_end).
  *   timer thread        sequencer timers, chunk timeouts, silent nodes.
  */
 #include <stddef.h>

@@ -6,7 +6,8 @@
  *   gRPC server thread Drafter.OpenSession / CloseSession / Health (net/rpc) — opening a session
  *                      creates its drafter (drafter-node/dn.c).
  *   UCX progress thread data plane (net/ucx): Prompt and Commit are decoded, validated and
- *                      queued per session; TreeExtend messages go out through ucx_send's queue.
+ *                      queued per session; TreeExtend messages go out from the drafting thread
+ *                      (ucx_send: directly while the progress thread sleeps, else its queue).
  *   drafting thread    round-robin over the sessions: applies their messages in epoch order,
  *                      then one drafting step each (dn.c).
  *   registration       registers with the coordinator, heartbeats, re-registers (net/node.c).

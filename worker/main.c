@@ -7,7 +7,8 @@
  *                      changes under the core's lock (worker/wk.c).
  *   UCX progress thread data plane (net/ucx): Prompt, Chunk, Commit, Cancel are decoded,
  *                      validated and queued per session (wk_on_msg); verdicts go back from the
- *                      compute thread through ucx_send's queue.
+ *                      compute thread (ucx_send: directly while the progress thread sleeps, else
+ *                      through its queue).
  *   compute thread     takes the ready work of all sessions, one forward for all of it
  *                      (continuous batching), sends the verdicts (wk.c).
  *   registration       registers with the coordinator, heartbeats, re-registers (net/node.c).
