@@ -1248,10 +1248,11 @@ static rpc_code on_generate(void *ud, const uint8_t *req, size_t len, rpc_stream
     s->next = c->sessions;
     c->sessions = s;
     c->n_sessions++;
-    push_task(c, 1, s, NULL, 0);
-    pthread_mutex_unlock(&c->mu);
+    /* logged before the lock goes: from then on the control thread may place and free s */
     LOG_INFO("coordinator", "session %llu: %d prompt tokens, %d to generate, mode %d, %s, %s",
              (unsigned long long)s->id, s->n_prompt, s->n_predict, s->mode, s->draft, s->tree);
+    push_task(c, 1, s, NULL, 0);
+    pthread_mutex_unlock(&c->mu);
     protobuf_c_message_free_unpacked(m, NULL);
     return RPC_OK;
 out:
