@@ -241,6 +241,7 @@ static void io_commit(void *ud, const seq_commit *cm)
     m.tokens = (int32_t *)cm->tokens;
     m.root_node = cm->root_node;
     m.n_seen = (uint32_t)cm->n_seen;
+    m.hold = cm->hold;
     for (int w = 0; w < s->n_workers; w++) /* each keeps the committed prefix it has */
         send_msg(s->workers[w], SPECD__DATA_MSG_ID__DATA_MSG_COMMIT, &m.base);
     if (s->drafter)
@@ -452,6 +453,10 @@ static void fill_summary(co_sess *s, Specd__SessionSummary *m, char **ev, int32_
         m->chunks = st->chunks;
         m->cancelled_chunks = st->cancelled;
         m->tree_hits = st->tree_hits;
+        m->extends = st->extends;
+        m->stale_extends = st->stale_extends;
+        m->held_commits = st->held_commits;
+        m->held_extends = st->held_extends;
         m->chunk_rtt_ms_mean = st->steps ? st->rtt_ms_sum / st->steps : 0;
         m->compute_ms_mean = st->steps ? s->compute_us_sum / 1e3 / st->steps : 0;
         int nd = 0;

@@ -78,6 +78,7 @@ struct seq {
     int adaptive;
     adapt ad;
     int budget_asked; /* adapt_nodes was asked for the chunk waiting to go out */
+    int held;         /* this epoch's Commit told the drafter to hold */
     int n_unemitted;  /* committed tokens not yet handed to io.emit (they end at n_com or eog) */
 };
 
@@ -277,6 +278,8 @@ sd_err seq_tree_extend(seq *s, uint32_t epoch, uint32_t first_id, const int32_t 
 {
     if (s->state != SEQ_RUNNING || !s->drafter_alive)
         return SD_OK;
+    s->st.extends++;
+    s->st.held_extends += epoch == s->epoch && s->held; /* the drafter ignored the hold */
     if (epoch != s->epoch || (int)first_id < s->n_tree) {
         s->st.stale_extends++;
         return SD_OK;
@@ -381,6 +384,19 @@ static void finish(seq *s, seq_state why)
     for (int i = 0; i < s->c.max_inflight; i++)
         if (s->ch[i].active)
             cancel_chunk(s, &s->ch[i]);
+}
+
+/* The controller's node budget for the next chunk that goes out, asked once per such chunk
+ * (asking advances its exploration schedule). */
+static int next_budget(seq *s)
+{
+    if (!s->adaptive)
+        return s->c.max_nodes;
+    if (!s->budget_asked) {
+        adapt_nodes(&s->ad);
+        s->budget_asked = 1;
+    }
+    return s->ad.last_budget < s->c.max_nodes ? s->ad.last_budget : s->c.max_nodes;
 }
 
 /* Apply chunk c's verdict (its base is fully committed and agrees). */
@@ -498,12 +514,17 @@ static void apply_verdict(seq *s, seq_chunk_st *c, const int32_t *path, int n_pa
         if (m < s->wn[ww] && m < s->n_com)
             s->wn[ww] = m;
     }
+    /* the next chunk's budget decides whether the drafter has anything to do in this epoch */
+    int hold = done == SEQ_RUNNING && s->drafter_alive && s->c.mode != SEQ_AR && next_budget(s) == 0;
+    s->st.held_commits += hold;
+    s->held = hold;
     seq_commit cm = {.epoch = s->epoch,
                      .n_committed = s->n_com,
                      .tokens = s->com + n_old,
                      .n_tokens = k,
                      .root_node = root_node,
-                     .n_seen = n_seen};
+                     .n_seen = n_seen,
+                     .hold = hold};
     s->io.send_commit(s->io.ud, &cm);
     /* chunks in flight: contradicted ones are cancelled, the others follow the renumbering */
     for (int i = 0; i < s->c.max_inflight; i++) {
@@ -734,14 +755,7 @@ void seq_pump(seq *s, double now_ms)
         if (!ids)
             return;
         /* the controller's budget for this chunk, asked only once it would go out */
-        int budget = s->adaptive && use_tree ? s->ad.last_budget : s->c.max_nodes;
-        int fresh = s->adaptive && use_tree && !s->budget_asked;
-        if (fresh) {
-            budget = adapt_nodes(&s->ad);
-            s->budget_asked = 1;
-            if (budget > s->c.max_nodes)
-                budget = s->c.max_nodes;
-        }
+        int budget = use_tree ? next_budget(s) : s->c.max_nodes;
         int n = use_tree && budget > 0 ? collect(s, root, budget, ids) : 0;
         if (root < 0 && use_tree && budget > 0) {
             int ready = s->c.mode == SEQ_SI ? s->got_extend : (n > 0 || s->got_extend);

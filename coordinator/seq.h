@@ -63,6 +63,7 @@ typedef struct {
     int n_tokens;
     int root_node; /* the previous epoch's node id of the new newest token, -1 if not in the tree */
     int n_seen;    /* nodes of the previous epoch the sequencer had */
+    int hold;      /* the next chunk is a plain decode: the drafter should propose nothing */
 } seq_commit;
 
 typedef struct {
@@ -78,7 +79,9 @@ typedef enum { SEQ_RUNNING = 0, SEQ_DONE_EOS, SEQ_DONE_LENGTH, SEQ_DONE_CONTEXT 
 
 typedef struct {
     int n_gen, steps;
-    long chunks, cancelled, stale_extends, tree_hits, late_verdicts, redispatched;
+    long chunks, cancelled, extends, stale_extends, tree_hits, late_verdicts, redispatched;
+    long held_commits; /* Commits with hold set */
+    long held_extends; /* extensions for an epoch whose Commit said hold (a drafter ignoring it) */
     long zero_budget; /* chunks the controller sent without speculation */
     long proposed, accepted;
     long tried[SEQ_MAX_DEPTH], took[SEQ_MAX_DEPTH];

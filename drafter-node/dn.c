@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "../common/clock.h"
 #include "../common/log.h"
@@ -19,7 +20,7 @@ typedef struct dn_msg {
     struct dn_msg *next;
     unsigned kind; /* DATA_MSG_PROMPT / DATA_MSG_COMMIT */
     uint32_t epoch;
-    int n_committed, root_node, n_seen;
+    int n_committed, root_node, n_seen, hold;
     int32_t *tok;
     int n_tok;
 } dn_msg;
@@ -43,6 +44,7 @@ typedef struct dn_sess {
     int *par, *depth, *dead; /* dead: nothing more to propose below this node */
     float *logp;
     int need_root; /* propose from the committed end in this epoch */
+    int hold;      /* this epoch's Commit said the next chunk is a plain decode: propose nothing */
     int32_t *path;
 } dn_sess;
 
@@ -224,6 +226,7 @@ void dn_on_msg(dn *d, ucx_peer *from, unsigned msg_id, const void *data, size_t 
         q->n_committed = (int)c->n_committed;
         q->root_node = c->root_node;
         q->n_seen = (int)c->n_seen;
+        q->hold = c->hold;
     } else if (q) {
         bad = "not a message for a drafter";
     }
@@ -359,6 +362,8 @@ static int apply_msg(dn *d, dn_sess *s, dn_msg *q)
     s->epoch = q->epoch;
     reroot(s, q->root_node, q->n_seen);
     s->need_root = 1;
+    s->hold = q->hold;
+    d->st.held += q->hold;
     d->st.commits++;
     return 1;
 }
@@ -383,10 +388,33 @@ static dn_msg *take_msg(dn_sess *s)
     return NULL;
 }
 
+/* EMULATION: drafting costs ms more. A newer message for the session (a Commit: the tree is
+ * rerooted and what is being drafted may be pruned) ends the wait early, as a drafter producing
+ * tokens one by one would stop; returns nonzero then. Called without the lock. */
+static int draft_delay(dn *d, dn_sess *s, double ms)
+{
+    if (ms <= 0)
+        return 0;
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    long ns = ts.tv_nsec + (long)(ms * 1e6);
+    ts.tv_sec += ns / 1000000000L;
+    ts.tv_nsec = ns % 1000000000L;
+    pthread_mutex_lock(&d->mu);
+    int rc = 0;
+    while (!s->head && !s->closing && !d->stop && rc == 0)
+        rc = pthread_cond_timedwait(&d->cv, &d->mu, &ts); /* 0: woken, ETIMEDOUT: done */
+    int cut = s->head || s->closing || d->stop;
+    pthread_mutex_unlock(&d->mu);
+    return cut;
+}
+
 /* One drafting step; returns nonzero when it did something. Called without the lock. */
 static int draft_step(dn *d, dn_sess *s)
 {
     int first = s->n, root = -1;
+    if (s->hold)
+        return 0;
     int room = d->o.max_tree - s->n;
     if (s->need_root) {
         s->need_root = 0;
@@ -445,7 +473,15 @@ static int draft_step(dn *d, dn_sess *s)
     s->n += n;
     if (root >= 0 && n == 0)
         s->dead[root] = 1;
-    clock_sleep_ms(d->o.draft_delay_ms * (n > 0 ? n : 1)); /* emulation (experiments) */
+    /* si waits for its one answer per commit, so only async/dsi drafting is cut short */
+    if (draft_delay(d, s, d->o.draft_delay_ms * (n > 0 ? n : 1)) &&
+        s->mode != SPECD__MODE__MODE_SI) {
+        s->n = first; /* never sent: the coordinator's tree does not have it */
+        pthread_mutex_lock(&d->mu);
+        d->st.cut++;
+        pthread_mutex_unlock(&d->mu);
+        return 1;
+    }
     if (n > 0 || root < 0) /* si / epoch start: an empty answer says "nothing" */
         send_extend(s, first, n);
     pthread_mutex_lock(&d->mu);
@@ -509,7 +545,11 @@ sd_err dn_create(dn **out, const dn_opts *o)
         return SD_ENOMEM;
     d->o = *o;
     pthread_mutex_init(&d->mu, NULL);
-    pthread_cond_init(&d->cv, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC); /* draft_delay's deadline */
+    pthread_cond_init(&d->cv, &ca);
+    pthread_condattr_destroy(&ca);
     if (pthread_create(&d->th, NULL, dn_main, d)) {
         free(d);
         return sd_fail(SD_ENOMEM, "cannot start the drafting thread");

@@ -31,6 +31,8 @@ typedef struct {
 
 typedef struct {
     int64_t proposals, nodes, commits, rejected;
+    int64_t held; /* commits that said hold */
+    int64_t cut;  /* emulated draft delays cut short by a newer commit (proposal dropped) */
     int sessions;
 } dn_stats;
 

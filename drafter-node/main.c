@@ -9,7 +9,8 @@
  *                      queued per session; TreeExtend messages go out from the drafting thread
  *                      (ucx_send: directly while the progress thread sleeps, else its queue).
  *   drafting thread    round-robin over the sessions: applies their messages in epoch order,
- *                      then one drafting step each (dn.c).
+ *                      then one drafting step each (dn.c) unless the epoch's Commit said hold;
+ *                      an emulated draft delay waits on the queue, so a Commit ends it.
  *   registration       registers with the coordinator, heartbeats, re-registers (net/node.c).
  */
 #include <libgen.h>
@@ -142,6 +143,13 @@ int main(int argc, char **argv)
                      .load = load,
                      .ud = core};
     rc = daemon_node_serve(&n, &uo);
+    dn_stats ds;
+    dn_get_stats(core, &ds);
+    LOG_INFO("drafter",
+             "%lld proposals (%lld nodes), %lld commits (%lld held: plain-decode steps), %lld "
+             "emulated drafts cut short by a commit, %lld messages rejected",
+             (long long)ds.proposals, (long long)ds.nodes, (long long)ds.commits,
+             (long long)ds.held, (long long)ds.cut, (long long)ds.rejected);
 out:
     dn_free(core);
     tok_free(tk);

@@ -24,6 +24,24 @@ same_as_local "layerskip topk" --mode si -p "${prompts[0]}" -n 24 --draft layers
     --tree topk:2,2,1
 same_as_local "ngram dynamic async" --mode async -p "${prompts[1]}" -n 24 --tree dynamic:12
 
+# a never-right drafter: the session's controller turns speculation off and its Commits hold the
+# drafter, which then proposes nothing in those epochs (without the hold it drafts below every
+# new root: CPU taken from the worker); the output stays target-only's
+for mode in si async dsi; do
+    err=$(timeout 300 $SPECD generate --coordinator "$CL_ADDR" --model "$M" --compare \
+          --mode $mode -p "${prompts[2]}" --chat -n 64 --ignore-eos --draft random:1 2>&1 >/dev/null)
+    check "$mode, random drafter: identical" $(ok_if grep -q "identical to local target-only" <<<"$err")
+    line=$(grep "drafter: .* tree extensions" <<<"$err")
+    held=$(sed -n 's/.*held for \([0-9]*\) of.*/\1/p' <<<"$line")
+    steps=$(sed -n 's/.*held for [0-9]* of \([0-9]*\) steps.*/\1/p' <<<"$line")
+    while_held=$(sed -n 's/.*, \([0-9]*\) while held.*/\1/p' <<<"$line")
+    echo "$mode, random drafter: $line"
+    check "$mode, random drafter: held for most steps (${held:-?} of ${steps:-?})" \
+        $(ok_if test $(( ${held:-0} > 0 && 2 * ${held:-0} >= ${steps:-1} )) = 1)
+    check "$mode, random drafter: nothing drafted in held epochs (${while_held:-?})" \
+        $(ok_if [ "${while_held:-1}" = 0 ])
+done
+
 # 8 concurrent clients
 pids=()
 for k in $(seq 1 8); do

@@ -4,7 +4,9 @@
  * wrong, garbage or nothing, and a message layer that delivers every message in a random order.
  * Workers die mid-session (their chunks are re-dispatched; their late verdicts ignored).
  * Whatever the order, the mode, the number of workers or the drafter, the committed sequence
- * must be the target-only sequence of f, and the sequencer must finish.
+ * must be the target-only sequence of f, and the sequencer must finish. A Commit that tells the
+ * drafter to hold is followed by a plain-decode chunk, a drafter that obeys it (proposes nothing
+ * in that epoch) changes nothing, and a never-right drafter is held.
  * SD_TEST_LABELS: net */
 #include <stdio.h>
 #include <stdlib.h>
@@ -37,7 +39,7 @@ typedef struct {
     int32_t base[CTX], tok[64], parent[64];
     float logp[64];
     uint32_t epoch, first_id;
-    int root_node, n_seen, n_committed;
+    int root_node, n_seen, n_committed, hold;
     int32_t next;
     int failed;
 } ev;
@@ -61,6 +63,8 @@ typedef struct {
     int32_t dtok[256];
     int dpar[256], dn_tree;
     uint32_t depoch;
+    int obey_hold, held; /* the drafter honours Commit.hold; the current epoch is held */
+    int hold_sent;       /* the last Commit said hold: the next chunk must be a plain decode */
     /* client */
     int32_t out[CTX];
     int n_out;
@@ -83,6 +87,9 @@ static ev *new_ev(ev_kind k)
 static void io_chunk(void *ud, const seq_chunk *c)
 {
     world *w = ud;
+    if (w->hold_sent && c->n != 0)
+        fail_msg("a chunk of %d nodes went out after a Commit that held the drafter", c->n);
+    w->hold_sent = 0;
     ev *e = new_ev(EV_CHUNK);
     e->worker = c->worker;
     e->id = c->id;
@@ -107,6 +114,7 @@ static void io_cancel(void *ud, int worker, uint64_t id)
 static void io_commit(void *ud, const seq_commit *c)
 {
     world *w = ud;
+    w->hold_sent = c->hold;
     for (int k = 0; k < 2; k++) {
         ev *e = new_ev(k ? EV_COMMIT_D : EV_COMMIT_W);
         e->epoch = c->epoch;
@@ -115,6 +123,7 @@ static void io_commit(void *ud, const seq_commit *c)
         memcpy(e->base, c->tokens, sizeof(int32_t) * (size_t)c->n_tokens);
         e->root_node = c->root_node;
         e->n_seen = c->n_seen;
+        e->hold = c->hold;
         if (k == 0) {
             for (int x = 0; x < SEQ_MAX_WORKERS; x++) { /* one copy per worker */
                 ev *f = new_ev(EV_COMMIT_W);
@@ -188,7 +197,7 @@ static void worker_commit(world *w, ev *e)
 /* The drafter proposes n nodes continuing its tree (mirrors the real drafter's bookkeeping). */
 static void drafter_propose(world *w)
 {
-    if (w->dr_kind == 2 || w->dn_tree >= 48)
+    if (w->dr_kind == 2 || w->dn_tree >= 48 || w->held)
         return;
     ev *e = new_ev(EV_EXTEND);
     e->epoch = w->depoch;
@@ -228,6 +237,7 @@ static void drafter_commit(world *w, ev *e)
         return;
     }
     w->depoch = e->epoch;
+    w->held = w->obey_hold && e->hold;
     memcpy(w->dcom + w->dn, e->base, sizeof(int32_t) * (size_t)e->n_base);
     w->dn += e->n_base;
     /* keep root_node's descendants among ids < n_seen, renumbered */
@@ -272,6 +282,7 @@ static void run_case(uint64_t seed, seq_mode mode, int n_workers, int inflight, 
         ref[np + n_ref++] = t;
     }
     int adaptive = (int)tu_below(&w->rng, 2); /* the controller changes timing, not tokens */
+    w->obey_hold = (int)tu_below(&w->rng, 2);
     tree_shape shape;
     assert_int_equal(tree_shape_parse(&shape, "chain:8", 16), SD_OK);
     seq_config c = {.mode = mode,
@@ -357,10 +368,17 @@ static void run_case(uint64_t seed, seq_mode mode, int n_workers, int inflight, 
                  (unsigned long long)seed, mode, n_workers, inflight, dr_kind, w->n_out, n_ref);
     assert_int_equal(st->n_gen, n_ref);
     if (getenv("SEQ_VERBOSE"))
-        printf("mode %d w %d in %d dr %d: gen %d steps %d chunks %ld cancelled %ld accepted %ld "
-               "hits %ld redispatched %ld\n",
-               mode, n_workers, inflight, dr_kind, st->n_gen, st->steps, st->chunks,
-               st->cancelled, st->accepted, st->tree_hits, st->redispatched);
+        printf("mode %d w %d in %d dr %d adaptive %d obey %d: gen %d steps %d chunks %ld "
+               "cancelled %ld accepted %ld hits %ld redispatched %ld held %ld\n",
+               mode, n_workers, inflight, dr_kind, adaptive, w->obey_hold, st->n_gen, st->steps,
+               st->chunks, st->cancelled, st->accepted, st->tree_hits, st->redispatched,
+               st->held_commits);
+    if (!adaptive || mode == SEQ_AR)
+        assert_int_equal(st->held_commits, 0); /* nothing decides to hold */
+    else if (dr_kind == 1 && n_ref >= 30 && kill_at < 0)
+        if (st->held_commits == 0)
+            fail_msg("seed %llu: a never-right drafter was never held in %d steps",
+                     (unsigned long long)seed, st->steps);
     for (int i = 0; i < w->nq; i++)
         free(w->q[i]);
     seq_free(w->s);
