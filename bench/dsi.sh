@@ -9,9 +9,12 @@
 # Tokens are checked against the recorded target-only output in every run.
 #
 # Then, reported separately, the same modes without any emulation on the real default model
-# with the n-gram drafter, W = 2.
+# with the n-gram drafter, W = 2, and the do-no-harm check: bench/spec's ChatML prompts drafted
+# by a never-right drafter; each mode's ratio to ar is the median of the ratios within a
+# repetition (the modes' order rotates).
 #
-#   bench/dsi.sh [--quick | --real-only]     (BUILD=build, FORWARD_MS=100, N=120, NODES=8; RATIOS, PS, WS lists)
+#   bench/dsi.sh [--quick | --real-only]     (BUILD=build, FORWARD_MS=100, N=120, NODES=8; RATIOS, PS, WS lists;
+#                                             REAL_N=256, REAL_REPS=5 for the real-model part)
 # N: sessions of 120 tokens are ~30 steps: the per-session controller (engine/adapt) spends its
 # first steps measuring, and in sessions of 10 steps that start-up is most of the run.
 # Writes bench/out/dsi.csv and bench/out/dsi_real.csv; prints a table with dsi's ratio over the
@@ -22,6 +25,8 @@ B=${BUILD:-build}
 SPECD="$B/specd"
 FORWARD_MS=${FORWARD_MS:-100}
 N=${N:-120}
+REAL_N=${REAL_N:-256}    # the real-model part: sessions of 256 tokens (~1.5 s: shorter runs
+REAL_REPS=${REAL_REPS:-5} # move by 10 % from one to the next here), 5 repetitions
 NODES=${NODES:-8} # tree nodes per chunk, every mode alike: keeps the real compute small beside
               # the emulated forward
 RATIOS=${RATIOS:-"5 20 50"}
@@ -93,30 +98,37 @@ done
 
 # without emulation: the real model, the n-gram drafter, W = 2
 real=bench/out/dsi_real.csv
-echo "mode,workers,prompt,tok_s,accepted_per_step,identical,emulated" >"$real"
+echo "mode,workers,prompt,rep,tok_s,accepted_per_step,identical,emulated" >"$real"
 "$SPECD" local --serve --workers 2 --dir "$work/real" --worker-set threads=1 >"$work/addr" \
     2>"$work/local.err" &
 cl=$!
 for _ in $(seq 1 300); do [ -s "$work/addr" ] && break; sleep 0.2; done
 addr=$(head -n1 "$work/addr")
-"$SPECD" generate -p "Tell me about your favourite season." --chat -n $N --ignore-eos \
-    --draft none --tokens-out "$work/ref2" >/dev/null 2>&1
-prompts+=("Tell me about your favourite season.")
-# prompt 2 is a chat turn drafted by random:1, a drafter that is never right: do no harm
-for rep in 1 2 3; do
-    for i in 0 1 2; do
-        for mode in ar si async dsi; do
+# prompts 2 and 3 are bench/spec's ChatML prompts (chat, summary) drafted by random:1, a
+# drafter that is never right: do no harm
+for name in chat summary; do
+    prompts+=("$("$B/bench_spec" --print-prompt $name)") || { echo "bench_spec missing"; exit 1; }
+done
+for i in 0 1 2 3; do # the references at this part's length
+    "$SPECD" generate -p "${prompts[$i]}" -n $REAL_N --ignore-eos --draft none \
+        --tokens-out "$work/real$i" >/dev/null 2>&1 || { echo "reference run failed"; exit 1; }
+done
+modes=(ar si async dsi)
+for rep in $(seq 1 "$REAL_REPS"); do
+    for i in 0 1 2 3; do
+        for k in 0 1 2 3; do # the order rotates from one repetition to the next
+            mode=${modes[$(((k + rep) % 4))]}
             err="$work/err"
             extra=()
-            [ $i = 2 ] && extra=(--chat --draft random:1)
-            "$SPECD" generate --coordinator "$addr" -p "${prompts[$i]}" -n $N --ignore-eos \
+            [ $i -ge 2 ] && extra=(--draft random:1)
+            "$SPECD" generate --coordinator "$addr" -p "${prompts[$i]}" -n $REAL_N --ignore-eos \
                 --mode $mode --max-inflight 2 --tokens-out "$work/got" "${extra[@]}" \
                 >/dev/null 2>"$err"
             same=0
-            cmp -s "$work/got" "$work/ref$i" && same=1
+            cmp -s "$work/got" "$work/real$i" && same=1
             tps=$(grep "^\[cluster" "$err" | head -1 | sed -n 's/.* \([0-9.]*\) tok\/s.*/\1/p')
             acc=$(grep "mean accepted length" "$err" | sed -n 's/.*mean accepted length \([0-9.]*\).*/\1/p')
-            echo "$mode,2,$i,${tps:-0},${acc:-0},$same,no" >>"$real"
+            echo "$mode,2,$i,$rep,${tps:-0},${acc:-0},$same,no" >>"$real"
         done
     done
 done

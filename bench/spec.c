@@ -12,7 +12,8 @@
  * runs, CPU time does not count the waiting.
  *
  *   bench_spec --model PATH [-n TOKENS] [--threads N] [--csv FILE] [--quick] [--harm-only]
- *              [--rounds R]   (--help) */
+ *              [--rounds R]   (--help)
+ *   bench_spec --print-prompt NAME   (the prompt's text on stdout: bench/dsi.sh uses the same) */
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -72,7 +73,7 @@ static double gen_tps(const spec_stats *st)
 }
 
 typedef struct {
-    const char *model, *csv, *harm_csv, *backend;
+    const char *model, *csv, *harm_csv, *backend, *print_prompt;
     int n_gen, threads, quick, harm_only, rounds, device;
 } bench_opts;
 
@@ -91,6 +92,8 @@ static const opt_def bench_defs[] = {
     {"backend", 0, OPT_STR, F(backend), OPT_NOBOUNDS, "cpu", "NAME",
      "cpu | cuda (CPU when there is no GPU) | cuda! (exit 2 without a GPU)"},
     {"device", 0, OPT_INT, F(device), 0, 1024, "0", "N", "CUDA device"},
+    {"print-prompt", 0, OPT_STR, F(print_prompt), OPT_NOBOUNDS, NULL, "NAME",
+     "print the text of prompt NAME (chat, code, summary) and exit"},
 };
 #undef F
 #define N_BENCH_DEFS (sizeof bench_defs / sizeof bench_defs[0])
@@ -260,6 +263,15 @@ int main(int argc, char **argv)
     bench_opts bo = {0};
     opt_defaults(bench_defs, N_BENCH_DEFS, &bo);
     sd_err e = opt_parse(bench_defs, N_BENCH_DEFS, &bo, argc - 1, argv + 1);
+    if (!e && bo.print_prompt) {
+        for (size_t p = 0; p < sizeof prompts / sizeof prompts[0]; p++)
+            if (!strcmp(prompts[p].name, bo.print_prompt)) {
+                fputs(prompts[p].text, stdout);
+                return 0;
+            }
+        fprintf(stderr, "bench_spec: --print-prompt '%s': no such prompt\n", bo.print_prompt);
+        return 2;
+    }
     if (e || !bo.model) {
         if (e != SD_ECANCELED)
             fprintf(stderr, "bench_spec: %s\n", e ? sd_errmsg() : "--model is required");

@@ -242,9 +242,14 @@ static void io_commit(void *ud, const seq_commit *cm)
     m.root_node = cm->root_node;
     m.n_seen = (uint32_t)cm->n_seen;
     m.hold = cm->hold;
+    /* si: the next chunk waits for the drafter's answer to this Commit, so the drafter's goes
+     * out first; in the other modes the next chunk follows the workers' at once */
+    int drafter_first = s->drafter && seq_get_mode(s->sq) == SEQ_SI;
+    if (drafter_first)
+        send_msg(s->drafter, SPECD__DATA_MSG_ID__DATA_MSG_COMMIT, &m.base);
     for (int w = 0; w < s->n_workers; w++) /* each keeps the committed prefix it has */
         send_msg(s->workers[w], SPECD__DATA_MSG_ID__DATA_MSG_COMMIT, &m.base);
-    if (s->drafter)
+    if (s->drafter && !drafter_first)
         send_msg(s->drafter, SPECD__DATA_MSG_ID__DATA_MSG_COMMIT, &m.base);
 }
 

@@ -8,7 +8,6 @@
 #include <string.h>
 #include <time.h>
 
-#include "../common/clock.h"
 #include "../common/log.h"
 #include "../engine/draft.h"
 #include "../engine/tree.h"
