@@ -11,7 +11,8 @@
  *   UCX progress thread data plane (net/ucx): TreeExtend and Verdict into the sequencers; Prompt,
  *                       Chunk, Commit, Cancel out through ucx_send's queue; the token events
  *                       a round committed once its sends are out (on_round_end).
- *   timer thread        sequencer timers, chunk timeouts, silent nodes.
+ *   timer thread        sleeps until the next deadline: a session's wait for the drafter, a
+ *                       chunk's timeout, the reap of silent nodes (at least every 100 ms).
  */
 #include <stddef.h>
 #include <stdio.h>

@@ -1,5 +1,6 @@
 #include "seq.h"
 
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -79,6 +80,7 @@ struct seq {
     adapt ad;
     int budget_asked; /* adapt_nodes was asked for the chunk waiting to go out */
     int held;         /* this epoch's Commit told the drafter to hold */
+    int draft_waiting; /* the last pump left a chunk waiting for the drafter's answer */
     int n_unemitted;  /* committed tokens not yet handed to io.emit (they end at n_com or eog) */
 };
 
@@ -707,8 +709,15 @@ static int have_applicable(const seq *s)
     return 0;
 }
 
+double seq_deadline_ms(const seq *s)
+{
+    return s->state == SEQ_RUNNING && s->draft_waiting ? s->wait_since + s->c.draft_wait_ms
+                                                       : INFINITY;
+}
+
 void seq_pump(seq *s, double now_ms)
 {
+    s->draft_waiting = 0;
     if (s->state == SEQ_RUNNING)
         redispatch(s, now_ms);
     int at_end = s->state == SEQ_RUNNING && seq_inflight(s) > 0 && !have_applicable(s);
@@ -760,6 +769,7 @@ void seq_pump(seq *s, double now_ms)
         if (root < 0 && use_tree && budget > 0) {
             int ready = s->c.mode == SEQ_SI ? s->got_extend : (n > 0 || s->got_extend);
             if (!ready && now_ms - s->wait_since < s->c.draft_wait_ms) {
+                s->draft_waiting = 1;
                 free(ids);
                 return;
             }

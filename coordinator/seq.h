@@ -133,6 +133,9 @@ const int32_t *seq_committed(const seq *s, int *n);
 int seq_inflight(const seq *s);
 /* How long the oldest chunk in flight has waited for its verdict (0 with none). */
 double seq_oldest_inflight_ms(const seq *s, double now_ms);
+/* When seq_pump would next act on time alone: the end of the wait for the drafter's answer
+ * (draft_wait_ms after the commit); INFINITY when nothing waits on the clock. */
+double seq_deadline_ms(const seq *s);
 seq_mode seq_get_mode(const seq *s);
 uint32_t seq_epoch(const seq *s);
 int seq_tree_size(const seq *s);

@@ -6,8 +6,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
+#include "../common/clock.h"
 #include "../common/log.h"
 #include "../engine/draft.h"
 #include "../engine/tree.h"
@@ -394,11 +394,7 @@ static int draft_delay(dn *d, dn_sess *s, double ms)
 {
     if (ms <= 0)
         return 0;
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    long ns = ts.tv_nsec + (long)(ms * 1e6);
-    ts.tv_sec += ns / 1000000000L;
-    ts.tv_nsec = ns % 1000000000L;
+    struct timespec ts = clock_deadline(ms);
     pthread_mutex_lock(&d->mu);
     int rc = 0;
     while (!s->head && !s->closing && !d->stop && rc == 0)
@@ -544,11 +540,7 @@ sd_err dn_create(dn **out, const dn_opts *o)
         return SD_ENOMEM;
     d->o = *o;
     pthread_mutex_init(&d->mu, NULL);
-    pthread_condattr_t ca;
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC); /* draft_delay's deadline */
-    pthread_cond_init(&d->cv, &ca);
-    pthread_condattr_destroy(&ca);
+    clock_cond_init(&d->cv); /* draft_delay's deadline */
     if (pthread_create(&d->th, NULL, dn_main, d)) {
         free(d);
         return sd_fail(SD_ENOMEM, "cannot start the drafting thread");

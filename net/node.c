@@ -6,6 +6,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "../common/clock.h"
 #include "../common/log.h"
 #include "rpc.h"
 #include "wire.h"
@@ -144,14 +145,7 @@ static int heartbeat(node_reg *r, rpc_client *c)
 /* Sleep up to ms unless stopped; returns nonzero when stopped. */
 static int nap(node_reg *r, unsigned ms)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    ts.tv_sec += ms / 1000;
-    ts.tv_nsec += (long)(ms % 1000) * 1000000L;
-    if (ts.tv_nsec >= 1000000000L) {
-        ts.tv_sec++;
-        ts.tv_nsec -= 1000000000L;
-    }
+    struct timespec ts = clock_deadline(ms);
     pthread_mutex_lock(&r->mu);
     while (!r->stop && pthread_cond_timedwait(&r->cv, &r->mu, &ts) == 0)
         ;
@@ -214,7 +208,7 @@ sd_err node_reg_start(node_reg **out, const node_reg_opts *o)
     r->s_model = dup0(o->model);
     r->s_num = dup0(o->numerics);
     pthread_mutex_init(&r->mu, NULL);
-    pthread_cond_init(&r->cv, NULL);
+    clock_cond_init(&r->cv);
     if (pthread_create(&r->th, NULL, reg_main, r)) {
         node_reg_stop(r);
         return sd_fail(SD_ENOMEM, "cannot start the registration thread");
