@@ -24,7 +24,7 @@
 set -u
 SRC=$(cd "$(dirname "$0")/.." && pwd)
 BUILD=$SRC/build
-REPS=4
+REPS=6
 CSV=$SRC/bench/out/cluster.csv
 KEEP=0
 while [ $# -gt 0 ]; do
