@@ -78,10 +78,10 @@ struct seq {
     int *s_map;
     int adaptive;
     adapt ad;
-    int budget_asked; /* adapt_nodes was asked for the chunk waiting to go out */
-    int held;         /* this epoch's Commit told the drafter to hold */
+    int budget_asked;  /* adapt_nodes was asked for the chunk waiting to go out */
+    int held;          /* this epoch's Commit told the drafter to hold */
     int draft_waiting; /* the last pump left a chunk waiting for the drafter's answer */
-    int n_unemitted;  /* committed tokens not yet handed to io.emit (they end at n_com or eog) */
+    int n_unemitted;   /* committed tokens not yet handed to io.emit (they end at n_com or eog) */
 };
 
 static int is_eog(const seq *s, int32_t t)
@@ -519,7 +519,8 @@ static void apply_verdict(seq *s, seq_chunk_st *c, const int32_t *path, int n_pa
             s->wn[ww] = m;
     }
     /* the next chunk's budget decides whether the drafter has anything to do in this epoch */
-    int hold = done == SEQ_RUNNING && s->drafter_alive && s->c.mode != SEQ_AR && next_budget(s) == 0;
+    int hold =
+        done == SEQ_RUNNING && s->drafter_alive && s->c.mode != SEQ_AR && next_budget(s) == 0;
     s->st.held_commits += hold;
     s->held = hold;
     seq_commit cm = {.epoch = s->epoch,
@@ -765,7 +766,8 @@ void seq_pump(seq *s, double now_ms)
         int *ids = malloc(sizeof(int) * (size_t)(s->c.max_nodes > 0 ? s->c.max_nodes : 1));
         if (!ids)
             return;
-        /* the controller's budget for this chunk, asked only once it would go out */
+        /* the controller's budget for this chunk (asked once per chunk that goes out: at the
+         * Commit before it, or here) */
         int budget = use_tree ? next_budget(s) : s->c.max_nodes;
         int n = use_tree && budget > 0 ? collect(s, root, budget, ids) : 0;
         if (root < 0 && use_tree && budget > 0) {

@@ -82,7 +82,7 @@ typedef struct {
     long chunks, cancelled, extends, stale_extends, tree_hits, late_verdicts, redispatched;
     long held_commits; /* Commits with hold set */
     long held_extends; /* extensions for an epoch whose Commit said hold (a drafter ignoring it) */
-    long zero_budget; /* chunks the controller sent without speculation */
+    long zero_budget;  /* chunks the controller sent without speculation */
     long proposed, accepted;
     long tried[SEQ_MAX_DEPTH], took[SEQ_MAX_DEPTH];
     double rtt_ms_sum;
