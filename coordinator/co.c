@@ -244,11 +244,15 @@ static void io_commit(void *ud, const seq_commit *cm)
     m.n_seen = (uint32_t)cm->n_seen;
     m.hold = cm->hold;
     /* si: the next chunk waits for the drafter's answer to this Commit, so the drafter's goes
-     * out first; in the other modes the next chunk follows the workers' at once */
+     * out first; in the other modes the next chunk follows the workers' at once. In si with one
+     * worker the worker's copy is not sent: it holds exactly the accepted path, and its next
+     * chunk (base_pos and base) says all the Commit would — one wake-up fewer of its two threads
+     * in the middle of the drafter's turn. */
     int drafter_first = s->drafter && seq_get_mode(s->sq) == SEQ_SI;
     if (drafter_first)
         send_msg(s->drafter, SPECD__DATA_MSG_ID__DATA_MSG_COMMIT, &m.base);
-    for (int w = 0; w < s->n_workers; w++) /* each keeps the committed prefix it has */
+    int to_workers = !(drafter_first && s->n_workers == 1);
+    for (int w = 0; to_workers && w < s->n_workers; w++) /* each keeps its committed prefix */
         send_msg(s->workers[w], SPECD__DATA_MSG_ID__DATA_MSG_COMMIT, &m.base);
     if (s->drafter && !drafter_first)
         send_msg(s->drafter, SPECD__DATA_MSG_ID__DATA_MSG_COMMIT, &m.base);

@@ -65,6 +65,7 @@ typedef struct {
     uint32_t depoch;
     int obey_hold, held; /* the drafter honours Commit.hold; the current epoch is held */
     int hold_sent;       /* the last Commit said hold: the next chunk must be a plain decode */
+    uint64_t last_id;    /* the newest chunk id sent */
     /* client */
     int32_t out[CTX];
     int n_out;
@@ -87,9 +88,12 @@ static ev *new_ev(ev_kind k)
 static void io_chunk(void *ud, const seq_chunk *c)
 {
     world *w = ud;
-    if (w->hold_sent && c->n != 0)
-        fail_msg("a chunk of %d nodes went out after a Commit that held the drafter", c->n);
-    w->hold_sent = 0;
+    if (c->id > w->last_id) { /* a new chunk, not one sent again (failed, worker lost) */
+        if (w->hold_sent && c->n != 0)
+            fail_msg("a chunk of %d nodes went out after a Commit that held the drafter", c->n);
+        w->hold_sent = 0;
+        w->last_id = c->id;
+    }
     ev *e = new_ev(EV_CHUNK);
     e->worker = c->worker;
     e->id = c->id;
