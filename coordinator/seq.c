@@ -530,7 +530,8 @@ static void apply_verdict(seq *s, seq_chunk_st *c, const int32_t *path, int n_pa
                      .root_node = root_node,
                      .n_seen = n_seen,
                      .hold = hold};
-    s->io.send_commit(s->io.ud, &cm);
+    if (done == SEQ_RUNNING) /* a finished session is closed on its nodes: no Commit races it */
+        s->io.send_commit(s->io.ud, &cm);
     /* chunks in flight: contradicted ones are cancelled, the others follow the renumbering */
     for (int i = 0; i < s->c.max_inflight; i++) {
         seq_chunk_st *o = &s->ch[i];

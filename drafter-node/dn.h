@@ -33,6 +33,7 @@ typedef struct {
     int64_t proposals, nodes, commits, rejected;
     int64_t held; /* commits that said hold */
     int64_t cut;  /* emulated draft delays cut short by a newer commit (proposal dropped) */
+    int64_t inline_answers; /* si messages answered on the UCX progress thread */
     int sessions;
 } dn_stats;
 

@@ -6,8 +6,10 @@
  *   gRPC server thread Drafter.OpenSession / CloseSession / Health (net/rpc) — opening a session
  *                      creates its drafter (drafter-node/dn.c).
  *   UCX progress thread data plane (net/ucx): Prompt and Commit are decoded, validated and
- *                      queued per session; TreeExtend messages go out from the drafting thread
- *                      (ucx_send: directly while the progress thread sleeps, else its queue).
+ *                      queued per session; an si session's are answered right there (one
+ *                      proposal per Commit: no hand-off), the others' by the drafting thread.
+ *                      TreeExtends from the drafting thread go out directly while the progress
+ *                      thread sleeps, else through its queue.
  *   drafting thread    round-robin over the sessions: applies their messages in epoch order,
  *                      then one drafting step each (dn.c) unless the epoch's Commit said hold;
  *                      an emulated draft delay waits on the queue, so a Commit ends it.
@@ -147,9 +149,11 @@ int main(int argc, char **argv)
     dn_get_stats(core, &ds);
     LOG_INFO("drafter",
              "%lld proposals (%lld nodes), %lld commits (%lld held: plain-decode steps), %lld "
-             "emulated drafts cut short by a commit, %lld messages rejected",
+             "si messages answered on the progress thread, %lld emulated drafts cut short by a "
+             "commit, %lld messages rejected",
              (long long)ds.proposals, (long long)ds.nodes, (long long)ds.commits,
-             (long long)ds.held, (long long)ds.cut, (long long)ds.rejected);
+             (long long)ds.held, (long long)ds.inline_answers, (long long)ds.cut,
+             (long long)ds.rejected);
 out:
     dn_free(core);
     tok_free(tk);
