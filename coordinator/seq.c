@@ -443,16 +443,17 @@ static void apply_verdict(seq *s, seq_chunk_st *c, const int32_t *path, int n_pa
             if (c->depth[j] + 1 > levels)
                 levels = c->depth[j] + 1;
         /* the step's cost as the session saw it: waiting for the drafter, then the chunk's
-         * round trip (forward, network, queueing) — except for a chunk sent before anything
-         * was committed after the prompt: it waited behind the prompt's prefill on the worker,
-         * which is no cost of its tree (one such sample is 10x a step's) */
+         * round trip (forward, network, queueing). (The first chunk's also waited behind the
+         * prompt's prefill; leaving that sample out made si settle on plain decodes where
+         * drafting is slow: the drafter proposes its whole shape whatever the budget, so the
+         * smallest budget's measured draft cost is the full proposal's.) */
         adapt_step as = {.budget = c->budget,
                          .n_nodes = c->n,
                          .n_levels = levels,
                          .n_tried = n_tried,
                          .n_took = n_took,
                          .t_draft = c->t_draft_ms / 1e3,
-                         .t_verify = c->n_com0 == s->n_prompt ? -1 : (now_ms - c->t_sent) / 1e3};
+                         .t_verify = (now_ms - c->t_sent) / 1e3};
         adapt_observe(&s->ad, &as);
     }
     s->st.steps++;
