@@ -53,8 +53,10 @@ def main():
         by = defaultdict(list)
         per_rep = {}
         for r in real:
-            by[(r["mode"], r["prompt"])].append(float(r["tok_s"]))
-            per_rep[(r["mode"], r["prompt"], r.get("rep", "1"))] = float(r["tok_s"])
+            runs = by[(r["mode"], r["prompt"])]
+            runs.append(float(r["tok_s"]))
+            # files without a rep column (before 2026-12-02) ran the repetitions in order
+            per_rep[(r["mode"], r["prompt"], r.get("rep", str(len(runs))))] = runs[-1]
         prompts = sorted({r["prompt"] for r in real})
 
         def vs_ar(m, p):

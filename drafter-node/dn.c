@@ -373,8 +373,10 @@ static int apply_msg(dn *d, dn_sess *s, dn_msg *q)
     reroot(s, q->root_node, q->n_seen);
     s->need_root = 1;
     s->hold = q->hold;
+    pthread_mutex_lock(&d->mu); /* the progress thread applies si sessions' messages too */
     d->st.held += q->hold;
     d->st.commits++;
+    pthread_mutex_unlock(&d->mu);
     return 1;
 }
 
