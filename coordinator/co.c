@@ -243,6 +243,7 @@ static void io_commit(void *ud, const seq_commit *cm)
     m.root_node = cm->root_node;
     m.n_seen = (uint32_t)cm->n_seen;
     m.hold = cm->hold;
+    m.budget = (uint32_t)cm->budget;
     /* si: the next chunk waits for the drafter's answer to this Commit, so the drafter's goes
      * out first; in the other modes the next chunk follows the workers' at once. In si with one
      * worker the worker's copy is not sent: it holds exactly the accepted path, and its next

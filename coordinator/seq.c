@@ -445,8 +445,9 @@ static void apply_verdict(seq *s, seq_chunk_st *c, const int32_t *path, int n_pa
         /* the step's cost as the session saw it: waiting for the drafter, then the chunk's
          * round trip (forward, network, queueing). (The first chunk's also waited behind the
          * prompt's prefill; leaving that sample out made si settle on plain decodes where
-         * drafting is slow: the drafter proposes its whole shape whatever the budget, so the
-         * smallest budget's measured draft cost is the full proposal's.) */
+         * drafting is slow, before Commits carried the budget: the drafter then proposed its
+         * whole shape whatever the budget, so a small budget's draft cost was measured as a full
+         * proposal's.) */
         adapt_step as = {.budget = c->budget,
                          .n_nodes = c->n,
                          .n_levels = levels,
@@ -520,8 +521,9 @@ static void apply_verdict(seq *s, seq_chunk_st *c, const int32_t *path, int n_pa
             s->wn[ww] = m;
     }
     /* the next chunk's budget decides whether the drafter has anything to do in this epoch */
-    int hold =
-        done == SEQ_RUNNING && s->drafter_alive && s->c.mode != SEQ_AR && next_budget(s) == 0;
+    int speculating = done == SEQ_RUNNING && s->drafter_alive && s->c.mode != SEQ_AR;
+    int budget = speculating && s->adaptive ? next_budget(s) : 0;
+    int hold = speculating && s->adaptive && budget == 0;
     s->st.held_commits += hold;
     s->held = hold;
     seq_commit cm = {.epoch = s->epoch,
@@ -530,7 +532,8 @@ static void apply_verdict(seq *s, seq_chunk_st *c, const int32_t *path, int n_pa
                      .n_tokens = k,
                      .root_node = root_node,
                      .n_seen = n_seen,
-                     .hold = hold};
+                     .hold = hold,
+                     .budget = budget};
     if (done == SEQ_RUNNING) /* a finished session is closed on its nodes: no Commit races it */
         s->io.send_commit(s->io.ud, &cm);
     /* chunks in flight: contradicted ones are cancelled, the others follow the renumbering */

@@ -64,6 +64,7 @@ typedef struct {
     int root_node; /* the previous epoch's node id of the new newest token, -1 if not in the tree */
     int n_seen;    /* nodes of the previous epoch the sequencer had */
     int hold;      /* the next chunk is a plain decode: the drafter should propose nothing */
+    int budget;    /* the next chunk's node budget (0: not adaptive, the whole shape) */
 } seq_commit;
 
 typedef struct {

@@ -19,7 +19,7 @@ typedef struct dn_msg {
     struct dn_msg *next;
     unsigned kind; /* DATA_MSG_PROMPT / DATA_MSG_COMMIT */
     uint32_t epoch;
-    int n_committed, root_node, n_seen, hold;
+    int n_committed, root_node, n_seen, hold, budget;
     int32_t *tok;
     int n_tok;
 } dn_msg;
@@ -44,6 +44,7 @@ typedef struct dn_sess {
     float *logp;
     int need_root; /* propose from the committed end in this epoch */
     int hold;      /* this epoch's Commit said the next chunk is a plain decode: propose nothing */
+    int budget;    /* si: the next chunk's node budget (0: the whole shape) */
     int32_t *path;
 } dn_sess;
 
@@ -228,6 +229,7 @@ void dn_on_msg(dn *d, ucx_peer *from, unsigned msg_id, const void *data, size_t 
         q->root_node = c->root_node;
         q->n_seen = (int)c->n_seen;
         q->hold = c->hold;
+        q->budget = (int)c->budget;
     } else if (q) {
         bad = "not a message for a drafter";
     }
@@ -373,6 +375,7 @@ static int apply_msg(dn *d, dn_sess *s, dn_msg *q)
     reroot(s, q->root_node, q->n_seen);
     s->need_root = 1;
     s->hold = q->hold;
+    s->budget = q->budget;
     pthread_mutex_lock(&d->mu); /* the progress thread applies si sessions' messages too */
     d->st.held += q->hold;
     d->st.commits++;
@@ -417,33 +420,47 @@ static int draft_delay(dn *d, dn_sess *s, double ms)
     return cut;
 }
 
-/* One drafting step; returns nonzero when it did something. Called without the lock. */
+/* The most probable live leaf of the tree that can grow (-1: none). */
+static int best_leaf(const dn_sess *s)
+{
+    int best = -1;
+    for (int i = 0; i < s->n; i++) {
+        int leaf = !s->dead[i];
+        for (int j = i + 1; j < s->n && leaf; j++)
+            leaf = s->par[j] != i;
+        if (leaf && s->depth[i] + 2 < TREE_MAX_DEPTH && (best < 0 || s->logp[i] > s->logp[best]))
+            best = i;
+    }
+    return best;
+}
+
+/* One drafting step; returns nonzero when it did something. Called without the lock.
+ * si: at the start of an epoch, exactly one answer (a TreeExtend, empty for "nothing more")
+ * that grows the surviving subtree to the Commit's budget — what an in-process step drafts.
+ * async/dsi: a proposal from the root when nothing survived, then below the most probable live
+ * leaf, step after step, until the tree is full or the next Commit. */
 static int draft_step(dn *d, dn_sess *s)
 {
-    int first = s->n, root = -1;
+    int first = s->n, root = -1, si = s->mode == SPECD__MODE__MODE_SI;
     if (s->hold)
         return 0;
     int room = d->o.max_tree - s->n;
+    tree_shape shape = s->shape;
     if (s->need_root) {
         s->need_root = 0;
-        /* si: exactly one answer per commit; async/dsi: the survivors are already there */
-        if (s->n > 0) {
-            if (s->mode == SPECD__MODE__MODE_SI) /* "nothing more": the survivors go out */
-                send_extend(s, s->n, 0);
-            return 1;
+        if (si) {
+            int want = s->budget > 0 && s->budget < shape.budget ? s->budget : shape.budget;
+            if (s->n > 0 && (s->n >= want || (root = best_leaf(s)) < 0)) {
+                send_extend(s, s->n, 0); /* the survivors fill the budget */
+                return 1;
+            }
+            shape = tree_shape_cut(&shape, want - s->n);
+            room = room < shape.budget ? room : shape.budget;
+        } else if (s->n > 0) {
+            return 1; /* the survivors are already there */
         }
     } else {
-        if (s->mode == SPECD__MODE__MODE_SI || room <= 0)
-            return 0;
-        for (int i = 0; i < s->n; i++) { /* the most probable live leaf */
-            int leaf = !s->dead[i];
-            for (int j = i + 1; j < s->n && leaf; j++)
-                leaf = s->par[j] != i;
-            if (leaf && s->depth[i] + 2 < TREE_MAX_DEPTH &&
-                (root < 0 || s->logp[i] > s->logp[root]))
-                root = i;
-        }
-        if (root < 0)
+        if (si || room <= 0 || (root = best_leaf(s)) < 0)
             return 0;
     }
     int n_hist = s->d->n_hist, plen = 0;
@@ -454,11 +471,13 @@ static int draft_step(dn *d, dn_sess *s)
         if (s->n_committed + plen + s->max_nodes >= s->max_ctx ||
             draft_advance(s->d, s->path, plen)) {
             s->dead[root] = 1;
+            if (si)
+                send_extend(s, s->n, 0);
             return 1;
         }
     }
     tree_clear(&s->t);
-    sd_err e = draft_propose(s->d, &s->shape, &s->t);
+    sd_err e = draft_propose(s->d, &shape, &s->t);
     if (root >= 0)
         draft_rollback(s->d, n_hist);
     if (e) {
@@ -482,15 +501,14 @@ static int draft_step(dn *d, dn_sess *s)
     if (root >= 0 && n == 0)
         s->dead[root] = 1;
     /* si waits for its one answer per commit, so only async/dsi drafting is cut short */
-    if (draft_delay(d, s, d->o.draft_delay_ms * (n > 0 ? n : 1)) &&
-        s->mode != SPECD__MODE__MODE_SI) {
+    if (draft_delay(d, s, d->o.draft_delay_ms * (n > 0 ? n : 1)) && !si) {
         s->n = first; /* never sent: the coordinator's tree does not have it */
         pthread_mutex_lock(&d->mu);
         d->st.cut++;
         pthread_mutex_unlock(&d->mu);
         return 1;
     }
-    if (n > 0 || root < 0) /* si / epoch start: an empty answer says "nothing" */
+    if (n > 0 || root < 0 || si) /* si / epoch start: an empty answer says "nothing" */
         send_extend(s, first, n);
     pthread_mutex_lock(&d->mu);
     d->st.proposals++;

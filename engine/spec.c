@@ -85,11 +85,7 @@ sd_err spec_generate(const spec_config *c, const int32_t *prompt, int n, spec_st
         }
         if (c->drafter && budget > 0) {
             /* the drafter grows only what the budget keeps: a model drafter's cost falls with it */
-            tree_shape sh = c->shape;
-            if (sh.budget > budget)
-                sh.budget = budget;
-            if (sh.kind == TREE_CHAIN && sh.depth > budget)
-                sh.depth = budget;
+            tree_shape sh = tree_shape_cut(&c->shape, budget);
             e = draft_propose(c->drafter, &sh, &t);
             if (e)
                 break;

@@ -58,6 +58,16 @@ sd_err tree_shape_parse(tree_shape *s, const char *spec, int max_nodes)
     return sd_fail(SD_EINVAL, "tree '%s': expected chain:K, topk:B1,B2,... or dynamic:NODES", spec);
 }
 
+tree_shape tree_shape_cut(const tree_shape *s, int budget)
+{
+    tree_shape c = *s;
+    if (c.budget > budget)
+        c.budget = budget;
+    if (c.kind == TREE_CHAIN && c.depth > budget)
+        c.depth = budget;
+    return c;
+}
+
 sd_err tree_init(tree *t, int cap, int q_cap)
 {
     memset(t, 0, sizeof *t);

@@ -41,6 +41,10 @@ typedef struct {
 
 /* Parse "chain:K", "topk:B1,B2,..." or "dynamic:NODES" (bounds: 1 <= nodes <= max_nodes). */
 sd_err tree_shape_parse(tree_shape *s, const char *spec, int max_nodes);
+/* The shape a drafter grows for a node budget (>= 1): at most budget nodes, a chain no deeper
+ * (what the drafter grows past the budget would never be verified). A proposal can still exceed
+ * it (topk levels are grown whole): keep its first budget nodes, a topological prefix. */
+tree_shape tree_shape_cut(const tree_shape *s, int budget);
 
 sd_err tree_init(tree *t, int cap, int q_cap);
 void tree_free(tree *t);

@@ -10,6 +10,7 @@
  *               registered from here whose UCX listener the coordinator connects to, which
  *               sends the coordinator garbage TreeExtend / Verdict / unknown messages while one of
  *               its sessions runs.
+ * Beside the attacks, the drafter's si answers are checked against the Commit's node budget.
  * Every attack must be refused with the right status and message, or logged by the daemon with
  * its reason (the daemon's log file is read), and none may crash or wedge a daemon: real
  * generations running meanwhile (`specd generate --coordinator ... --compare` children, and the
@@ -46,7 +47,7 @@
 
 #define MAX_MSG_KIB 64 /* the coordinator's gRPC limit here: oversized requests are cheap */
 #define N_KIDS 8
-#define N_TESTS 7
+#define N_TESTS 8
 
 typedef struct {
     pid_t pid;
@@ -1400,6 +1401,105 @@ static void test_data_drafter(void **state)
     G.passed++;
 }
 
+/* The drafter's one answer per si Commit grows the surviving subtree to the Commit's budget (as an
+ * in-process step drafts what its budget keeps): below the survivors when they fall short, nothing
+ * when they fill it, a fresh proposal cut to the budget when nothing survived. The n-gram drafter
+ * on a prompt repeating 100 101 102 103 predicts the pattern, so every answer's tokens are known. */
+static void expect_extend(sink *s, int *from, uint64_t sid, uint32_t epoch, uint32_t first,
+                          const int32_t *par, const int32_t *tok, size_t n)
+{
+    Specd__TreeExtend *x =
+        (Specd__TreeExtend *)sink_wait(s, SPECD__DATA_MSG_ID__DATA_MSG_TREE_EXTEND, from, 10000);
+    assert_non_null(x);
+    fprintf(stderr, "  epoch %u: answer of %zu nodes from id %u (want %zu from %u)\n", x->epoch,
+            x->n_token, x->first_id, n, first);
+    assert_int_equal(x->session_id, sid);
+    assert_int_equal(x->epoch, epoch);
+    assert_int_equal(x->first_id, first);
+    assert_int_equal(x->n_token, n);
+    for (size_t i = 0; i < n; i++) {
+        assert_int_equal(x->parent[i], par[i]);
+        assert_int_equal(x->token[i], tok[i]);
+    }
+    protobuf_c_message_free_unpacked(&x->base, NULL);
+}
+
+static void test_drafter_si_budget(void **state)
+{
+    (void)state;
+    static sink s;
+    sink_init(&s);
+    ucx_ctx *u = raw_ctx(&s, NULL);
+    ucx_peer *p;
+    assert_int_equal(ucx_connect(u, G.dr_ucx, &p), SD_OK);
+    uint64_t sid = (tu_next(&G.rng) >> 1) | 1;
+    Specd__OpenSessionRequest oq = open_req(sid, 64, 4);
+    oq.mode = SPECD__MODE__MODE_SI;
+    oq.draft = "ngram:3:2";
+    oq.tree = "chain:4";
+    rpc_status st;
+    open_session(G.dr, "Drafter", &oq, &st);
+    expect_st("Drafter OpenSession", &st, RPC_OK, NULL);
+    int32_t prompt[12];
+    for (int i = 0; i < 12; i++)
+        prompt[i] = (int32_t)(100 + (i % 4));
+    Specd__Prompt pm = SPECD__PROMPT__INIT;
+    pm.session_id = sid;
+    pm.n_tokens = 12;
+    pm.tokens = prompt;
+    send_m(p, SPECD__DATA_MSG_ID__DATA_MSG_PROMPT, &pm.base);
+    int from = 0;
+    const int32_t chain[4] = {-1, 0, 1, 2};
+    /* epoch 0: the whole shape, 100 101 102 103 (ids 0..3) */
+    expect_extend(&s, &from, sid, 0, 0, chain, (const int32_t[]){100, 101, 102, 103}, 4);
+    /* 100 accepted, 101 the bonus (node 1): 102 103 survive as ids 0, 1; budget 4: two more below
+     * 103 */
+    Specd__Commit cm = SPECD__COMMIT__INIT;
+    cm.session_id = sid;
+    cm.epoch = 1;
+    cm.n_committed = 14;
+    cm.n_tokens = 2;
+    cm.tokens = (int32_t[]){100, 101};
+    cm.root_node = 1;
+    cm.n_seen = 4;
+    cm.budget = 4;
+    send_m(p, SPECD__DATA_MSG_ID__DATA_MSG_COMMIT, &cm.base);
+    expect_extend(&s, &from, sid, 1, 2, (const int32_t[]){1, 2}, (const int32_t[]){100, 101}, 2);
+    /* 102 committed, 103 the bonus (node 1): 100 101 survive, and fill budget 2 */
+    cm.epoch = 2;
+    cm.n_committed = 16;
+    cm.tokens = (int32_t[]){102, 103};
+    cm.budget = 2;
+    send_m(p, SPECD__DATA_MSG_ID__DATA_MSG_COMMIT, &cm.base);
+    expect_extend(&s, &from, sid, 2, 2, NULL, NULL, 0);
+    /* 100 101 committed and 102 the correction (not in the tree): nothing survives; budget 3 */
+    cm.epoch = 3;
+    cm.n_committed = 19;
+    cm.n_tokens = 3;
+    cm.tokens = (int32_t[]){100, 101, 102};
+    cm.root_node = -1;
+    cm.n_seen = 2;
+    cm.budget = 3;
+    send_m(p, SPECD__DATA_MSG_ID__DATA_MSG_COMMIT, &cm.base);
+    expect_extend(&s, &from, sid, 3, 0, chain, (const int32_t[]){103, 100, 101}, 3);
+    /* no budget given (a coordinator without a controller): the whole shape */
+    cm.epoch = 4;
+    cm.n_committed = 23;
+    cm.n_tokens = 4;
+    cm.tokens = (int32_t[]){103, 100, 101, 102};
+    cm.root_node = -1;
+    cm.n_seen = 3;
+    cm.budget = 0;
+    send_m(p, SPECD__DATA_MSG_ID__DATA_MSG_COMMIT, &cm.base);
+    expect_extend(&s, &from, sid, 4, 0, chain, (const int32_t[]){103, 100, 101, 102}, 4);
+    assert_true(close_session(G.dr, "Drafter", sid));
+    expect_alive();
+    ucx_peer_unref(p);
+    ucx_free(u);
+    sink_free(&s);
+    G.passed++;
+}
+
 /* ---- data plane: the coordinator, through a fake drafter ---- */
 
 typedef struct {
@@ -1828,8 +1928,8 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_generate_bad),     cmocka_unit_test(test_register_bad),
         cmocka_unit_test(test_node_control_bad), cmocka_unit_test(test_data_worker),
-        cmocka_unit_test(test_data_drafter),     cmocka_unit_test(test_data_coordinator),
-        cmocka_unit_test(test_still_serving),
+        cmocka_unit_test(test_data_drafter),     cmocka_unit_test(test_drafter_si_budget),
+        cmocka_unit_test(test_data_coordinator), cmocka_unit_test(test_still_serving),
     };
     int rc = cmocka_run_group_tests(tests, setup, teardown);
     kill_all();

@@ -6,7 +6,8 @@
  * Whatever the order, the mode, the number of workers or the drafter, the committed sequence
  * must be the target-only sequence of f, and the sequencer must finish. A Commit that tells the
  * drafter to hold is followed by a plain-decode chunk, a drafter that obeys it (proposes nothing
- * in that epoch) changes nothing, and a never-right drafter is held.
+ * in that epoch) changes nothing, and a never-right drafter is held; the node budget a Commit
+ * carries bounds the next chunk.
  * SD_TEST_LABELS: net */
 #include <stdio.h>
 #include <stdlib.h>
@@ -65,6 +66,9 @@ typedef struct {
     uint32_t depoch;
     int obey_hold, held; /* the drafter honours Commit.hold; the current epoch is held */
     int hold_sent;       /* the last Commit said hold: the next chunk must be a plain decode */
+    int budget_sent;     /* the last Commit's budget: the next chunk has at most that many nodes */
+    int adaptive;        /* the session has a controller (else Commits carry no budget) */
+    int n_budgets;       /* Commits that carried a budget */
     uint64_t last_id;    /* the newest chunk id sent */
     /* client */
     int32_t out[CTX];
@@ -91,7 +95,11 @@ static void io_chunk(void *ud, const seq_chunk *c)
     if (c->id > w->last_id) { /* a new chunk, not one sent again (failed, worker lost) */
         if (w->hold_sent && c->n != 0)
             fail_msg("a chunk of %d nodes went out after a Commit that held the drafter", c->n);
+        if (w->budget_sent > 0 && c->n > w->budget_sent)
+            fail_msg("a chunk of %d nodes went out after a Commit with budget %d", c->n,
+                     w->budget_sent);
         w->hold_sent = 0;
+        w->budget_sent = 0;
         w->last_id = c->id;
     }
     ev *e = new_ev(EV_CHUNK);
@@ -119,6 +127,11 @@ static void io_commit(void *ud, const seq_commit *c)
 {
     world *w = ud;
     w->hold_sent = c->hold;
+    w->budget_sent = c->budget;
+    w->n_budgets += c->budget > 0;
+    if ((c->hold || !w->adaptive) && c->budget)
+        fail_msg("a Commit with budget %d (hold %d, adaptive %d)", c->budget, c->hold,
+                 w->adaptive);
     for (int k = 0; k < 2; k++) {
         ev *e = new_ev(k ? EV_COMMIT_D : EV_COMMIT_W);
         e->epoch = c->epoch;
@@ -286,6 +299,7 @@ static void run_case(uint64_t seed, seq_mode mode, int n_workers, int inflight, 
         ref[np + n_ref++] = t;
     }
     int adaptive = (int)tu_below(&w->rng, 2); /* the controller changes timing, not tokens */
+    w->adaptive = adaptive;
     w->obey_hold = (int)tu_below(&w->rng, 2);
     tree_shape shape;
     assert_int_equal(tree_shape_parse(&shape, "chain:8", 16), SD_OK);
@@ -377,6 +391,10 @@ static void run_case(uint64_t seed, seq_mode mode, int n_workers, int inflight, 
                mode, n_workers, inflight, dr_kind, adaptive, w->obey_hold, st->n_gen, st->steps,
                st->chunks, st->cancelled, st->accepted, st->tree_hits, st->redispatched,
                st->held_commits);
+    if (adaptive && mode != SEQ_AR && dr_kind == 0 && st->steps > 1 && kill_at < 0 &&
+        !w->n_budgets)
+        fail_msg("seed %llu: no Commit carried the controller's budget in %d steps",
+                 (unsigned long long)seed, st->steps);
     if (!adaptive || mode == SEQ_AR)
         assert_int_equal(st->held_commits, 0); /* nothing decides to hold */
     else if (dr_kind == 1 && n_ref >= 30 && kill_at < 0)
