@@ -1264,23 +1264,43 @@ static void test_data_worker(void **state)
 
 /* ---- data plane: the drafter ---- */
 
-static void test_data_drafter(void **state)
+/* A raw data-plane endpoint to the real drafter and an si session on it (n-gram drafter,
+ * chain:4, context ctx); returns the session id. */
+static uint64_t open_si_drafter(sink *s, ucx_ctx **u, ucx_peer **p, int ctx)
 {
-    (void)state;
-    static sink s; /* static: the UCX thread may outlive a failed test */
-    sink_init(&s);
-    ucx_ctx *u = raw_ctx(&s, NULL);
-    ucx_peer *p;
-    assert_int_equal(ucx_connect(u, G.dr_ucx, &p), SD_OK);
-    const int D = G.i_drafter;
+    sink_init(s);
+    *u = raw_ctx(s, NULL);
+    assert_int_equal(ucx_connect(*u, G.dr_ucx, p), SD_OK);
     uint64_t sid = (tu_next(&G.rng) >> 1) | 1;
-    Specd__OpenSessionRequest oq = open_req(sid, 40, 4);
+    Specd__OpenSessionRequest oq = open_req(sid, ctx, 4);
     oq.mode = SPECD__MODE__MODE_SI;
     oq.draft = "ngram:3:2";
     oq.tree = "chain:4";
     rpc_status st;
     open_session(G.dr, "Drafter", &oq, &st);
-    expect_st("Drafter OpenSession ctx 40", &st, RPC_OK, NULL);
+    expect_st("Drafter OpenSession si", &st, RPC_OK, NULL);
+    return sid;
+}
+
+/* Its end: the session closes, the drafter still serves, the endpoint goes. */
+static void close_si_drafter(sink *s, ucx_ctx *u, ucx_peer *p, uint64_t sid)
+{
+    assert_true(close_session(G.dr, "Drafter", sid));
+    expect_alive();
+    ucx_peer_unref(p);
+    ucx_free(u);
+    sink_free(s);
+    G.passed++;
+}
+
+static void test_data_drafter(void **state)
+{
+    (void)state;
+    static sink s; /* static: the UCX thread may outlive a failed test */
+    ucx_ctx *u;
+    ucx_peer *p;
+    const int D = G.i_drafter;
+    uint64_t sid = open_si_drafter(&s, &u, &p, 40);
     long off = log_mark(D);
     char want[200];
 
@@ -1393,18 +1413,14 @@ static void test_data_drafter(void **state)
         send_m(p, SPECD__DATA_MSG_ID__DATA_MSG_COMMIT, &cm.base);
     }
     EXPECT_LOG(D, off2, "too many messages waiting");
-    assert_true(close_session(G.dr, "Drafter", sid));
-    expect_alive();
-    ucx_peer_unref(p);
-    ucx_free(u);
-    sink_free(&s);
-    G.passed++;
+    close_si_drafter(&s, u, p, sid);
 }
 
 /* The drafter's one answer per si Commit grows the surviving subtree to the Commit's budget (as an
  * in-process step drafts what its budget keeps): below the survivors when they fall short, nothing
  * when they fill it, a fresh proposal cut to the budget when nothing survived. The n-gram drafter
- * on a prompt repeating 100 101 102 103 predicts the pattern, so every answer's tokens are known. */
+ * on a prompt repeating 100 101 102 103 predicts the pattern, so every answer's tokens are known.
+ */
 static void expect_extend(sink *s, int *from, uint64_t sid, uint32_t epoch, uint32_t first,
                           const int32_t *par, const int32_t *tok, size_t n)
 {
@@ -1428,18 +1444,9 @@ static void test_drafter_si_budget(void **state)
 {
     (void)state;
     static sink s;
-    sink_init(&s);
-    ucx_ctx *u = raw_ctx(&s, NULL);
+    ucx_ctx *u;
     ucx_peer *p;
-    assert_int_equal(ucx_connect(u, G.dr_ucx, &p), SD_OK);
-    uint64_t sid = (tu_next(&G.rng) >> 1) | 1;
-    Specd__OpenSessionRequest oq = open_req(sid, 64, 4);
-    oq.mode = SPECD__MODE__MODE_SI;
-    oq.draft = "ngram:3:2";
-    oq.tree = "chain:4";
-    rpc_status st;
-    open_session(G.dr, "Drafter", &oq, &st);
-    expect_st("Drafter OpenSession", &st, RPC_OK, NULL);
+    uint64_t sid = open_si_drafter(&s, &u, &p, 64);
     int32_t prompt[12];
     for (int i = 0; i < 12; i++)
         prompt[i] = (int32_t)(100 + (i % 4));
@@ -1492,12 +1499,7 @@ static void test_drafter_si_budget(void **state)
     cm.budget = 0;
     send_m(p, SPECD__DATA_MSG_ID__DATA_MSG_COMMIT, &cm.base);
     expect_extend(&s, &from, sid, 4, 0, chain, (const int32_t[]){103, 100, 101, 102}, 4);
-    assert_true(close_session(G.dr, "Drafter", sid));
-    expect_alive();
-    ucx_peer_unref(p);
-    ucx_free(u);
-    sink_free(&s);
-    G.passed++;
+    close_si_drafter(&s, u, p, sid);
 }
 
 /* ---- data plane: the coordinator, through a fake drafter ---- */

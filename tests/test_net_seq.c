@@ -130,8 +130,7 @@ static void io_commit(void *ud, const seq_commit *c)
     w->budget_sent = c->budget;
     w->n_budgets += c->budget > 0;
     if ((c->hold || !w->adaptive) && c->budget)
-        fail_msg("a Commit with budget %d (hold %d, adaptive %d)", c->budget, c->hold,
-                 w->adaptive);
+        fail_msg("a Commit with budget %d (hold %d, adaptive %d)", c->budget, c->hold, w->adaptive);
     for (int k = 0; k < 2; k++) {
         ev *e = new_ev(k ? EV_COMMIT_D : EV_COMMIT_W);
         e->epoch = c->epoch;
@@ -391,8 +390,7 @@ static void run_case(uint64_t seed, seq_mode mode, int n_workers, int inflight, 
                mode, n_workers, inflight, dr_kind, adaptive, w->obey_hold, st->n_gen, st->steps,
                st->chunks, st->cancelled, st->accepted, st->tree_hits, st->redispatched,
                st->held_commits);
-    if (adaptive && mode != SEQ_AR && dr_kind == 0 && st->steps > 1 && kill_at < 0 &&
-        !w->n_budgets)
+    if (adaptive && mode != SEQ_AR && dr_kind == 0 && st->steps > 1 && kill_at < 0 && !w->n_budgets)
         fail_msg("seed %llu: no Commit carried the controller's budget in %d steps",
                  (unsigned long long)seed, st->steps);
     if (!adaptive || mode == SEQ_AR)
