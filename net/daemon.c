@@ -216,6 +216,8 @@ int daemon_node_serve(const daemon_node *n0, ucx_opts *uo)
         LOG_ERROR(n.role, "UCX on %s: %s", listen, sd_errmsg());
         goto out;
     }
+    if (n.on_ucx)
+        n.on_ucx(n.ud, ux);
     snprintf(listen, sizeof listen, "%s:%d", n.host, n.port);
     snprintf(m_open, sizeof m_open, "/%s/OpenSession", n.service);
     snprintf(m_close, sizeof m_close, "/%s/CloseSession", n.service);
@@ -263,6 +265,8 @@ int daemon_node_serve(const daemon_node *n0, ucx_opts *uo)
 out:
     node_reg_stop(reg);
     rpc_server_free(srv);
+    if (ux && n.on_ucx)
+        n.on_ucx(n.ud, NULL);
     ucx_free(ux);
     return rc;
 }

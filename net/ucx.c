@@ -8,6 +8,10 @@
  *   (send_direct) — a hand-off to a sleeping thread costs tens of µs on a busy or virtual CPU,
  *   and a worker's verdict would pay it on every chunk. ucp_worker_signal is called from any
  *   thread, which UCX allows.
+ * - ucx_poll: a thread waiting for a message may progress the worker itself while the progress
+ *   thread sleeps (trylock of wmu), so that the message is delivered on the thread that needs
+ *   it without two wake-ups; what needs housekeeping (peer down, close handshake, a
+ *   connection request) sets `kick` and the poller wakes the progress thread for it.
  * - Otherwise application threads talk to it through one command queue (mutex + singly linked
  *   FIFO): SEND (payload copied into the command), CONNECT, CLOSE, SET_LINK, STOP. A producer
  *   appends and calls ucp_worker_signal; the progress thread sleeps in poll() on the worker's
@@ -129,6 +133,9 @@ struct ucx_ctx {
     size_t n_conn, cap_conn;
     int stop;
     cmd *stop_cmd;
+    /* Set under wmu when something needs the progress thread's housekeeping (a peer went down,
+     * a close handshake moved, a connection request): ucx_poll wakes it for that. */
+    int kick;
 
     _Atomic uint64_t sent, received, bytes_sent, bytes_received, dropped, rndv_received;
 };
@@ -331,6 +338,7 @@ static void peer_down(ucx_peer *p, const char *reason)
         return;
     atomic_store(&p->state, P_DOWN);
     p->need_force_close = 1;
+    c->kick = 1;
     if (p->close_wanted || p->down_reported)
         return; /* a local close is not a failure */
     p->down_reported = 1;
@@ -572,6 +580,7 @@ static ucs_status_t am_cb(void *arg, const void *header, size_t hlen, void *data
     memcpy(&id, header, sizeof id);
     if (id == UCX_CTRL_CLOSE_ACK) {
         p->ack_received = 1;
+        c->kick = 1;
         return UCS_OK;
     }
     if (id == UCX_CTRL_CLOSE_REQ) {
@@ -714,6 +723,7 @@ static void conn_cb(ucp_conn_request_h cr, void *arg)
         c->cap_conn = nc;
     }
     c->conn_reqs[c->n_conn++] = cr;
+    c->kick = 1;
 }
 
 static void accept_pending(ucx_ctx *c)
@@ -879,6 +889,7 @@ static void *progress_main(void *arg)
     pthread_mutex_lock(&c->wmu);
     while (!c->stop) {
         uint64_t rx0 = atomic_load(&c->received);
+        c->kick = 0; /* this round does the housekeeping */
         while (ucp_worker_progress(c->w))
             ;
         accept_pending(c);
@@ -1126,6 +1137,25 @@ sd_err ucx_send(ucx_peer *p, unsigned msg_id, const void *data, size_t len)
     if (send_direct(p->c, x))
         return SD_OK;
     return cmd_push(p->c, x);
+}
+
+int ucx_poll(ucx_ctx *c)
+{
+    if (pthread_mutex_trylock(&c->wmu)) /* the progress thread is awake (or another poller) */
+        return 0;
+    uint64_t rx0 = atomic_load(&c->received);
+    if (!c->stop)
+        while (ucp_worker_progress(c->w))
+            ;
+    int got = atomic_load(&c->received) != rx0;
+    if (got && c->o.on_round_end && !c->stop)
+        c->o.on_round_end(c->o.ud);
+    if (c->kick) { /* the events this consumed may not wake the progress thread: wake it */
+        c->kick = 0;
+        ucp_worker_signal(c->w);
+    }
+    pthread_mutex_unlock(&c->wmu);
+    return got;
 }
 
 void ucx_peer_close(ucx_peer *p)

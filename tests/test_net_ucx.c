@@ -34,6 +34,7 @@ typedef struct {
     uint8_t *data;
     double t; /* arrival */
     ucx_peer *from;
+    int polled; /* delivered on a thread in ucx_poll (test_poll) */
 } rmsg;
 
 typedef struct {
@@ -69,6 +70,8 @@ static void sink_free(sink *s)
     pthread_mutex_destroy(&s->mu);
 }
 
+static _Thread_local int in_poller; /* this thread runs ucx_poll (test_poll) */
+
 static void on_msg(void *ud, ucx_peer *from, unsigned id, const void *data, size_t len)
 {
     sink *s = ud;
@@ -85,6 +88,7 @@ static void on_msg(void *ud, ucx_peer *from, unsigned id, const void *data, size
     memcpy(r->data, data, len);
     r->t = t;
     r->from = from;
+    r->polled = in_poller;
     pthread_mutex_unlock(&s->mu);
 }
 
@@ -349,6 +353,69 @@ static void test_peer_down(void **state)
     assert_int_equal(ucx_connect(c, "no-port", &x), SD_EINVAL);
     assert_int_equal(ucx_connect(c, "127.0.0.1:99999", &x), SD_EINVAL);
     ucx_free(c);
+}
+
+/* ucx_poll from another thread while the progress thread sleeps: messages are delivered on
+ * the polling thread too, in order and intact, and a peer that goes away is still reported
+ * (the poller consumes the events and must wake the progress thread for that). */
+typedef struct {
+    ucx_ctx *c;
+    atomic_int stop, delivered;
+} poller;
+
+static void *poll_main(void *arg)
+{
+    poller *q = arg;
+    in_poller = 1;
+    while (!atomic_load(&q->stop))
+        if (ucx_poll(q->c))
+            atomic_fetch_add(&q->delivered, 1);
+    return NULL;
+}
+
+static void test_poll(void **state)
+{
+    uint64_t seed = tu_seed();
+    pair p;
+    pair_open(&p, 1, NULL, 0);
+    poller q = {.c = p.a};
+    pthread_t th;
+    assert_int_equal(pthread_create(&th, NULL, poll_main, &q), 0);
+    /* One at a time with gaps, so that the progress thread is asleep when most arrive. */
+    int n = 40, polled = 0;
+    for (int i = 0; i < n; i++) {
+        size_t len = HDR + (size_t)(i * 37 % 500);
+        if (i == 20)
+            len = 1u << 20; /* rendezvous: completed by whichever thread progresses */
+        uint8_t *b = malloc(len);
+        fill(b, len, seed, (uint32_t)i);
+        assert_int_equal(ucx_send(p.b2a, 5, b, len), SD_OK);
+        free(b);
+        assert_int_equal(wait_count(&p.sa, i + 1, 10000), i + 1);
+        sleep_ms(2);
+    }
+    pthread_mutex_lock(&p.sa.mu);
+    for (int i = 0; i < n; i++) {
+        uint32_t idx;
+        assert_true(check_msg(&p.sa.m[i], seed, &idx));
+        assert_int_equal(idx, (uint32_t)i);
+        polled += p.sa.m[i].polled;
+    }
+    pthread_mutex_unlock(&p.sa.mu);
+    fprintf(stderr, "%d of %d messages delivered on the polling thread\n", polled, n);
+    assert_true(polled > 0);
+    assert_true(atomic_load(&q.delivered) > 0);
+    /* b goes away while a is being polled: reported once, bounded. */
+    ucx_free(p.b);
+    p.b = NULL;
+    assert_int_equal(wait_atomic(&p.sa.downs, 1, 10000), 1);
+    assert_int_equal(ucx_send(p.a2b, 1, "x", 1), SD_ECANCELED);
+    atomic_store(&q.stop, 1);
+    pthread_join(th, NULL);
+    ucx_free(p.a);
+    ucx_peer_unref(p.b2a);
+    sink_free(&p.sa);
+    sink_free(&p.sb);
 }
 
 /* The other side dies without closing anything (SIGKILL): in mode PEER the transport notices
@@ -649,7 +716,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_peer_killed),          cmocka_unit_test(test_close_peer),
         cmocka_unit_test(test_close_none),           cmocka_unit_test(test_oversized),
         cmocka_unit_test(test_link_delay),           cmocka_unit_test(test_link_bandwidth),
-        cmocka_unit_test(test_link_reorder),
+        cmocka_unit_test(test_link_reorder),         cmocka_unit_test(test_poll),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -10,7 +10,8 @@
  *                      compute thread (ucx_send: directly while the progress thread sleeps, else
  *                      through its queue).
  *   compute thread     takes the ready work of all sessions, one forward for all of it
- *                      (continuous batching), sends the verdicts (wk.c).
+ *                      (continuous batching), sends the verdicts (wk.c); for poll_us after a
+ *                      forward it polls the data plane itself (ucx_poll) for the next chunk.
  *   registration       registers with the coordinator, heartbeats, re-registers (net/node.c).
  */
 #include <stddef.h>
@@ -33,7 +34,7 @@ typedef struct {
     daemon_common c;
     const char *coordinator, *host, *id, *model, *backend, *cpu_level;
     int port, ucx_port, device, threads, f32_act, no_pack, max_sessions, max_ctx, max_nodes,
-        max_batch_tokens, batching;
+        max_batch_tokens, batching, poll_us;
     float forward_delay_ms;
 } worker_cfg;
 
@@ -69,6 +70,9 @@ static const opt_def worker_defs[] = {
      "positions in one batched forward"},
     {"batching", 0, OPT_INT, F(batching), 0, 1, "1", "0|1",
      "1: one forward over the ready chunks of all sessions; 0: one forward per session"},
+    {"poll-us", 0, OPT_INT, F(poll_us), 0, 1000000, "1000", "US",
+     "after a forward, the compute thread polls the data plane this long for the next chunk "
+     "(one core busy meanwhile; 0 = sleep at once)"},
     {"forward-delay-ms", 0, OPT_FLOAT, F(forward_delay_ms), 0, 60000, "0", "MS",
      "EMULATION: extra time per forward, as if the target were larger (experiments)"},
     DAEMON_COMMON_DEFS(worker_cfg, c),
@@ -106,6 +110,11 @@ static void on_msg(void *ud, ucx_peer *from, unsigned id, const void *data, size
 static void on_down(void *ud, ucx_peer *p)
 {
     wk_on_peer_down(ud, p);
+}
+
+static void on_ucx(void *ud, ucx_ctx *ux)
+{
+    wk_set_ucx(ud, ux);
 }
 
 static void load(void *ud, node_load *out)
@@ -163,7 +172,8 @@ int main(int argc, char **argv)
                   .max_nodes = c.max_nodes,
                   .max_batch_tokens = c.max_batch_tokens,
                   .batching = c.batching,
-                  .forward_delay_ms = c.forward_delay_ms};
+                  .forward_delay_ms = c.forward_delay_ms,
+                  .poll_us = c.poll_us};
     if (wk_create(&core, &wo)) {
         LOG_ERROR("worker", "%s", sd_errmsg());
         goto out;
@@ -188,6 +198,7 @@ int main(int argc, char **argv)
                       .on_msg = on_msg,
                       .on_peer_down = on_down,
                       .load = load,
+                      .on_ucx = on_ucx,
                       .ud = core};
     rc = daemon_node_serve(&dn, &uo);
 out:

@@ -26,6 +26,7 @@ typedef struct {
     int max_batch_tokens; /* positions in one forward */
     int batching;         /* 0: one forward per session (benchmarks) */
     double forward_delay_ms; /* emulated extra time per forward (experiments) */
+    int poll_us;             /* after a forward, poll the data plane this long for the next chunk */
 } wk_opts;
 
 typedef struct {
@@ -49,6 +50,10 @@ rpc_code wk_close_session(wk *w, uint64_t id);
 void wk_on_msg(wk *w, ucx_peer *from, unsigned msg_id, const void *data, size_t len);
 /* A peer went away: its sessions are closed. */
 void wk_on_peer_down(wk *w, ucx_peer *p);
+
+/* The data plane the compute thread polls between chunks (NULL: stop; returns once no poll
+ * is in progress). */
+void wk_set_ucx(wk *w, ucx_ctx *ux);
 
 void wk_get_stats(wk *w, wk_stats *st);
 
