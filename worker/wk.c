@@ -1,6 +1,7 @@
 #include "wk.h"
 
 #include <pthread.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -514,7 +515,8 @@ static void *wk_main(void *arg)
                 ucx_ctx *ux = w->ux;
                 w->polling = 1;
                 pthread_mutex_unlock(&w->mu);
-                ucx_poll(ux);
+                if (!ucx_poll(ux))
+                    sched_yield(); /* a busy machine: whatever else is runnable goes first */
                 pthread_mutex_lock(&w->mu);
                 w->polling = 0;
                 if (!w->ux)
