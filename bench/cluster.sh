@@ -13,7 +13,8 @@
 # 2. the network path's overhead per chunk: a 1-token prompt in ar (nothing to prefill, every
 #    chunk one forward): SessionSummary.chunk_rtt_ms_mean - compute_ms_mean, beside
 #    ucx_perftest's ucp_am_lat floor on TCP loopback (both its busy-polling and its sleeping
-#    mode; the daemons sleep) and bench_cluster_wake's cost of waking a sleeping thread.
+#    mode; the daemons sleep) and bench_cluster_wake's cost of waking a sleeping thread; and the
+#    same on a second cluster whose worker does not poll between chunks (poll_us = 0).
 # 3. worker throughput (verified tokens/s, from the worker's counters in `specd status`) with 1,
 #    4 and 16 concurrent sessions, batching = 1 (one forward over all ready sessions) vs 0: two
 #    clusters up side by side, their runs alternating, the ratio taken per adjacent pair.
@@ -173,8 +174,14 @@ unset UCX_TLS
 log "floors: $(tr '\n' ';' <"$RAW/floor.txt")"
 
 # ---- 1+2: latency and per-chunk overhead ----
+# A second cluster whose worker sleeps at once after a forward (poll_us = 0) takes part only in
+# the overhead runs, interleaved with the first's: what the worker's polling between chunks
+# saves, measured side by side.
+cluster_up --worker-set poll_us=0
+NP_PID=$CL_PID NP_N=$CL_N NP_ADDR=$CL_ADDR
+run warm_nopoll --coordinator "$NP_ADDR" --mode ar -p "Hello" -n 16 --ignore-eos
 cluster_up
-log "cluster at $CL_ADDR; warm-up"
+log "cluster at $CL_ADDR (and $NP_ADDR with worker poll_us = 0); warm-up"
 run warm_cluster --coordinator "$CL_ADDR" --mode ar -p "Hello" -n 16 --ignore-eos
 run warm_local --model "$MODEL" --draft none -p "Hello" -n 16 --ignore-eos
 for rep in $(seq 1 "$REPS"); do
@@ -190,7 +197,10 @@ for rep in $(seq 1 "$REPS"); do
         run "lat_${rep}_${p}_cluster_async" --coordinator "$CL_ADDR" --mode async "${common[@]}"
     done
     run "ovh_${rep}" --coordinator "$CL_ADDR" --mode ar -p "Hi" -n 200 --ignore-eos
+    run "ovhnp_${rep}" --coordinator "$NP_ADDR" --mode ar -p "Hi" -n 200 --ignore-eos
 done
+cluster_down
+CL_PID=$NP_PID CL_N=$NP_N
 cluster_down
 
 # ---- 1b: the same with one compute thread on each side, so that the cluster's other threads

@@ -196,16 +196,22 @@ def main():
               f"{v['cluster'][1]:.2f} | {v['local'][1]:.2f} |")
 
     # ---- per-chunk overhead ----
-    ovh, rtt, comp = [], [], []
-    for rep in range(1, reps + 1):
-        _, _, s = read_timing(os.path.join(raw, "t", f"ovh_{rep}.txt"))
-        if s.get("n_prompt") != 1:
-            print(f"warning: overhead run {rep}: prompt of {s.get('n_prompt')} tokens",
-                  file=sys.stderr)
-        rtt.append(s["chunk_rtt_ms_mean"] * 1e3)
-        comp.append(s["compute_ms_mean"] * 1e3)
-        ovh.append((s["chunk_rtt_ms_mean"] - s["compute_ms_mean"]) * 1e3)
+    def overhead(prefix):
+        ovh, rtt, comp = [], [], []
+        for rep in range(1, reps + 1):
+            _, _, s = read_timing(os.path.join(raw, "t", f"{prefix}_{rep}.txt"))
+            if s.get("n_prompt") != 1:
+                print(f"warning: overhead run {prefix} {rep}: prompt of {s.get('n_prompt')} "
+                      "tokens", file=sys.stderr)
+            rtt.append(s["chunk_rtt_ms_mean"] * 1e3)
+            comp.append(s["compute_ms_mean"] * 1e3)
+            ovh.append((s["chunk_rtt_ms_mean"] - s["compute_ms_mean"]) * 1e3)
+        return ovh, rtt, comp
+
+    ovh, rtt, comp = overhead("ovh")
+    ovh_np, _, _ = overhead("ovhnp")
     o = statistics.median(ovh)
+    o_np = statistics.median(ovh_np)
     floor_rt = 2 * floor["perftest_sleep_mean_us"]
     floor_rt_poll = 2 * floor["perftest_poll_p50_us"]
     rows += [("chunk", "ar_1token", "rtt_mean_us", round(statistics.median(rtt), 2), "us"),
@@ -213,7 +219,8 @@ def main():
              ("chunk", "ar_1token", "overhead_us", round(o, 2), "us"),
              ("chunk", "ucx_floor", "round_trip_sleep_us", round(floor_rt, 3), "us"),
              ("chunk", "ucx_floor", "round_trip_poll_p50_us", round(floor_rt_poll, 3), "us"),
-             ("chunk", "ratio", "overhead_over_floor", round(o / floor_rt, 3), "")]
+             ("chunk", "ratio", "overhead_over_floor", round(o / floor_rt, 3), ""),
+             ("chunk", "ar_1token_worker_nopoll", "overhead_us", round(o_np, 2), "us")]
     print("\n## Network path per chunk (ar, 1-token prompt, 200 chunks per run, median of runs)\n")
     print("| quantity | µs |")
     print("|---|---|")
@@ -221,6 +228,8 @@ def main():
     print(f"| worker compute (forward + verification) | {statistics.median(comp):.1f} |")
     print(f"| **network path = round trip - compute** | **{o:.1f}** (runs: "
           f"{', '.join(f'{x:.0f}' for x in ovh)}) |")
+    print(f"| the same, worker not polling between chunks (poll_us = 0; runs interleaved) | "
+          f"{o_np:.1f} (runs: {', '.join(f'{x:.0f}' for x in ovh_np)}) |")
     print(f"| ucx_perftest ucp_am_lat 64 B, TCP loopback, sleeping (-E sleep), round trip = "
           f"2 x mean one-way | {floor_rt:.1f} |")
     print(f"| ucx_perftest, busy-polling (-E poll), round trip = 2 x p50 one-way (mean: "
