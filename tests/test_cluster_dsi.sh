@@ -14,8 +14,10 @@ for r in coordinator worker drafter; do
            --$r-set "link-seed=$((SEED % 100000 + ${#r}))")
 done
 for W in 1 2 4; do
+    poll=() # W = 2: workers that sleep at once after a forward; the others poll for the next chunk
+    [ $W = 2 ] && poll=(--worker-set poll-us=0)
     cluster_start "dsi$W" --workers $W --worker-set forward-delay-ms=8 --worker-set threads=1 \
-        "${link[@]}" || exit 1
+        "${poll[@]}" "${link[@]}" || exit 1
     same_as_local "dsi W=$W greedy" --mode dsi --max-inflight $W -p "def fibonacci(n):" -n 48
     same_as_local "dsi W=$W greedy, topk tree" --mode dsi --max-inflight $W \
         -p "The quick brown fox jumps over the lazy dog. The quick brown" -n 40 --tree topk:2,2,1,1
