@@ -588,16 +588,22 @@ sd_err dn_create(dn **out, const dn_opts *o)
     return SD_OK;
 }
 
-void dn_free(dn *d)
+void dn_stop(dn *d)
 {
-    if (!d)
-        return;
     pthread_mutex_lock(&d->mu);
     d->stop = 1;
     pthread_cond_signal(&d->cv);
     pthread_mutex_unlock(&d->mu);
     if (d->started)
         pthread_join(d->th, NULL);
+    d->started = 0;
+}
+
+void dn_free(dn *d)
+{
+    if (!d)
+        return;
+    dn_stop(d);
     while (d->sessions) {
         dn_sess *n = d->sessions->next;
         sess_free(d->sessions);

@@ -40,6 +40,8 @@ typedef struct {
 typedef struct dn dn;
 
 sd_err dn_create(dn **out, const dn_opts *o);
+/* Stop the drafting thread (idempotent): before the data plane it sends on goes away. */
+void dn_stop(dn *d);
 void dn_free(dn *d);
 
 rpc_code dn_open_session(dn *d, uint64_t id, int mode, const char *draft, const char *tree,

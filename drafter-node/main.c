@@ -87,6 +87,12 @@ static void on_down(void *ud, ucx_peer *p)
     dn_on_peer_down(ud, p);
 }
 
+static void on_ucx(void *ud, ucx_ctx *ux)
+{
+    if (!ux) /* the data plane goes away: nothing of ours may send on it any more */
+        dn_stop(ud);
+}
+
 static void load(void *ud, node_load *out)
 {
     dn_stats ds;
@@ -143,6 +149,7 @@ int main(int argc, char **argv)
                      .on_msg = on_msg,
                      .on_peer_down = on_down,
                      .load = load,
+                     .on_ucx = on_ucx,
                      .ud = core};
     rc = daemon_node_serve(&n, &uo);
     dn_stats ds;

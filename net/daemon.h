@@ -131,8 +131,8 @@ typedef struct {
     void (*on_msg)(void *ud, ucx_peer *from, unsigned msg_id, const void *data, size_t len);
     void (*on_peer_down)(void *ud, ucx_peer *p);
     void (*load)(void *ud, node_load *out);
-    /* Optional: the data plane once it exists, and NULL before it is freed (a node that polls
-     * it, ucx_poll, stops using it when this returns). */
+    /* Optional: the data plane once it exists, and NULL before it is freed: the node stops
+     * every thread of its own that sends on it or polls it before this returns. */
     void (*on_ucx)(void *ud, ucx_ctx *ux);
     void *ud;
 } daemon_node;

@@ -50,7 +50,6 @@ struct wk {
     pthread_t th;
     int stop, started;
     ucx_ctx *ux; /* polled between chunks (wk_set_ucx) */
-    int polling; /* the compute thread is inside ucx_poll(ux) */
     wk_sess *sessions;
     int n_sessions;
     model_run *run;
@@ -512,15 +511,11 @@ static void *wk_main(void *arg)
             if (w->stop)
                 break;
             if (w->ux && (clock_now_s() - idle_since) * 1e6 < w->o.poll_us) {
-                ucx_ctx *ux = w->ux;
-                w->polling = 1;
+                ucx_ctx *ux = w->ux; /* alive: wk_set_ucx(NULL) joins this thread first */
                 pthread_mutex_unlock(&w->mu);
                 if (!ucx_poll(ux))
                     sched_yield(); /* a busy machine: whatever else is runnable goes first */
                 pthread_mutex_lock(&w->mu);
-                w->polling = 0;
-                if (!w->ux)
-                    pthread_cond_broadcast(&w->cv); /* wk_set_ucx(NULL) waits for this */
                 continue;
             }
             pthread_cond_wait(&w->cv, &w->mu);
@@ -565,13 +560,13 @@ sd_err wk_create(wk **out, const wk_opts *o)
     return SD_OK;
 }
 
-void wk_free(wk *w, int timeout_ms)
+/* Stop the compute thread: queued chunks are dropped, the batch being computed finishes and
+ * its verdicts go out. Idempotent; from the thread that owns w. */
+static void stop_compute(wk *w)
 {
-    if (!w)
-        return;
-    (void)timeout_ms; /* the queue is bounded by the sessions; the thread finishes it */
     pthread_mutex_lock(&w->mu);
     w->stop = 1;
+    w->ux = NULL;
     for (wk_sess *s = w->sessions; s; s = s->next)
         for (wk_item *it = s->head; it; it = it->next)
             if (it->kind == WK_CHUNK)
@@ -580,6 +575,15 @@ void wk_free(wk *w, int timeout_ms)
     pthread_mutex_unlock(&w->mu);
     if (w->started)
         pthread_join(w->th, NULL);
+    w->started = 0;
+}
+
+void wk_free(wk *w, int timeout_ms)
+{
+    if (!w)
+        return;
+    (void)timeout_ms; /* the queue is bounded by the sessions; the thread finishes it */
+    stop_compute(w);
     while (w->sessions) {
         wk_sess *n = w->sessions->next;
         sess_free(w->sessions);
@@ -597,11 +601,12 @@ void wk_free(wk *w, int timeout_ms)
 
 void wk_set_ucx(wk *w, ucx_ctx *ux)
 {
+    if (!ux) {
+        stop_compute(w);
+        return;
+    }
     pthread_mutex_lock(&w->mu);
     w->ux = ux;
-    while (!ux && w->polling)
-        pthread_cond_wait(&w->cv, &w->mu);
-    pthread_cond_broadcast(&w->cv); /* the compute thread waits on the same condition */
     pthread_mutex_unlock(&w->mu);
 }
 

@@ -51,8 +51,9 @@ void wk_on_msg(wk *w, ucx_peer *from, unsigned msg_id, const void *data, size_t 
 /* A peer went away: its sessions are closed. */
 void wk_on_peer_down(wk *w, ucx_peer *p);
 
-/* The data plane the compute thread polls between chunks (NULL: stop; returns once no poll
- * is in progress). */
+/* The data plane the compute thread polls between chunks. NULL: the data plane is about to go
+ * away: the compute thread stops (queued chunks dropped, the batch being computed finishes and
+ * its verdicts go out) and nothing uses the data plane any more when this returns. */
 void wk_set_ucx(wk *w, ucx_ctx *ux);
 
 void wk_get_stats(wk *w, wk_stats *st);
