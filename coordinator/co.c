@@ -701,20 +701,14 @@ static rpc_code node_open(co_node *n, co_sess *s, rpc_status *st)
     q.max_nodes = s->max_nodes;
     q.draft = s->draft;
     q.tree = s->tree;
-    uint8_t *b;
-    size_t len;
-    memset(st, 0, sizeof *st);
-    if (wire_pack(&q.base, &b, &len)) {
-        snprintf(st->msg, sizeof st->msg, "out of memory");
-        return RPC_RESOURCE_EXHAUSTED;
-    }
     char method[64];
     snprintf(method, sizeof method, "/specd.%s/OpenSession",
              n->kind == SPECD__NODE_KIND__NODE_WORKER ? "Worker" : "Drafter");
-    rpc_buf resp = {0};
-    sd_err e = rpc_call_unary(n->ctl, method, b, len, 10000, 0, &resp, st);
-    free(b);
-    rpc_buf_free(&resp);
+    sd_err e = wire_call(n->ctl, method, &q.base, 10000, 0, NULL, NULL, st);
+    if (e == SD_ENOMEM) {
+        snprintf(st->msg, sizeof st->msg, "out of memory");
+        return RPC_RESOURCE_EXHAUSTED;
+    }
     if (e) {
         snprintf(st->msg, sizeof st->msg, "cannot reach %s: %s", n->id, sd_errmsg());
         return RPC_UNAVAILABLE;
@@ -726,18 +720,11 @@ static void node_close(co_node *n, uint64_t sid)
 {
     Specd__CloseSessionRequest q = SPECD__CLOSE_SESSION_REQUEST__INIT;
     q.session_id = sid;
-    uint8_t *b;
-    size_t len;
-    if (wire_pack(&q.base, &b, &len))
-        return;
     char method[64];
     snprintf(method, sizeof method, "/specd.%s/CloseSession",
              n->kind == SPECD__NODE_KIND__NODE_WORKER ? "Worker" : "Drafter");
-    rpc_buf resp = {0};
     rpc_status st;
-    rpc_call_unary(n->ctl, method, b, len, 2000, 0, &resp, &st);
-    rpc_buf_free(&resp);
-    free(b);
+    wire_call(n->ctl, method, &q.base, 2000, 0, NULL, NULL, &st); /* best effort */
 }
 
 static void send_prompt(co_node *n, co_sess *s)

@@ -67,25 +67,15 @@ static int reg_once(node_reg *r, rpc_client *c)
     q.n_vocab = r->o.n_vocab;
     q.numerics = r->s_num;
     q.max_sessions = r->o.max_sessions;
-    uint8_t *b;
-    size_t len;
-    if (wire_pack(&q.base, &b, &len))
-        return 0;
-    rpc_buf resp = {0};
-    rpc_status st = {0};
-    sd_err e = rpc_call_unary(c, "/specd.Coordinator/RegisterNode", b, len, 2000, 1, &resp, &st);
-    free(b);
-    if (e || st.code != RPC_OK) {
-        LOG_DEBUG("node", "register with %s: %s %s", r->s_coord, rpc_code_name(st.code), st.msg);
-        rpc_buf_free(&resp);
-        return 0;
-    }
     ProtobufCMessage *m;
-    if (wire_unpack(&specd__register_reply__descriptor, resp.data, resp.len, &m)) {
-        rpc_buf_free(&resp);
+    rpc_status st;
+    sd_err e = wire_call(c, "/specd.Coordinator/RegisterNode", &q.base, 2000, 1,
+                         &specd__register_reply__descriptor, &m, &st);
+    if (e || st.code != RPC_OK) {
+        LOG_DEBUG("node", "register with %s: %s %s", r->s_coord,
+                  e ? sd_errmsg() : rpc_code_name(st.code), st.msg);
         return 0;
     }
-    rpc_buf_free(&resp);
     Specd__RegisterReply *rep = (Specd__RegisterReply *)m;
     int ok = rep->accepted;
     pthread_mutex_lock(&r->mu);
@@ -120,25 +110,16 @@ static int heartbeat(node_reg *r, rpc_client *c)
     q.batched_forwards = ld.batched_forwards;
     q.verified_tokens = ld.verified_tokens;
     q.batch_seqs_total = ld.batch_seqs_total;
-    uint8_t *b;
-    size_t len;
-    if (wire_pack(&q.base, &b, &len))
-        return 1;
-    rpc_buf resp = {0};
-    rpc_status st = {0};
-    sd_err e = rpc_call_unary(c, "/specd.Coordinator/Heartbeat", b, len, 1000, 0, &resp, &st);
-    free(b);
-    if (e || st.code != RPC_OK) {
-        rpc_buf_free(&resp);
-        return -1; /* unreachable: the caller counts these */
-    }
     ProtobufCMessage *m;
-    int known = 1;
-    if (!wire_unpack(&specd__heartbeat_reply__descriptor, resp.data, resp.len, &m)) {
-        known = ((Specd__HeartbeatReply *)m)->known;
-        protobuf_c_message_free_unpacked(m, NULL);
-    }
-    rpc_buf_free(&resp);
+    rpc_status st;
+    sd_err e = wire_call(c, "/specd.Coordinator/Heartbeat", &q.base, 1000, 0,
+                         &specd__heartbeat_reply__descriptor, &m, &st);
+    if (e == SD_ENOMEM)
+        return 1; /* not sent: try again at the next beat */
+    if (e || st.code != RPC_OK)
+        return -1; /* unreachable or a malformed reply: the caller counts these */
+    int known = ((Specd__HeartbeatReply *)m)->known;
+    protobuf_c_message_free_unpacked(m, NULL);
     return known;
 }
 

@@ -33,6 +33,26 @@ sd_err wire_unpack(const ProtobufCMessageDescriptor *d, const void *data, size_t
     return SD_OK;
 }
 
+sd_err wire_call(rpc_client *c, const char *method, const ProtobufCMessage *req, int timeout_ms,
+                 int wait_for_ready, const ProtobufCMessageDescriptor *reply_desc,
+                 ProtobufCMessage **reply, rpc_status *st)
+{
+    if (reply)
+        *reply = NULL;
+    memset(st, 0, sizeof *st);
+    uint8_t *b;
+    size_t len;
+    if (wire_pack(req, &b, &len))
+        return sd_fail(SD_ENOMEM, "out of memory for a %s", req->descriptor->short_name);
+    rpc_buf resp = {0};
+    sd_err e = rpc_call_unary(c, method, b, len, timeout_ms, wait_for_ready, &resp, st);
+    free(b);
+    if (!e && st->code == RPC_OK && reply_desc)
+        e = wire_unpack(reply_desc, resp.data, resp.len, reply);
+    rpc_buf_free(&resp);
+    return e;
+}
+
 static const struct {
     unsigned id;
     const char *name;

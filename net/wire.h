@@ -11,6 +11,7 @@
 
 #include "../common/sd_err.h"
 #include "proto/specd.pb-c.h"
+#include "rpc.h"
 
 #define WIRE_PROTOCOL_VERSION SPECD__PROTOCOL_VERSION__PROTOCOL_VERSION_CURRENT
 
@@ -25,6 +26,15 @@ sd_err wire_pack(const ProtobufCMessage *m, uint8_t **out, size_t *len);
  * with protobuf_c_message_free_unpacked(m, NULL). Malformed bytes are SD_EPROTO. */
 sd_err wire_unpack(const ProtobufCMessageDescriptor *d, const void *data, size_t len,
                    ProtobufCMessage **out);
+
+/* A unary gRPC call with protobuf messages: pack req, call method, and when the call succeeded
+ * (st->code == RPC_OK) and reply_desc is set, unpack the reply into *reply (free it with
+ * protobuf_c_message_free_unpacked). SD_OK when the call completed (read st->code; *reply is
+ * set only then and only for OK), SD_ENOMEM when req cannot be packed, SD_EIO when the call
+ * could not be made, SD_EPROTO for a malformed reply. */
+sd_err wire_call(rpc_client *c, const char *method, const ProtobufCMessage *req, int timeout_ms,
+                 int wait_for_ready, const ProtobufCMessageDescriptor *reply_desc,
+                 ProtobufCMessage **reply, rpc_status *st);
 
 /* The descriptor of data-plane message id (DATA_MSG_*), NULL for an unknown id. */
 const ProtobufCMessageDescriptor *wire_data_desc(unsigned id);
