@@ -8,9 +8,9 @@
  *   (send_direct) — a hand-off to a sleeping thread costs tens of µs on a busy or virtual CPU,
  *   and a worker's verdict would pay it on every chunk. ucp_worker_signal is called from any
  *   thread, which UCX allows.
- * - ucx_poll: a thread waiting for a message may progress the worker itself while the progress
- *   thread sleeps (trylock of wmu), so that the message is delivered on the thread that needs
- *   it without two wake-ups; what needs housekeeping (peer down, close handshake, a
+ * - ucx_poll: a thread waiting for a message may run a round of the progress loop itself while
+ *   the progress thread sleeps (trylock of wmu), so that the message is delivered on the thread
+ *   that needs it without two wake-ups; what needs housekeeping (peer down, close handshake, a
  *   connection request) sets `kick` and the poller wakes the progress thread for it.
  * - Otherwise application threads talk to it through one command queue (mutex + singly linked
  *   FIFO): SEND (payload copied into the command), CONNECT, CLOSE, SET_LINK, STOP. A producer
@@ -883,33 +883,42 @@ static void handle_cmd(ucx_ctx *c, cmd *x)
     cmd_free(x);
 }
 
+/* One round on the UCP worker (wmu held; the progress thread's, or a poller's): deliver what
+ * has arrived, accept connections, hand the queued commands to UCX, then on_round_end when
+ * messages were delivered. Returns 1 when it handled commands. */
+static int run_round(ucx_ctx *c)
+{
+    uint64_t rx0 = atomic_load(&c->received);
+    while (ucp_worker_progress(c->w))
+        ;
+    accept_pending(c);
+    pthread_mutex_lock(&c->mu);
+    cmd *list = c->q_head;
+    c->q_head = c->q_tail = NULL;
+    pthread_mutex_unlock(&c->mu);
+    int did = list != NULL;
+    while (list) {
+        cmd *x = list;
+        list = x->next;
+        x->next = NULL;
+        if (c->stop) { /* after STOP: drop */
+            cmd_drop(x);
+            continue;
+        }
+        handle_cmd(c, x);
+    }
+    if (c->o.on_round_end && !c->stop && atomic_load(&c->received) != rx0)
+        c->o.on_round_end(c->o.ud);
+    return did;
+}
+
 static void *progress_main(void *arg)
 {
     ucx_ctx *c = arg;
     pthread_mutex_lock(&c->wmu);
     while (!c->stop) {
-        uint64_t rx0 = atomic_load(&c->received);
         c->kick = 0; /* this round does the housekeeping */
-        while (ucp_worker_progress(c->w))
-            ;
-        accept_pending(c);
-        pthread_mutex_lock(&c->mu);
-        cmd *list = c->q_head;
-        c->q_head = c->q_tail = NULL;
-        pthread_mutex_unlock(&c->mu);
-        int did = list != NULL;
-        while (list) {
-            cmd *x = list;
-            list = x->next;
-            x->next = NULL;
-            if (c->stop) { /* after STOP: drop */
-                cmd_drop(x);
-                continue;
-            }
-            handle_cmd(c, x);
-        }
-        if (c->o.on_round_end && !c->stop && atomic_load(&c->received) != rx0)
-            c->o.on_round_end(c->o.ud);
+        int did = run_round(c);
         double next = release_due(c);
         peers_housekeeping(c);
         if (c->stop || did)
@@ -1144,18 +1153,15 @@ int ucx_poll(ucx_ctx *c)
     if (pthread_mutex_trylock(&c->wmu)) /* the progress thread is awake (or another poller) */
         return 0;
     uint64_t rx0 = atomic_load(&c->received);
-    if (!c->stop)
-        while (ucp_worker_progress(c->w))
-            ;
-    int got = atomic_load(&c->received) != rx0;
-    if (got && c->o.on_round_end && !c->stop)
-        c->o.on_round_end(c->o.ud);
-    if (c->kick) { /* the events this consumed may not wake the progress thread: wake it */
+    int did = c->stop ? 0 : run_round(c);
+    /* The events this consumed may not wake the progress thread: wake it for its housekeeping,
+     * and when commands went out, for the link emulator's release times. */
+    if (c->kick || did) {
         c->kick = 0;
         ucp_worker_signal(c->w);
     }
     pthread_mutex_unlock(&c->wmu);
-    return got;
+    return atomic_load(&c->received) != rx0;
 }
 
 void ucx_peer_close(ucx_peer *p)

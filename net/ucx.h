@@ -70,8 +70,9 @@ sd_err ucx_connect(ucx_ctx *c, const char *addr, ucx_peer **out);
 /* Queue a message to p (data copied). msg_id < 256. SD_ECANCELED when p is down or closed. */
 sd_err ucx_send(ucx_peer *p, unsigned msg_id, const void *data, size_t len);
 
-/* Progress the data plane once from the calling thread if the progress thread is asleep (else
- * nothing happens): messages that have arrived are delivered to on_msg on this thread, which
+/* Run one round of the progress loop from the calling thread if the progress thread is asleep
+ * (else nothing happens): messages that have arrived are delivered to on_msg (and then
+ * on_round_end, after the sends they queued went out) on this thread, which
  * must not hold a lock on_msg takes. For a thread that waits for a message on the critical path
  * (a worker between chunks): polling saves the wake-ups of two sleeping threads. 1: something
  * was delivered. c must stay alive during the call. */
