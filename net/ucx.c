@@ -60,7 +60,7 @@
 
 enum { P_CONNECTING, P_UP, P_CLOSING, P_DOWN, P_CLOSED };
 
-typedef enum { CMD_SEND, CMD_CONNECT, CMD_CLOSE, CMD_SET_LINK, CMD_STOP } cmd_kind;
+typedef enum { CMD_SEND, CMD_CONNECT, CMD_CLOSE, CMD_SET_LINK, CMD_FAIL, CMD_STOP } cmd_kind;
 
 typedef struct cmd {
     struct cmd *next;
@@ -68,6 +68,7 @@ typedef struct cmd {
     ucx_peer *peer; /* a reference */
     uint32_t hdr;   /* AM header: the message id; lives until the send completes */
     size_t len;
+    size_t counted; /* bytes this send adds to its peer's unsent (ucx_send's, until freed) */
     double release; /* link emulator */
     uint64_t seq;
     ucx_link link;
@@ -98,6 +99,8 @@ struct ucx_peer {
     /* close handshake: see peers_housekeeping */
     int creq_sent, ack_received, remote_closed, ack_sent;
     double creq_deadline, ack_done_at;
+    atomic_size_t unsent; /* bytes of ucx_send's messages not yet sent (back-pressure) */
+    atomic_int overrun;   /* went over max_unsent_bytes: failed, CMD_FAIL queued */
     int inflight; /* UCX send and receive requests outstanding */
     int held;     /* sends waiting in the link emulator */
     linkemu emu;
@@ -207,6 +210,8 @@ static cmd *cmd_new(cmd_kind k, ucx_peer *p, size_t len)
 
 static void cmd_free(cmd *x)
 {
+    if (x->counted)
+        atomic_fetch_sub(&x->peer->unsent, x->counted);
     if (x->peer)
         ucx_peer_unref(x->peer);
     free(x);
@@ -876,6 +881,9 @@ static void handle_cmd(ucx_ctx *c, cmd *x)
             x->peer->emu_on = 0;
         }
         break;
+    case CMD_FAIL:
+        peer_down(x->peer, (const char *)x->data);
+        break;
     case CMD_STOP:
         c->stop = 1;
         break;
@@ -969,6 +977,8 @@ sd_err ucx_create(ucx_ctx **out, const ucx_opts *o)
     c->o = *o;
     if (!c->o.max_msg_bytes)
         c->o.max_msg_bytes = UCX_DEFAULT_MAX;
+    if (!c->o.max_unsent_bytes)
+        c->o.max_unsent_bytes = UCX_DEFAULT_MAX;
     c->efd = -1;
     pthread_mutex_init(&c->mu, NULL);
     pthread_mutex_init(&c->wmu, NULL);
@@ -1129,6 +1139,24 @@ static int send_direct(ucx_ctx *c, cmd *x)
     return ok;
 }
 
+/* p went over its unsent limit: the first sender to notice has the progress thread take it
+ * down (on_peer_down reports why; the force close cancels what UCX still holds). */
+static sd_err fail_overrun(ucx_peer *p, size_t unsent, size_t max)
+{
+    char why[160];
+    int n = snprintf(why, sizeof why, "not keeping up: %zu bytes unsent, at most %zu allowed",
+                     unsent, max);
+    int no = 0;
+    if (atomic_compare_exchange_strong(&p->overrun, &no, 1)) {
+        cmd *x = cmd_new(CMD_FAIL, p, (size_t)n + 1);
+        if (x) {
+            memcpy(x->data, why, (size_t)n + 1);
+            cmd_push(p->c, x);
+        }
+    }
+    return sd_fail(SD_ECANCELED, "ucx: peer %s is %s", p->name, why);
+}
+
 sd_err ucx_send(ucx_peer *p, unsigned msg_id, const void *data, size_t len)
 {
     int st = atomic_load(&p->state);
@@ -1137,9 +1165,20 @@ sd_err ucx_send(ucx_peer *p, unsigned msg_id, const void *data, size_t len)
                        st == P_DOWN ? "down" : "closed");
     if (msg_id >= 256)
         return sd_fail(SD_EINVAL, "ucx: message id %u out of range (< 256)", msg_id);
+    if (atomic_load(&p->overrun))
+        return sd_fail(SD_ECANCELED, "ucx: peer %s is down (not keeping up)", p->name);
+    size_t cost = sizeof(cmd) + len, max = p->c->o.max_unsent_bytes;
+    size_t unsent = atomic_fetch_add(&p->unsent, cost) + cost;
+    if (unsent > max) {
+        atomic_fetch_sub(&p->unsent, cost);
+        return fail_overrun(p, unsent - cost, max);
+    }
     cmd *x = cmd_new(CMD_SEND, p, len);
-    if (!x)
+    if (!x) {
+        atomic_fetch_sub(&p->unsent, cost);
         return sd_fail(SD_ENOMEM, "ucx: out of memory for a %zu-byte message", len);
+    }
+    x->counted = cost;
     x->hdr = msg_id;
     if (len)
         memcpy(x->data, data, len);

@@ -1,7 +1,12 @@
 /* ucx: the data plane over UCX (1.13) active messages. One ucx_ctx = a UCP context + worker, an
  * optional listener and one progress thread that owns the worker. Sends from any thread copy
  * the payload; they go out from the calling thread when the progress thread is asleep and
- * nothing is queued ahead of them, else through its queue (woken with ucp_worker_signal). Received messages are delivered on the progress thread through on_msg, in
+ * nothing is queued ahead of them, else through its queue (woken with ucp_worker_signal).
+ * Back-pressure: a peer that lets more than max_unsent_bytes pile up on our side (queued, held
+ * by the link emulator or in flight in UCX: it stopped reading, e.g. a stalled process) is
+ * treated as failed: the send that would exceed it fails, and the peer goes down through
+ * on_peer_down with the reason, so memory stays bounded and the application's failure handling
+ * takes over. Received messages are delivered on the progress thread through on_msg, in
  * the order the peer sent them (eager and rendezvous alike: a message that arrives while an
  * earlier rendezvous receive from the same peer is in progress waits for it); data is valid only
  * during the callback, which must not block.
@@ -45,6 +50,7 @@ typedef struct {
     ucx_link link;           /* emulated link applied to sends to every peer (per-peer override:
                                 ucx_peer_set_link) */
     size_t max_msg_bytes;    /* larger incoming messages are dropped with a log line (0 = 64 MiB) */
+    size_t max_unsent_bytes; /* per peer, see back-pressure above (0 = 64 MiB) */
     /* Callbacks, all on the progress thread. */
     void (*on_msg)(void *ud, ucx_peer *from, unsigned msg_id, const void *data, size_t len);
     void (*on_peer_up)(void *ud, ucx_peer *p);                       /* accepted connection */
@@ -67,7 +73,8 @@ int ucx_listen_port(const ucx_ctx *c);
  * reported through on_peer_down). The peer holds one reference for the caller. */
 sd_err ucx_connect(ucx_ctx *c, const char *addr, ucx_peer **out);
 
-/* Queue a message to p (data copied). msg_id < 256. SD_ECANCELED when p is down or closed. */
+/* Queue a message to p (data copied). msg_id < 256. SD_ECANCELED when p is down or closed, or
+ * when this message would take p over max_unsent_bytes (p then goes down). */
 sd_err ucx_send(ucx_peer *p, unsigned msg_id, const void *data, size_t len);
 
 /* Run one round of the progress loop from the calling thread if the progress thread is asleep

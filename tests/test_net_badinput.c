@@ -1056,6 +1056,7 @@ static ucx_ctx *raw_ctx(sink *s, const char *listen)
     ucx_ctx *u = NULL;
     ucx_opts o = {.listen_addr = listen,
                   .err_mode_peer = 1,
+                  .max_unsent_bytes = 256u << 20, /* room for the oversized message below */
                   .on_msg = sink_msg,
                   .on_peer_up = sink_up,
                   .on_peer_down = sink_down,

@@ -2,7 +2,8 @@
  * messages intact and in order in both directions, in both error modes; peers up and down; sends
  * to closed peers; oversized messages dropped; and the link emulator (delay lower bound,
  * bandwidth serialisation, reordering that changes order but never content, same seed → same
- * order), plus the pure timing model alone. Every wait is bounded in count and time.
+ * order), plus the pure timing model alone; back-pressure on a peer that stops reading; and
+ * delivery on a polling thread. Every wait is bounded in count and time.
  * SD_TEST_LABELS: net */
 #include <math.h>
 #include <pthread.h>
@@ -545,6 +546,115 @@ static void test_oversized(void **state)
 
 /* ---- the link emulator ---- */
 
+/* ---- back-pressure: a receiver that stops reading ---- */
+
+static atomic_int stall_on, stalled; /* test_stalled_peer: the receiver blocks in on_msg */
+
+static void on_msg_stall(void *ud, ucx_peer *from, unsigned id, const void *data, size_t len)
+{
+    double t0 = clock_now_s();
+    while (atomic_load(&stall_on) && clock_now_s() - t0 < 30) { /* a stuck process, bounded */
+        atomic_store(&stalled, 1);
+        sleep_ms(1);
+    }
+    on_msg(ud, from, id, data, len);
+}
+
+static ucx_ctx *ctx_open(sink *s, int listen, size_t max_unsent, int stall)
+{
+    ucx_opts o = {.listen_addr = listen ? "127.0.0.1:0" : NULL,
+                  .err_mode_peer = 1,
+                  .max_unsent_bytes = max_unsent,
+                  .on_msg = stall ? on_msg_stall : on_msg,
+                  .on_peer_up = on_up,
+                  .on_peer_down = on_down,
+                  .ud = s};
+    ucx_ctx *c;
+    sink_init(s);
+    assert_int_equal(ucx_create(&c, &o), SD_OK);
+    return c;
+}
+
+static ucx_peer *connect_to(ucx_ctx *from, ucx_ctx *to, sink *at)
+{
+    char addr[64];
+    ucx_peer *p;
+    snprintf(addr, sizeof addr, "127.0.0.1:%d", ucx_listen_port(to));
+    assert_int_equal(ucx_connect(from, addr, &p), SD_OK);
+    assert_int_equal(ucx_send(p, 1, "hello", 5), SD_OK);
+    assert_int_equal(wait_count(at, 1, 10000), 1);
+    sink_clear(at);
+    return p;
+}
+
+/* A sender whose peer stops reading: sends are accepted until max_unsent_bytes are waiting on
+ * the sender's side, then refused, and the peer goes down with the reason (memory stays
+ * bounded); what the stalled peer does get is an intact prefix in order; the sender's other
+ * peer is untouched. */
+static void test_stalled_peer(void **state)
+{
+    (void)state;
+    uint64_t seed = tu_seed();
+    const size_t cap = 1u << 20, len = 4u << 10; /* eager: the socket buffers fill first */
+    sink sa, sb, sc;
+    ucx_ctx *a = ctx_open(&sa, 1, 0, 1), *c = ctx_open(&sc, 1, 0, 0), *b = ctx_open(&sb, 0, cap, 0);
+    ucx_peer *b2a = connect_to(b, a, &sa), *b2c = connect_to(b, c, &sc);
+    atomic_store(&stall_on, 1);
+    uint8_t *m = malloc(len);
+    int k = 0;
+    sd_err e = SD_OK;
+    for (; k < 65536; k++) { /* 256 MiB at most: far more than any socket buffers */
+        fill(m, len, seed, (uint32_t)k);
+        if ((e = ucx_send(b2a, 2, m, len)) != SD_OK)
+            break;
+        if (k == 0) /* the receiver is inside on_msg, stuck, before the flood */
+            for (int i = 0; i < 10000 && !atomic_load(&stalled); i++)
+                sleep_ms(1);
+    }
+    fprintf(stderr, "stalled peer: %d sends of %zu bytes accepted, then: %s\n", k, len,
+            sd_errmsg());
+    assert_true(atomic_load(&stalled));
+    assert_int_equal(e, SD_ECANCELED);
+    assert_non_null(strstr(sd_errmsg(), "not keeping up"));
+    assert_true(k > (int)(cap / len) / 2); /* up to the cap, not refused early */
+    assert_int_equal(wait_atomic(&sb.downs, 1, 10000), 1);
+    assert_non_null(strstr(sb.reason, "not keeping up"));
+    assert_int_equal(ucx_send(b2a, 2, "x", 1), SD_ECANCELED);
+    /* The sender's other peer is unaffected (small messages: the cap is per peer, and a burst
+     * of large ones would pass it even to a healthy peer). */
+    for (int i = 0; i < 50; i++) {
+        fill(m, HDR + 100, seed + 1, (uint32_t)i);
+        assert_int_equal(ucx_send(b2c, 7, m, HDR + 100), SD_OK);
+    }
+    assert_int_equal(wait_count(&sc, 50, 10000), 50);
+    for (int i = 0; i < 50; i++) {
+        uint32_t idx;
+        assert_true(check_msg(&sc.m[i], seed + 1, &idx));
+        assert_int_equal(idx, (uint32_t)i);
+    }
+    assert_int_equal(atomic_load(&sc.downs), 0);
+    /* The stalled peer resumes: it sees an intact, in-order prefix of what was accepted. */
+    atomic_store(&stall_on, 0);
+    assert_int_equal(wait_atomic(&sa.downs, 1, 15000), 1);
+    int got = sink_count(&sa);
+    fprintf(stderr, "the stalled peer got %d of them before the sender dropped it\n", got);
+    assert_true(got >= 1 && got <= k);
+    for (int i = 0; i < got; i++) {
+        uint32_t idx;
+        assert_true(check_msg(&sa.m[i], seed, &idx));
+        assert_int_equal(idx, (uint32_t)i);
+    }
+    free(m);
+    ucx_free(b);
+    ucx_free(a);
+    ucx_free(c);
+    ucx_peer_unref(b2a);
+    ucx_peer_unref(b2c);
+    sink_free(&sa);
+    sink_free(&sb);
+    sink_free(&sc);
+}
+
 static void test_linkemu_model(void **state)
 {
     uint64_t seed = tu_seed();
@@ -717,6 +827,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_close_none),           cmocka_unit_test(test_oversized),
         cmocka_unit_test(test_link_delay),           cmocka_unit_test(test_link_bandwidth),
         cmocka_unit_test(test_link_reorder),         cmocka_unit_test(test_poll),
+        cmocka_unit_test(test_stalled_peer),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
