@@ -15,13 +15,18 @@
 #    ucx_perftest's ucp_am_lat floor on TCP loopback (both its busy-polling and its sleeping
 #    mode; the daemons sleep) and bench_cluster_wake's cost of waking a sleeping thread; and the
 #    same on a second cluster whose worker does not poll between chunks (poll_us = 0).
+# 2b. what the cluster's other processes cost the worker's forward on a machine they share:
+#    the CPU time of the coordinator + drafter (/proc) and of the client (bash's reaped children)
+#    over every cluster ar/si latency run, per step; and in-process ar beside
+#    `bench_cluster_wake --steal` taking 0, 150 or 300 µs of CPU every 4 ms: how much longer a
+#    forward that uses every core gets per µs of CPU taken from it.
 # 3. worker throughput (verified tokens/s, from the worker's counters in `specd status`) with 1,
 #    4 and 16 concurrent sessions, batching = 1 (one forward over all ready sessions) vs 0: two
 #    clusters up side by side, their runs alternating, the ratio taken per adjacent pair.
 # Starts and stops every process itself (traps included) and checks none is left. Writes a
 # tidy CSV (section,config,metric,value,unit) and prints tables and the issue's ratios. The
 # machine may be shared: only ratios inside one run mean anything; the CPU and the load average
-# are printed with them. A run takes 3-5 minutes on 2 busy vCPUs.
+# are printed with them. A run takes 4-6 minutes on 2 busy vCPUs.
 set -u
 SRC=$(cd "$(dirname "$0")/.." && pwd)
 BUILD=$SRC/build
@@ -34,7 +39,7 @@ while [ $# -gt 0 ]; do
     --reps) REPS=$2; shift 2 ;;
     --csv) CSV=$2; shift 2 ;;
     --keep) KEEP=1; shift ;;
-    -h | --help) sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) sed -n '2,29p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "bench/cluster.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -128,6 +133,21 @@ run() {
     fi
 }
 
+# CPU time in clock ticks: of the processes given (utime + stime), and of this shell's reaped
+# children (cutime + cstime: a finished `run` adds its client's)
+proc_ticks() { local t=0 v; for p in "$@"; do v=$(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null) && t=$((t + v)); done; echo $t; }
+child_ticks() { awk '{print $16 + $17}' /proc/$$/stat; }
+
+# run_cpu NAME [specd generate options]: run, adding "NAME other_ticks client_ticks" to cpu.txt
+# (other: the current cluster's coordinator and drafter, $OTHER_PIDS)
+run_cpu() {
+    local o0 c0
+    o0=$(proc_ticks $OTHER_PIDS)
+    c0=$(child_ticks)
+    run "$@"
+    echo "$1 $(($(proc_ticks $OTHER_PIDS) - o0)) $(($(child_ticks) - c0))" >>"$RAW/cpu.txt"
+}
+
 # worker_line: the worker's line of specd status (forwards, batched forwards, verified tokens)
 worker_line() { "$SPECD" status --coordinator "$CL_ADDR" | awk '$1 == "worker"' | head -n1; }
 
@@ -141,6 +161,7 @@ worker_line() { "$SPECD" status --coordinator "$CL_ADDR" | awk '$1 == "worker"' 
     echo "commit=$(git -C "$SRC" rev-parse --short HEAD 2>/dev/null || echo unknown)"
     echo "reps=$REPS"
     echo "n_gen=$N_GEN"
+    echo "clk_tck=$(getconf CLK_TCK)"
 } >"$RAW/meta.txt"
 log "$(sed -n 1,3p "$RAW/meta.txt" | tr '\n' ' ')- this machine may be shared with other work: ratios within this run only"
 
@@ -181,18 +202,22 @@ cluster_up --worker-set poll_us=0
 NP_PID=$CL_PID NP_N=$CL_N NP_ADDR=$CL_ADDR
 run warm_nopoll --coordinator "$NP_ADDR" --mode ar -p "Hello" -n 16 --ignore-eos
 cluster_up
+OTHER_PIDS=$(pgrep -f -- "--config $RAW/c$CL_N/(coordinator|drafter)\.cfg" | tr '\n' ' ')
 log "cluster at $CL_ADDR (and $NP_ADDR with worker poll_us = 0); warm-up"
 run warm_cluster --coordinator "$CL_ADDR" --mode ar -p "Hello" -n 16 --ignore-eos
 run warm_local --model "$MODEL" --draft none -p "Hello" -n 16 --ignore-eos
+for k in 1 2 3; do # a client's own start-up and shutdown, to take off its per-run CPU time
+    run_cpu "cpubase_$k" --coordinator "$CL_ADDR" --mode ar -p "Hello" -n 1
+done
 for rep in $(seq 1 "$REPS"); do
     log "latency rep $rep/$REPS"
     for p in 0 1; do
         eval "pa=(\"\${PROMPT_ARGS_$p[@]}\")"
         common=("${pa[@]}" -n "$N_GEN" --ignore-eos "${DRAFT[@]}")
-        run "lat_${rep}_${p}_cluster_ar" --coordinator "$CL_ADDR" --mode ar "${common[@]}"
+        run_cpu "lat_${rep}_${p}_cluster_ar" --coordinator "$CL_ADDR" --mode ar "${common[@]}"
         run "lat_${rep}_${p}_local_ar" --model "$MODEL" "${pa[@]}" -n "$N_GEN" --ignore-eos \
             --draft none
-        run "lat_${rep}_${p}_cluster_si" --coordinator "$CL_ADDR" --mode si "${common[@]}"
+        run_cpu "lat_${rep}_${p}_cluster_si" --coordinator "$CL_ADDR" --mode si "${common[@]}"
         run "lat_${rep}_${p}_local_si" --model "$MODEL" "${common[@]}"
         run "lat_${rep}_${p}_cluster_async" --coordinator "$CL_ADDR" --mode async "${common[@]}"
     done
@@ -217,6 +242,19 @@ for rep in $(seq 1 "$REPS"); do
     done
 done
 cluster_down
+
+# ---- 2b: CPU taken from an in-process forward (the other half of section 2b is in cpu.txt) ----
+log "in-process ar beside a process taking CPU every 4 ms"
+for rep in $(seq 1 "$REPS"); do
+    for burn in 0 150 300; do
+        "$WAKE" --steal 4000 "$burn" 300 >"$RAW/steal_${rep}_$burn.txt" &
+        PERF_PID=$!
+        run "steal_${rep}_$burn" --model "$MODEL" "${PROMPT_ARGS_1[@]}" -n "$N_GEN" --ignore-eos \
+            --draft none
+        kill "$PERF_PID" && wait "$PERF_PID"
+        PERF_PID=
+    done
+done
 
 # ---- 3: worker throughput, batched vs one forward per session ----
 # Both clusters stay up (an idle one only heartbeats) and take turns, so each batched run has

@@ -239,6 +239,64 @@ def main():
               f"{floor[f'wake_{k}_p50_us']:.1f} / {floor[f'wake_{k}_mean_us']:.1f} / "
               f"{floor[f'wake_{k}_p99_us']:.1f} |")
 
+    # ---- CPU the cluster's other processes take, and what stolen CPU costs a forward ----
+    clk = float(meta.get("clk_tck", 100))
+    cpu = {}
+    with open(os.path.join(raw, "cpu.txt")) as f:
+        for line in f:
+            name, oth, cli = line.split()
+            cpu[name] = (int(oth) * 1e3 / clk, int(cli) * 1e3 / clk)  # ms
+    client_base = statistics.median(v[1] for k, v in cpu.items() if k.startswith("cpubase_"))
+    print("\n## CPU of the other processes during the cluster's runs (they share the 2 vCPUs with "
+          "the worker's forward)\n")
+    print(f"Clock-tick accounting ({1e3 / clk:.0f} ms ticks) summed over the {reps} runs; the "
+          f"client's start-up and shutdown ({client_base:.0f} ms, a 1-token run) taken off "
+          f"each run.\n")
+    print("| prompt | mode | coordinator + drafter µs per step | client µs per step | worker "
+          "compute per step, cluster - in-process µs |")
+    print("|---|---|---|---|---|")
+    for p, pname in prompts.items():
+        for mode in ("ar", "si"):
+            o_ms = c_ms = steps = 0
+            for rep in range(1, reps + 1):
+                name = f"lat_{rep}_{p}_cluster_{mode}"
+                steps += int(read_timing(os.path.join(raw, "t", name + ".txt"))[2]["steps"])
+                o_ms += cpu[name][0]
+                c_ms += max(0.0, cpu[name][1] - client_base)
+            o_us, c_us = o_ms * 1e3 / steps, c_ms * 1e3 / steps
+            extra = [r for r in rows if r[0] == "step" and r[2] in ("compute_ms", "verify_ms")
+                     and r[1] in (f"p{p}_cluster_{mode}", f"p{p}_local_{mode}")]
+            ex = {r[1].split("_")[1]: r[3] for r in extra}
+            d_us = (ex["cluster"] - ex["local"]) * 1e3
+            rows += [("cpu", f"p{p}_cluster_{mode}", "other_us_per_step", round(o_us, 1), "us"),
+                     ("cpu", f"p{p}_cluster_{mode}", "client_us_per_step", round(c_us, 1), "us"),
+                     ("cpu", f"p{p}_cluster_{mode}", "compute_minus_local_us", round(d_us, 1),
+                      "us")]
+            print(f"| {pname} | {mode} | {o_us:.0f} | {c_us:.0f} | {d_us:.0f} |")
+    print("\nIn-process ar (code prompt) beside bench_cluster_wake --steal, which keeps a CPU busy "
+          "for B µs every 4 ms (paired with the B = 0 run of the same repetition):\n")
+    print("| B µs | CPU taken per step µs | verify per step ms | slowdown per step µs | slowdown "
+          "/ CPU taken |")
+    print("|---|---|---|---|---|")
+    st = {}
+    for burn in (0, 150, 300):
+        for rep in range(1, reps + 1):
+            _, _, summ = read_timing(os.path.join(raw, "t", f"steal_{rep}_{burn}.txt"))
+            with open(os.path.join(raw, f"steal_{rep}_{burn}.txt")) as f:
+                w = f.read().split()
+            per = summ["verify_ms"] / summ["steps"]
+            st[(burn, rep)] = (per, float(w[2]) / float(w[3]) * per * 1e3)  # ms, µs taken
+    for burn in (0, 150, 300):
+        per = statistics.median(st[(burn, r)][0] for r in range(1, reps + 1))
+        taken = statistics.median(st[(burn, r)][1] for r in range(1, reps + 1))
+        slow = statistics.median((st[(burn, r)][0] - st[(0, r)][0]) * 1e3
+                                 for r in range(1, reps + 1))
+        rows += [("steal", f"burn{burn}", "verify_ms_per_step", round(per, 4), "ms"),
+                 ("steal", f"burn{burn}", "cpu_taken_us_per_step", round(taken, 1), "us"),
+                 ("steal", f"burn{burn}", "slowdown_us_per_step", round(slow, 1), "us")]
+        ratio = f"{slow / taken:.2f}" if burn else "-"
+        print(f"| {burn} | {taken:.0f} | {per:.2f} | {slow:.0f} | {ratio} |")
+
     # ---- throughput: batched and unbatched runs alternate; ratios of adjacent pairs ----
     tp = {}
     with open(os.path.join(raw, "tp.txt")) as f:

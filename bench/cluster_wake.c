@@ -10,13 +10,24 @@
  * Prints one line per kind: "wake KIND p50_us mean_us p99_us" (one handoff = half a round
  * trip). Run by bench/cluster.sh beside ucx_perftest.
  *
- *   bench_cluster_wake [ROUND_TRIPS]   (default 2000) */
+ * With --steal it is instead the other processes of a co-located cluster (coordinator,
+ * drafter, client wake up briefly around every chunk): every PERIOD_US it wakes and keeps a
+ * CPU busy for BURN_US, for SECONDS or until SIGTERM, then prints "steal BURSTS CPU_MS WALL_MS"
+ * (bench/cluster.sh runs in-process generation beside it: what stolen CPU time costs a forward
+ * that uses every core).
+ *
+ *   bench_cluster_wake [ROUND_TRIPS]   (default 2000)
+ *   bench_cluster_wake --steal PERIOD_US BURN_US SECONDS */
 #include <poll.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/eventfd.h>
+#include <sys/resource.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "../common/clock.h"
@@ -85,8 +96,48 @@ static void report(const char *kind, double *us)
     printf("wake %s %.2f %.2f %.2f\n", kind, us[n_rt / 2], sum / n_rt, us[n_rt * 99 / 100]);
 }
 
+static volatile sig_atomic_t stop_steal;
+
+static void on_term(int sig)
+{
+    (void)sig;
+    stop_steal = 1;
+}
+
+static int steal(int period_us, int burn_us, double seconds)
+{
+    long bursts = 0;
+    signal(SIGTERM, on_term);
+    double t0 = clock_now_s(), end = t0 + seconds;
+    while (!stop_steal && clock_now_s() < end) {
+        struct timespec ts = {period_us / 1000000, (long)(period_us % 1000000) * 1000L};
+        nanosleep(&ts, NULL);
+        double until = clock_now_s() + burn_us * 1e-6;
+        while (clock_now_s() < until)
+            ;
+        bursts++;
+    }
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    double cpu_ms = (double)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) * 1e3 +
+                    (double)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e3;
+    printf("steal %ld %.1f %.1f\n", bursts, cpu_ms, (clock_now_s() - t0) * 1e3);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
+    if (argc > 1 && !strcmp(argv[1], "--steal")) {
+        int period = argc == 5 ? atoi(argv[2]) : 0, burn = argc == 5 ? atoi(argv[3]) : -1;
+        double secs = argc == 5 ? atof(argv[4]) : 0;
+        if (period < 100 || period > 10000000 || burn < 0 || burn > period || secs <= 0 ||
+            secs > 3600) {
+            fprintf(stderr, "usage: bench_cluster_wake --steal PERIOD_US (100..1e7) BURN_US "
+                            "(0..PERIOD_US) SECONDS (0..3600]\n");
+            return 2;
+        }
+        return steal(period, burn, secs);
+    }
     if (argc > 1) {
         n_rt = atoi(argv[1]);
         if (n_rt < 10 || n_rt > 10000000) {
