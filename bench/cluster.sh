@@ -16,7 +16,7 @@
 #    mode; the daemons sleep) and bench_cluster_wake's cost of waking a sleeping thread; and the
 #    same on a second cluster whose worker does not poll between chunks (poll_us = 0).
 # 2b. what the cluster's other processes cost the worker's forward on a machine they share:
-#    the CPU time of the coordinator + drafter (/proc) and of the client (bash's reaped children)
+#    the CPU time of the coordinator + drafter (/proc schedstat) and of the client (bash's time)
 #    over every cluster ar/si latency run, per step; and in-process ar beside
 #    `bench_cluster_wake --steal` taking 0, 150 or 300 µs of CPU every 4 ms: how much longer a
 #    forward that uses every core gets per µs of CPU taken from it.
@@ -133,19 +133,17 @@ run() {
     fi
 }
 
-# CPU time in clock ticks: of the processes given (utime + stime), and of this shell's reaped
-# children (cutime + cstime: a finished `run` adds its client's)
-proc_ticks() { local t=0 v; for p in "$@"; do v=$(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null) && t=$((t + v)); done; echo $t; }
-child_ticks() { awk '{print $16 + $17}' /proc/$$/stat; }
+# CPU time of the processes given, in ns: the sum over their threads of schedstat's time on CPU
+proc_cpu_ns() { cat $(for p in "$@"; do echo "/proc/$p/task/"*/schedstat; done) 2>/dev/null | awk '{t += $1} END {printf "%.0f\n", t}'; }
 
-# run_cpu NAME [specd generate options]: run, adding "NAME other_ticks client_ticks" to cpu.txt
-# (other: the current cluster's coordinator and drafter, $OTHER_PIDS)
+# run_cpu NAME [specd generate options]: run, adding "NAME other_ms client_ms" to cpu.txt: the
+# CPU time the current cluster's coordinator and drafter ($OTHER_PIDS) and the client took
 run_cpu() {
-    local o0 c0
-    o0=$(proc_ticks $OTHER_PIDS)
-    c0=$(child_ticks)
-    run "$@"
-    echo "$1 $(($(proc_ticks $OTHER_PIDS) - o0)) $(($(child_ticks) - c0))" >>"$RAW/cpu.txt"
+    local o0 o1 TIMEFORMAT='%3U %3S'
+    o0=$(proc_cpu_ns $OTHER_PIDS)
+    { time run "$@" 2>&3; } 3>&2 2>"$RAW/time.txt"
+    o1=$(proc_cpu_ns $OTHER_PIDS)
+    echo "$1 $(((o1 - o0) / 1000000)) $(awk '{print ($1 + $2) * 1000}' "$RAW/time.txt")" >>"$RAW/cpu.txt"
 }
 
 # worker_line: the worker's line of specd status (forwards, batched forwards, verified tokens)
@@ -161,7 +159,6 @@ worker_line() { "$SPECD" status --coordinator "$CL_ADDR" | awk '$1 == "worker"' 
     echo "commit=$(git -C "$SRC" rev-parse --short HEAD 2>/dev/null || echo unknown)"
     echo "reps=$REPS"
     echo "n_gen=$N_GEN"
-    echo "clk_tck=$(getconf CLK_TCK)"
 } >"$RAW/meta.txt"
 log "$(sed -n 1,3p "$RAW/meta.txt" | tr '\n' ' ')- this machine may be shared with other work: ratios within this run only"
 

@@ -240,18 +240,17 @@ def main():
               f"{floor[f'wake_{k}_p99_us']:.1f} |")
 
     # ---- CPU the cluster's other processes take, and what stolen CPU costs a forward ----
-    clk = float(meta.get("clk_tck", 100))
     cpu = {}
     with open(os.path.join(raw, "cpu.txt")) as f:
         for line in f:
             name, oth, cli = line.split()
-            cpu[name] = (int(oth) * 1e3 / clk, int(cli) * 1e3 / clk)  # ms
+            cpu[name] = (float(oth), float(cli))  # ms
     client_base = statistics.median(v[1] for k, v in cpu.items() if k.startswith("cpubase_"))
     print("\n## CPU of the other processes during the cluster's runs (they share the 2 vCPUs with "
           "the worker's forward)\n")
-    print(f"Clock-tick accounting ({1e3 / clk:.0f} ms ticks) summed over the {reps} runs; the "
-          f"client's start-up and shutdown ({client_base:.0f} ms, a 1-token run) taken off "
-          f"each run.\n")
+    print(f"CPU time (coordinator + drafter: their threads' schedstat; the client: its rusage) "
+          f"summed over the {reps} runs; the client's start-up and shutdown ({client_base:.0f} "
+          f"ms, a 1-token run) taken off each run.\n")
     print("| prompt | mode | coordinator + drafter µs per step | client µs per step | worker "
           "compute per step, cluster - in-process µs |")
     print("|---|---|---|---|---|")
