@@ -60,7 +60,7 @@ CL_PID=
 CL_ADDR=
 CL_N=0
 CLS=() # "pid:n" of every launcher still running
-PERF_PID=
+BG_PID= # a background helper (ucx_perftest server, bench_cluster_wake --steal)
 CLIENTS=()
 
 log() { echo "bench/cluster: $*" >&2; }
@@ -85,7 +85,7 @@ cluster_down() { # stops the cluster in CL_PID / CL_N
 
 cleanup() {
     for p in "${CLIENTS[@]}"; do kill "$p" 2>/dev/null; done
-    [ -n "$PERF_PID" ] && kill "$PERF_PID" 2>/dev/null && wait "$PERF_PID" 2>/dev/null
+    [ -n "$BG_PID" ] && kill "$BG_PID" 2>/dev/null && wait "$BG_PID" 2>/dev/null
     local x
     for x in "${CLS[@]}"; do
         CL_PID=${x%%:*}
@@ -171,7 +171,7 @@ for mode in poll sleep; do
     port=$(free_port)
     # -e: endpoints with error handling (the daemons' ucx_err_mode = peer); -I: wake-up feature
     ucx_perftest -t ucp_am_lat -s 64 -n 5000 -p "$port" -e -I -E "$mode" >"$RAW/perf_srv_$mode" 2>&1 &
-    PERF_PID=$!
+    BG_PID=$!
     ok=0
     for _ in 1 2 3 4 5 6 7 8 9 10; do
         sleep 0.3
@@ -181,8 +181,8 @@ for mode in poll sleep; do
             break
         fi
     done
-    wait "$PERF_PID" 2>/dev/null
-    PERF_PID=
+    wait "$BG_PID" 2>/dev/null
+    BG_PID=
     [ $ok = 1 ] || { log "ucx_perftest ($mode) failed:"; tail -5 "$RAW/perf_$mode" >&2; exit 1; }
     # Final: iterations p50 average overall ... (latency in us = half a round trip)
     awk -v m="$mode" '$1 == "Final:" { print "perftest", m, $3, $4 }' "$RAW/perf_$mode" >>"$RAW/floor.txt"
@@ -245,11 +245,11 @@ log "in-process ar beside a process taking CPU every 4 ms"
 for rep in $(seq 1 "$REPS"); do
     for burn in 0 150 300; do
         "$WAKE" --steal 4000 "$burn" 300 >"$RAW/steal_${rep}_$burn.txt" &
-        PERF_PID=$!
+        BG_PID=$!
         run "steal_${rep}_$burn" --model "$MODEL" "${PROMPT_ARGS_1[@]}" -n "$N_GEN" --ignore-eos \
             --draft none
-        kill "$PERF_PID" && wait "$PERF_PID"
-        PERF_PID=
+        kill "$BG_PID" && wait "$BG_PID"
+        BG_PID=
     done
 done
 

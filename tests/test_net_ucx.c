@@ -544,8 +544,6 @@ static void test_oversized(void **state)
     pair_close(&p);
 }
 
-/* ---- the link emulator ---- */
-
 /* ---- back-pressure: a receiver that stops reading ---- */
 
 static atomic_int stall_on, stalled; /* test_stalled_peer: the receiver blocks in on_msg */
@@ -654,6 +652,8 @@ static void test_stalled_peer(void **state)
     sink_free(&sb);
     sink_free(&sc);
 }
+
+/* ---- the link emulator ---- */
 
 static void test_linkemu_model(void **state)
 {
