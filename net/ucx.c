@@ -13,11 +13,14 @@
  *   that needs it without two wake-ups; what needs housekeeping (peer down, close handshake, a
  *   connection request) sets `kick` and the poller wakes the progress thread for it.
  * - Otherwise application threads talk to it through one command queue (mutex + singly linked
- *   FIFO): SEND (payload copied into the command), CONNECT, CLOSE, SET_LINK, STOP. A producer
- *   appends and calls ucp_worker_signal; the progress thread sleeps in poll() on the worker's
- *   event fd after ucp_worker_arm, so a command or a network event wakes it, and it sleeps at
- *   most until the next held send of the link emulator is due. After a round that delivered
- *   messages and handed their queued sends to UCX it calls on_round_end.
+ *   FIFO): SEND (payload copied into the command), CONNECT, CLOSE, SET_LINK, FAIL, STOP. A
+ *   producer appends and calls ucp_worker_signal; the progress thread sleeps in poll() on the
+ *   worker's event fd after ucp_worker_arm, so a command or a network event wakes it, and it
+ *   sleeps at most until the next held send of the link emulator is due. After a round that
+ *   delivered messages and handed their queued sends to UCX it calls on_round_end.
+ * - Back-pressure: ucx_send adds each message's size (and its command's) to its peer's `unsent`
+ *   and cmd_free takes it off when the send completed, failed or was dropped; the sender that
+ *   would pass max_unsent_bytes queues FAIL instead, which takes the peer down (peer_down).
  * - The link emulator is a binary min-heap of held SEND commands ordered by (release time,
  *   sequence number) on the progress thread: no thread or timer per peer.
  * - Receive: one AM handler. Eager data is delivered from the callback when nothing earlier
