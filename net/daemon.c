@@ -23,6 +23,7 @@ sd_err daemon_common_apply(const daemon_common *c, const char *role, ucx_opts *u
         uo->err_mode_peer = 0;
     else
         return sd_fail(SD_EINVAL, "ucx-err-mode: '%s' is not peer or none", c->ucx_err_mode);
+    uo->max_unsent_bytes = (size_t)c->ucx_max_unsent_mib << 20;
     uo->link = (ucx_link){.delay_ms = c->link_delay_ms,
                           .jitter_ms = c->link_jitter_ms,
                           .bandwidth_mbps = c->link_bandwidth_mbps,

@@ -13,6 +13,7 @@
 /* Config fields every daemon has; embed as a member and list DAEMON_COMMON_DEFS in its table. */
 typedef struct {
     const char *log_level, *ucx_err_mode;
+    int ucx_max_unsent_mib;
     float link_delay_ms, link_jitter_ms, link_bandwidth_mbps, link_reorder_prob, link_reorder_ms;
     unsigned long long link_seed;
 } daemon_common;
@@ -29,6 +30,15 @@ typedef struct {
          "MODE",                                                                                   \
          "UCX error handling: peer (failure callbacks; TCP) or none (shared memory allowed; "      \
          "heartbeats only)"},                                                                      \
+        {"ucx-max-unsent-mib",                                                                     \
+         0,                                                                                        \
+         OPT_INT,                                                                                  \
+         offsetof(T, f.ucx_max_unsent_mib),                                                        \
+         1,                                                                                        \
+         4096,                                                                                     \
+         "64",                                                                                     \
+         "MIB",                                                                                    \
+         "a peer with more than this unsent to it (it stopped reading) is dropped as failed"},     \
         {"link-delay-ms",                                                                          \
          0,                                                                                        \
          OPT_FLOAT,                                                                                \
