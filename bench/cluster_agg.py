@@ -137,6 +137,7 @@ def main():
     print("| prompt | mode | where | step | worker compute | network path (round trip - "
           "compute) | rest (step - round trip: drafter, client stream) |")
     print("|---|---|---|---|---|---|---|")
+    fwd = {}  # (p, where, mode) -> the target forward per step: worker compute / in-process verify
     for p, pname in prompts.items():
         for where, mode in configs:
             step, comp, net, ver_l = [], [], [], []
@@ -155,12 +156,14 @@ def main():
             rows.append(("step", cfg, "step_ms", round(st, 4), "ms"))
             if where == "cluster":
                 c, n = statistics.median(comp), statistics.median(net)
+                fwd[(p, where, mode)] = c
                 rows += [("step", cfg, "compute_ms", round(c, 4), "ms"),
                          ("step", cfg, "network_ms", round(n, 4), "ms")]
                 print(f"| {pname} | {mode} | cluster | {st:.2f} | {c:.2f} | {n:.2f} | "
                       f"{st - c - n:.2f} |")
             else:
                 ver = statistics.median(ver_l)
+                fwd[(p, where, mode)] = ver
                 rows.append(("step", cfg, "verify_ms", round(ver, 4), "ms"))
                 print(f"| {pname} | {mode} | in-process | {st:.2f} | {ver:.2f} (verify; the rest "
                       f"of the step drafts) | - | - |")
@@ -263,10 +266,7 @@ def main():
                 o_ms += cpu[name][0]
                 c_ms += max(0.0, cpu[name][1] - client_base)
             o_us, c_us = o_ms * 1e3 / steps, c_ms * 1e3 / steps
-            extra = [r for r in rows if r[0] == "step" and r[2] in ("compute_ms", "verify_ms")
-                     and r[1] in (f"p{p}_cluster_{mode}", f"p{p}_local_{mode}")]
-            ex = {r[1].split("_")[1]: r[3] for r in extra}
-            d_us = (ex["cluster"] - ex["local"]) * 1e3
+            d_us = (fwd[(p, "cluster", mode)] - fwd[(p, "local", mode)]) * 1e3
             rows += [("cpu", f"p{p}_cluster_{mode}", "other_us_per_step", round(o_us, 1), "us"),
                      ("cpu", f"p{p}_cluster_{mode}", "client_us_per_step", round(c_us, 1), "us"),
                      ("cpu", f"p{p}_cluster_{mode}", "compute_minus_local_us", round(d_us, 1),
@@ -277,18 +277,18 @@ def main():
     print("| B µs | CPU taken per step µs | verify per step ms | slowdown per step µs | slowdown "
           "/ CPU taken |")
     print("|---|---|---|---|---|")
-    st = {}
+    steal = {}
     for burn in (0, 150, 300):
         for rep in range(1, reps + 1):
             _, _, summ = read_timing(os.path.join(raw, "t", f"steal_{rep}_{burn}.txt"))
             with open(os.path.join(raw, f"steal_{rep}_{burn}.txt")) as f:
                 w = f.read().split()
             per = summ["verify_ms"] / summ["steps"]
-            st[(burn, rep)] = (per, float(w[2]) / float(w[3]) * per * 1e3)  # ms, µs taken
+            steal[(burn, rep)] = (per, float(w[2]) / float(w[3]) * per * 1e3)  # ms, µs taken
     for burn in (0, 150, 300):
-        per = statistics.median(st[(burn, r)][0] for r in range(1, reps + 1))
-        taken = statistics.median(st[(burn, r)][1] for r in range(1, reps + 1))
-        slow = statistics.median((st[(burn, r)][0] - st[(0, r)][0]) * 1e3
+        per = statistics.median(steal[(burn, r)][0] for r in range(1, reps + 1))
+        taken = statistics.median(steal[(burn, r)][1] for r in range(1, reps + 1))
+        slow = statistics.median((steal[(burn, r)][0] - steal[(0, r)][0]) * 1e3
                                  for r in range(1, reps + 1))
         rows += [("steal", f"burn{burn}", "verify_ms_per_step", round(per, 4), "ms"),
                  ("steal", f"burn{burn}", "cpu_taken_us_per_step", round(taken, 1), "us"),
