@@ -135,12 +135,13 @@ def main():
     # the worker's compute (both from the session summary), medians over the runs
     print("\n## Per verification step (ms; medians over the runs)\n")
     print("| prompt | mode | where | step | worker compute | network path (round trip - "
-          "compute) | rest (step - round trip: drafter, client stream) |")
-    print("|---|---|---|---|---|---|---|")
+          "compute) | waiting for the drafter (Commit -> its answer) | rest (step - round trip - "
+          "drafter wait: client stream, scheduling) |")
+    print("|---|---|---|---|---|---|---|---|")
     fwd = {}  # (p, where, mode) -> the target forward per step: worker compute / in-process verify
     for p, pname in prompts.items():
         for where, mode in configs:
-            step, comp, net, ver_l = [], [], [], []
+            step, comp, net, dwait, ver_l = [], [], [], [], []
             for rep in range(1, reps + 1):
                 times, _, summ = read_timing(
                     os.path.join(raw, "t", f"lat_{rep}_{p}_{where}_{mode}.txt"))
@@ -149,24 +150,26 @@ def main():
                 if where == "cluster":
                     comp.append(summ["compute_ms_mean"])
                     net.append(summ["chunk_rtt_ms_mean"] - summ["compute_ms_mean"])
+                    dwait.append(summ.get("draft_wait_ms_mean", 0.0))
                 else:
                     ver_l.append(summ["verify_ms"] / steps)
             st = statistics.median(step)
             cfg = f"p{p}_{where}_{mode}"
             rows.append(("step", cfg, "step_ms", round(st, 4), "ms"))
             if where == "cluster":
-                c, n = statistics.median(comp), statistics.median(net)
+                c, n, dw = statistics.median(comp), statistics.median(net), statistics.median(dwait)
                 fwd[(p, where, mode)] = c
                 rows += [("step", cfg, "compute_ms", round(c, 4), "ms"),
-                         ("step", cfg, "network_ms", round(n, 4), "ms")]
-                print(f"| {pname} | {mode} | cluster | {st:.2f} | {c:.2f} | {n:.2f} | "
-                      f"{st - c - n:.2f} |")
+                         ("step", cfg, "network_ms", round(n, 4), "ms"),
+                         ("step", cfg, "draft_wait_ms", round(dw, 4), "ms")]
+                print(f"| {pname} | {mode} | cluster | {st:.2f} | {c:.2f} | {n:.2f} | {dw:.2f} | "
+                      f"{st - c - n - dw:.2f} |")
             else:
                 ver = statistics.median(ver_l)
                 fwd[(p, where, mode)] = ver
                 rows.append(("step", cfg, "verify_ms", round(ver, 4), "ms"))
                 print(f"| {pname} | {mode} | in-process | {st:.2f} | {ver:.2f} (verify; the rest "
-                      f"of the step drafts) | - | - |")
+                      f"of the step drafts) | - | - | - |")
     print(f"\noutputs of every run of a prompt (cluster and in-process, all modes) identical: "
           f"{'yes' if identical else 'NO'}")
     rows.append(("latency", "all", "outputs_identical", int(identical), ""))

@@ -470,6 +470,7 @@ static void fill_summary(co_sess *s, Specd__SessionSummary *m, char **ev, int32_
         m->held_extends = st->held_extends;
         m->chunk_rtt_ms_mean = st->steps ? st->rtt_ms_sum / st->steps : 0;
         m->compute_ms_mean = st->steps ? s->compute_us_sum / 1e3 / st->steps : 0;
+        m->draft_wait_ms_mean = st->steps ? st->draft_ms_sum / st->steps : 0;
         int nd = 0;
         while (nd < SEQ_MAX_DEPTH && st->tried[nd]) {
             tried[nd] = (int32_t)st->tried[nd];

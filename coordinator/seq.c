@@ -460,6 +460,7 @@ static void apply_verdict(seq *s, seq_chunk_st *c, const int32_t *path, int n_pa
     s->st.steps++;
     s->st.accepted += n_path;
     s->st.rtt_ms_sum += now_ms - c->t_sent;
+    s->st.draft_ms_sum += c->t_draft_ms;
     /* the worker committed its base and the accepted path — unless it has been sent a later
      * chunk since, which truncated it to what the mirror held then */
     int w = c->worker;
@@ -805,7 +806,10 @@ void seq_pump(seq *s, double now_ms)
         c->id = s->next_id++;
         c->worker = w;
         c->budget = s->adaptive && use_tree ? budget : -1;
-        c->t_draft_ms = root < 0 && now_ms > s->wait_since ? now_ms - s->wait_since : 0;
+        /* (before the first Commit nothing was waited for: wait_since is 0) */
+        c->t_draft_ms = root < 0 && s->wait_since > 0 && now_ms > s->wait_since
+                            ? now_ms - s->wait_since
+                            : 0;
         s->st.zero_budget += s->adaptive && use_tree && budget == 0;
         c->n_com0 = s->n_com;
         c->n_apath = path_tokens(s, root, c->apath);

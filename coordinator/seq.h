@@ -87,6 +87,7 @@ typedef struct {
     long proposed, accepted;
     long tried[SEQ_MAX_DEPTH], took[SEQ_MAX_DEPTH];
     double rtt_ms_sum;
+    double draft_ms_sum; /* applied chunks' waits for the drafter before dispatch */
 } seq_stats;
 
 typedef struct seq seq;

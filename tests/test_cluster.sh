@@ -24,6 +24,21 @@ same_as_local "layerskip topk" --mode si -p "${prompts[0]}" -n 24 --draft layers
     --tree topk:2,2,1
 same_as_local "ngram dynamic async" --mode async -p "${prompts[1]}" -n 24 --tree dynamic:12
 
+# the summary's wait for the drafter: in si (no controller: a proposal every step) each chunk
+# waited for the drafter's answer to the Commit before it; in ar no chunk waits for a drafter
+for mode in si ar; do
+    err=$(timeout 300 $SPECD generate --coordinator "$CL_ADDR" --model "$M" --mode $mode \
+          -p "${prompts[0]}" -n 16 --ignore-eos --no-adapt 2>&1 >/dev/null)
+    wait_us=$(sed -n 's/.*waiting for the drafter \([0-9.]*\) us per step.*/\1/p' <<<"$err")
+    echo "$mode: waiting for the drafter ${wait_us:-?} us per step"
+    if [ $mode = si ]; then
+        check "si: the drafter's turn measured (${wait_us:-?} us)" \
+            $(ok_if awk -v w="${wait_us:-0}" 'BEGIN { exit !(w > 0) }')
+    else
+        check "ar: no wait for a drafter (${wait_us:-?} us)" $(ok_if [ "${wait_us:-1}" = 0.0 ])
+    fi
+done
+
 # a never-right drafter: the session's controller turns speculation off and its Commits hold the
 # drafter, which then proposes nothing in those epochs (without the hold it drafts below every
 # new root: CPU taken from the worker); the output stays target-only's

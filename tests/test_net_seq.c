@@ -9,6 +9,7 @@
  * in that epoch) changes nothing, and a never-right drafter is held; the node budget a Commit
  * carries bounds the next chunk.
  * SD_TEST_LABELS: net */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -460,11 +461,47 @@ static void test_seq_rejects_bad_input(void **state)
     free(w);
 }
 
+/* The wait for the drafter (seq_stats.draft_ms_sum, SessionSummary.draft_wait_ms_mean) runs
+ * from the Commit to the extension that lets the next chunk go; the first chunk, sent before
+ * any Commit, waited for nothing — not for the time since the clock's zero. */
+static void test_seq_draft_wait(void **state)
+{
+    (void)state;
+    tu_rng r;
+    tu_rng_init(&r, tu_seed());
+    world *w = calloc(1, sizeof *w);
+    int32_t prompt[3] = {1, 2, 3};
+    seq_config c = {.mode = SEQ_SI, .n_workers = 1, .max_inflight = 1, .max_nodes = 8,
+                    .max_tree = 8, .n_predict = 10, .max_ctx = 64, .draft_wait_ms = 1e9};
+    seq_io io = {io_chunk, io_cancel, io_commit, io_emit, w};
+    assert_int_equal(seq_init(&w->s, &c, &io, prompt, 3), SD_OK);
+    double t0 = 1000 + tu_below(&r, 1000000), v1 = 1 + tu_below(&r, 9), d = 1 + tu_below(&r, 9),
+           v2 = 1 + tu_below(&r, 9);
+    int32_t par[1] = {-1}, tok[1] = {4}, tok2[1] = {5};
+    assert_int_equal(seq_tree_extend(w->s, 0, 0, par, tok, NULL, 1, t0), SD_OK);
+    assert_int_equal(seq_inflight(w->s), 1);
+    assert_int_equal(seq_verdict(w->s, 1, 0, NULL, 0, 7, t0 + v1), SD_OK); /* Commit epoch 1 */
+    assert_int_equal(seq_get_stats(w->s)->steps, 1);
+    assert_true(seq_get_stats(w->s)->draft_ms_sum == 0);
+    assert_int_equal(seq_inflight(w->s), 0); /* si: the next chunk waits for the drafter */
+    assert_int_equal(seq_tree_extend(w->s, 1, 0, par, tok2, NULL, 1, t0 + v1 + d), SD_OK);
+    assert_int_equal(seq_inflight(w->s), 1);
+    assert_int_equal(seq_verdict(w->s, 2, 0, NULL, 0, 8, t0 + v1 + d + v2), SD_OK);
+    assert_int_equal(seq_get_stats(w->s)->steps, 2);
+    assert_true(fabs(seq_get_stats(w->s)->draft_ms_sum - d) < 1e-9);
+    assert_true(fabs(seq_get_stats(w->s)->rtt_ms_sum - v1 - v2) < 1e-9);
+    for (int i = 0; i < w->nq; i++)
+        free(w->q[i]);
+    seq_free(w->s);
+    free(w);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_seq_modes_random_orders),
         cmocka_unit_test(test_seq_rejects_bad_input),
+        cmocka_unit_test(test_seq_draft_wait),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

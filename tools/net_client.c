@@ -63,9 +63,10 @@ static void print_summary(const Specd__SessionSummary *s)
     if (s->chunks)
         fprintf(stderr,
                 "[cluster %s] worker compute %.2f ms per chunk; the rest of the round trip %.1f us "
-                "(network, queues, waits behind the prompt's prefill)\n",
+                "(network, queues, waits behind the prompt's prefill); waiting for the drafter "
+                "%.1f us per step\n",
                 mode_name(s->mode), s->compute_ms_mean,
-                (s->chunk_rtt_ms_mean - s->compute_ms_mean) * 1e3);
+                (s->chunk_rtt_ms_mean - s->compute_ms_mean) * 1e3, s->draft_wait_ms_mean * 1e3);
     for (size_t i = 0; i < s->n_events; i++)
         fprintf(stderr, "[cluster] event: %s\n", s->events[i]);
 }
@@ -158,11 +159,12 @@ int cli_remote_generate(const gen_opts *o, int (*on_token)(void *ud, int32_t tok
                 fprintf(timing,
                         "# summary where=cluster mode=%s n_prompt=%d n_gen=%d steps=%d "
                         "ttft_ms=%.3f total_ms=%.3f tokens_per_s=%.3f chunks=%lld "
-                        "chunk_rtt_ms_mean=%.4f compute_ms_mean=%.4f proposed=%lld "
-                        "accepted=%lld\n",
+                        "chunk_rtt_ms_mean=%.4f compute_ms_mean=%.4f draft_wait_ms_mean=%.4f "
+                        "proposed=%lld accepted=%lld\n",
                         mode_name(sm->mode), sm->n_prompt, sm->n_gen, sm->steps, sm->ttft_ms,
                         sm->total_ms, sm->tokens_per_s, (long long)sm->chunks,
-                        sm->chunk_rtt_ms_mean, sm->compute_ms_mean, (long long)sm->proposed,
+                        sm->chunk_rtt_ms_mean, sm->compute_ms_mean, sm->draft_wait_ms_mean,
+                        (long long)sm->proposed,
                         (long long)sm->accepted);
         }
         protobuf_c_message_free_unpacked(m, NULL);
