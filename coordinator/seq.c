@@ -807,9 +807,8 @@ void seq_pump(seq *s, double now_ms)
         c->worker = w;
         c->budget = s->adaptive && use_tree ? budget : -1;
         /* (before the first Commit nothing was waited for: wait_since is 0) */
-        c->t_draft_ms = root < 0 && s->wait_since > 0 && now_ms > s->wait_since
-                            ? now_ms - s->wait_since
-                            : 0;
+        c->t_draft_ms =
+            root < 0 && s->wait_since > 0 && now_ms > s->wait_since ? now_ms - s->wait_since : 0;
         s->st.zero_budget += s->adaptive && use_tree && budget == 0;
         c->n_com0 = s->n_com;
         c->n_apath = path_tokens(s, root, c->apath);

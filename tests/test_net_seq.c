@@ -471,8 +471,14 @@ static void test_seq_draft_wait(void **state)
     tu_rng_init(&r, tu_seed());
     world *w = calloc(1, sizeof *w);
     int32_t prompt[3] = {1, 2, 3};
-    seq_config c = {.mode = SEQ_SI, .n_workers = 1, .max_inflight = 1, .max_nodes = 8,
-                    .max_tree = 8, .n_predict = 10, .max_ctx = 64, .draft_wait_ms = 1e9};
+    seq_config c = {.mode = SEQ_SI,
+                    .n_workers = 1,
+                    .max_inflight = 1,
+                    .max_nodes = 8,
+                    .max_tree = 8,
+                    .n_predict = 10,
+                    .max_ctx = 64,
+                    .draft_wait_ms = 1e9};
     seq_io io = {io_chunk, io_cancel, io_commit, io_emit, w};
     assert_int_equal(seq_init(&w->s, &c, &io, prompt, 3), SD_OK);
     double t0 = 1000 + tu_below(&r, 1000000), v1 = 1 + tu_below(&r, 9), d = 1 + tu_below(&r, 9),

@@ -164,8 +164,7 @@ int cli_remote_generate(const gen_opts *o, int (*on_token)(void *ud, int32_t tok
                         mode_name(sm->mode), sm->n_prompt, sm->n_gen, sm->steps, sm->ttft_ms,
                         sm->total_ms, sm->tokens_per_s, (long long)sm->chunks,
                         sm->chunk_rtt_ms_mean, sm->compute_ms_mean, sm->draft_wait_ms_mean,
-                        (long long)sm->proposed,
-                        (long long)sm->accepted);
+                        (long long)sm->proposed, (long long)sm->accepted);
         }
         protobuf_c_message_free_unpacked(m, NULL);
     }
