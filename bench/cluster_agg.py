@@ -139,6 +139,7 @@ def main():
           "drafter wait: client stream, scheduling) |")
     print("|---|---|---|---|---|---|---|---|")
     fwd = {}  # (p, where, mode) -> the target forward per step: worker compute / in-process verify
+    n_steps = {}  # (p, where, mode, rep) -> verification steps of that run
     for p, pname in prompts.items():
         for where, mode in configs:
             step, comp, net, dwait, ver_l = [], [], [], [], []
@@ -146,11 +147,12 @@ def main():
                 times, _, summ = read_timing(
                     os.path.join(raw, "t", f"lat_{rep}_{p}_{where}_{mode}.txt"))
                 steps = int(summ["steps"])
+                n_steps[(p, where, mode, rep)] = steps
                 step.append((times[-1] - times[0]) / max(1, steps - 1))
                 if where == "cluster":
                     comp.append(summ["compute_ms_mean"])
                     net.append(summ["chunk_rtt_ms_mean"] - summ["compute_ms_mean"])
-                    dwait.append(summ.get("draft_wait_ms_mean", 0.0))
+                    dwait.append(summ["draft_wait_ms_mean"])
                 else:
                     ver_l.append(summ["verify_ms"] / steps)
             st = statistics.median(step)
@@ -265,7 +267,7 @@ def main():
             o_ms = c_ms = steps = 0
             for rep in range(1, reps + 1):
                 name = f"lat_{rep}_{p}_cluster_{mode}"
-                steps += int(read_timing(os.path.join(raw, "t", name + ".txt"))[2]["steps"])
+                steps += n_steps[(p, "cluster", mode, rep)]
                 o_ms += cpu[name][0]
                 c_ms += max(0.0, cpu[name][1] - client_base)
             o_us, c_us = o_ms * 1e3 / steps, c_ms * 1e3 / steps

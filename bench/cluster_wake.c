@@ -109,8 +109,8 @@ static int steal(int period_us, int burn_us, double seconds)
     long bursts = 0;
     signal(SIGTERM, on_term);
     double t0 = clock_now_s(), end = t0 + seconds;
+    struct timespec ts = {period_us / 1000000, (long)(period_us % 1000000) * 1000L};
     while (!stop_steal && clock_now_s() < end) {
-        struct timespec ts = {period_us / 1000000, (long)(period_us % 1000000) * 1000L};
         nanosleep(&ts, NULL);
         double until = clock_now_s() + burn_us * 1e-6;
         while (clock_now_s() < until)

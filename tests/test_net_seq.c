@@ -277,6 +277,34 @@ static void drafter_commit(world *w, ev *e)
     drafter_propose(w);
 }
 
+static void world_free(world *w)
+{
+    for (int i = 0; i < w->nq; i++)
+        free(w->q[i]);
+    seq_free(w->s);
+    free(w);
+}
+
+/* An si session of one worker over the prompt 1 2 3 that never dispatches without the
+ * drafter (draft_wait_ms 1e9), driven by hand. */
+static world *si_world(void)
+{
+    world *w = calloc(1, sizeof *w);
+    assert_non_null(w);
+    int32_t prompt[3] = {1, 2, 3};
+    seq_config c = {.mode = SEQ_SI,
+                    .n_workers = 1,
+                    .max_inflight = 1,
+                    .max_nodes = 8,
+                    .max_tree = 8,
+                    .n_predict = 10,
+                    .max_ctx = 64,
+                    .draft_wait_ms = 1e9};
+    seq_io io = {io_chunk, io_cancel, io_commit, io_emit, w};
+    assert_int_equal(seq_init(&w->s, &c, &io, prompt, 3), SD_OK);
+    return w;
+}
+
 static void run_case(uint64_t seed, seq_mode mode, int n_workers, int inflight, int dr_kind,
                      float p_right, int n_predict, int with_eog, int kill_at)
 {
@@ -400,10 +428,7 @@ static void run_case(uint64_t seed, seq_mode mode, int n_workers, int inflight, 
         if (st->held_commits == 0)
             fail_msg("seed %llu: a never-right drafter was never held in %d steps",
                      (unsigned long long)seed, st->steps);
-    for (int i = 0; i < w->nq; i++)
-        free(w->q[i]);
-    seq_free(w->s);
-    free(w);
+    world_free(w);
 }
 
 static void test_seq_modes_random_orders(void **state)
@@ -430,12 +455,7 @@ static void test_seq_modes_random_orders(void **state)
 static void test_seq_rejects_bad_input(void **state)
 {
     (void)state;
-    world *w = calloc(1, sizeof *w);
-    int32_t prompt[3] = {1, 2, 3};
-    seq_config c = {.mode = SEQ_SI, .n_workers = 1, .max_inflight = 1, .max_nodes = 8,
-                    .max_tree = 8, .n_predict = 10, .max_ctx = 64, .draft_wait_ms = 1e9};
-    seq_io io = {io_chunk, io_cancel, io_commit, io_emit, w};
-    assert_int_equal(seq_init(&w->s, &c, &io, prompt, 3), SD_OK);
+    world *w = si_world();
     int32_t par[3] = {-1, 0, 5}, tok[3] = {1, 2, 3};
     assert_int_equal(seq_tree_extend(w->s, 0, 0, par, tok, NULL, 3, 0), SD_EPROTO); /* parent */
     assert_int_equal(seq_tree_size(w->s), 0);
@@ -455,10 +475,7 @@ static void test_seq_rejects_bad_input(void **state)
     int n;
     seq_committed(w->s, &n);
     assert_int_equal(n, 3);
-    for (int i = 0; i < w->nq; i++)
-        free(w->q[i]);
-    seq_free(w->s);
-    free(w);
+    world_free(w);
 }
 
 /* The wait for the drafter (seq_stats.draft_ms_sum, SessionSummary.draft_wait_ms_mean) runs
@@ -469,18 +486,7 @@ static void test_seq_draft_wait(void **state)
     (void)state;
     tu_rng r;
     tu_rng_init(&r, tu_seed());
-    world *w = calloc(1, sizeof *w);
-    int32_t prompt[3] = {1, 2, 3};
-    seq_config c = {.mode = SEQ_SI,
-                    .n_workers = 1,
-                    .max_inflight = 1,
-                    .max_nodes = 8,
-                    .max_tree = 8,
-                    .n_predict = 10,
-                    .max_ctx = 64,
-                    .draft_wait_ms = 1e9};
-    seq_io io = {io_chunk, io_cancel, io_commit, io_emit, w};
-    assert_int_equal(seq_init(&w->s, &c, &io, prompt, 3), SD_OK);
+    world *w = si_world();
     double t0 = 1000 + tu_below(&r, 1000000), v1 = 1 + tu_below(&r, 9), d = 1 + tu_below(&r, 9),
            v2 = 1 + tu_below(&r, 9);
     int32_t par[1] = {-1}, tok[1] = {4}, tok2[1] = {5};
@@ -496,10 +502,7 @@ static void test_seq_draft_wait(void **state)
     assert_int_equal(seq_get_stats(w->s)->steps, 2);
     assert_true(fabs(seq_get_stats(w->s)->draft_ms_sum - d) < 1e-9);
     assert_true(fabs(seq_get_stats(w->s)->rtt_ms_sum - v1 - v2) < 1e-9);
-    for (int i = 0; i < w->nq; i++)
-        free(w->q[i]);
-    seq_free(w->s);
-    free(w);
+    world_free(w);
 }
 
 int main(void)
