@@ -24,17 +24,18 @@
  *     rate(b) = (1 + f·E(b)) / ((1 - f)·c(1) + f·c(1 + fill·b) + draft(b)),   rate(0) = 1/c(1)
  * (f: share of draft calls that propose something; E(b): expected accepted tokens of a
  * non-empty proposal under budget b, from the per-depth acceptance and the shape — see
- * adapt.c), requiring b > 0 to beat b = 0 by min_gain. At b = 0 it explores: every `interval`
- * steps one step gets the smallest budget, where interval is bounded below so that exploring
- * costs at most explore_cost of the time (from the measured costs) and doubles after each
- * exploration that accepted nothing (an exploration that proposed nothing is retried at once).
- * More rules keep the measurements honest: the first step is a plain decode (c(1) is measured
- * first) and the first speculative one the smallest budget that measures; after 8 walks, a budget
- * whose forward would be larger than any measured (up to twice the largest) is tried once when it
- * would pay at the largest measured cost (so cheap big trees are found); while speculating for a
- * marginal gain (< 10 %) one step in 16 without a 1-position measurement is a plain decode (so the
- * cost every budget is compared with does not go stale); no budget below the smallest that measures
- * anything is chosen. Leaving budget 0 takes twice min_gain (hysteresis against noise). */
+ * adapt.c), requiring b > 0 to beat b = 0 by min_gain · f (the margin is on the steps with a
+ * proposal). At b = 0 it explores: every `interval` steps one step gets the smallest budget, where
+ * interval is bounded below so that exploring costs at most explore_cost of the time (from the
+ * measured costs) and doubles after each exploration that accepted nothing (an exploration that
+ * proposed nothing is retried at once). More rules keep the measurements honest: the first step is
+ * a plain decode (c(1) is measured first) and the first speculative one the smallest budget that
+ * measures; after 8 walks, a budget whose forward would be larger than any measured (up to twice
+ * the largest) is tried once when it would pay at the largest measured cost (so cheap big trees are
+ * found); while speculating for a marginal gain (< 10 %) one step in 16 without a 1-position
+ * measurement is a plain decode (so the cost every budget is compared with does not go stale); no
+ * budget below the smallest that measures anything is chosen. Leaving budget 0 takes twice min_gain
+ * (hysteresis against noise). */
 #ifndef SD_ADAPT_H
 #define SD_ADAPT_H
 
@@ -60,7 +61,7 @@ typedef struct {
     double decay;                 /* weight of the past per observed walk (0.93: ~14 walks) */
     double cost_alpha;            /* EWMA weight of a new cost sample (0.1) */
     double prior_slope;           /* unmeasured c(T)/c(1) = 1 + prior_slope·(T - 1) (0.1) */
-    double min_gain;              /* b > 0 must beat b = 0 by this fraction (0.02) */
+    double min_gain;              /* b > 0 beats b = 0 by this on proposing steps (0.02) */
     double explore_cost;          /* exploring costs at most this share of the time (0.02) */
     int explore_min, explore_max; /* steps between explorations (8, 256) */
     double inflight_min_p;        /* adapt_inflight: a chunk goes out only when at least this
