@@ -57,8 +57,10 @@ static void curve_add(adapt_curve *cv, int size, double secs, double alpha, int 
         if (b->n < 1e9)
             b->n++;
     }
+    /* (a 1-position estimate of fewer than ADAPT_FIRST samples may rest on a cold first forward:
+     * scaled by it, every bucket measured before looked 3x cheaper once it was re-measured) */
     if (track)
-        b->ref = cv->b[0].n > 0 ? cv->b[0].y : 0;
+        b->ref = cv->b[0].n >= ADAPT_FIRST ? cv->b[0].y : 0;
 }
 
 static double bucket_y(const adapt_curve *cv, const adapt_bucket *b)
@@ -416,8 +418,17 @@ int adapt_nodes(adapt *a)
     /* The 1-position cost is what every budget is compared with, and a drafter that always
      * proposes never measures it again: with a marginal gain (< 10 %), one step in
      * REFRESH_EVERY is a plain decode that does (costing < 1 % where it applies). The first step
-     * of a session is one too: every other cost is judged against it. */
-    if (best > 0 && ((a->since_c1 >= REFRESH_EVERY && rbest < r0 * 1.1) || a->verify.b[0].n == 0)) {
+     * of a session is one too: every other cost is judged against it. And while it rests on
+     * few samples (< 2 ADAPT_FIRST), a larger size measured cheaper says they are stale: the
+     * session's first forwards run cold (on the Xeon VM the first 3x its later cost, the next
+     * ones settling over ~10 steps; in the cluster the first chunk also waited behind the
+     * prefill), the fitted curve is flat up to that size and every node looks free — a
+     * never-right drafter got 13 full trees in its first 15 steps. Such a step is a plain decode
+     * too (at most 2 ADAPT_FIRST - 1 of them in a session; test_cold_start). */
+    int c1_suspect = a->verify.b[0].n > 0 && a->verify.b[0].n < 2 * ADAPT_FIRST &&
+                     a->since_c1 > 0 && a->verify.fit[0] < bucket_y(&a->verify, &a->verify.b[0]);
+    if (best > 0 && ((a->since_c1 >= REFRESH_EVERY && rbest < r0 * 1.1) || a->verify.b[0].n == 0 ||
+                     c1_suspect)) {
         a->last_refresh = 1;
         a->last_budget = 0;
         return 0;

@@ -242,6 +242,40 @@ static void test_cost_shapes_budget(void **state)
     assert_true(bf >= 2.5 && bf <= 4.5);
 }
 
+/* The session's first forwards run cold: the first one 3x the later cost, the next ones
+ * settling over ~10 steps (measured in-process on the Xeon VM: 4.6-6.0 ms, then 3.0, 2.5, 2.2).
+ * A larger size measured later, warm, then looks cheaper than one position, the fitted curve is
+ * flat and every node free: with a never-right drafter the old controller sent full trees until
+ * its acceptance estimate had fallen (13 of the first 15 steps at budget 4 on the real model).
+ * Re-measuring one position while the two disagree keeps that to a few small trees. */
+static void test_cold_start(void **state)
+{
+    tu_rng rng;
+    tu_rng_init(&rng, tu_seed() ^ 12);
+    const double va = 2e-3, vb = 3e-4; /* c(5) / c(1) = 1.52 */
+    adapt a;
+    init_chain(&a, 4);
+    int spec = 0, nodes = 0;
+    for (int i = 0; i < 40; i++) {
+        int b = adapt_nodes(&a);
+        double warm = i == 0 ? 3 : 1 + 0.4 * exp(-i / 4.0);
+        adapt_step st = {.budget = b,
+                         .n_nodes = b,
+                         .n_levels = b,
+                         .n_tried = b > 0,
+                         .n_took = 0,
+                         .t_draft = b > 0 ? 1e-6 : -1,
+                         .t_verify = warm * noisy(&rng, va + vb * (b + 1))};
+        adapt_observe(&a, &st);
+        spec += b > 0;
+        nodes += b;
+    }
+    fprintf(stderr, "  cold start, never right: %d speculative steps, %d nodes in the first 40\n",
+            spec, nodes);
+    /* (30 seeds: 2-18 nodes; the old controller 55: budget 4 from the second step to the 15th) */
+    assert_true(nodes <= 24);
+}
+
 /* A drafter that proposes one step in ten (an n-gram drafter on text with few repeats) and then
  * gains ~28 % on that step — ~2.8 % overall, all of it real. The margin that guards budget 0
  * applies to the steps the decision changes: the session speculates and beats plain decoding
@@ -505,6 +539,7 @@ int main(void)
         cmocka_unit_test(test_exploration_bounded),
         cmocka_unit_test(test_follows_changes),
         cmocka_unit_test(test_cost_shapes_budget),
+        cmocka_unit_test(test_cold_start),
         cmocka_unit_test(test_sparse_proposals),
         cmocka_unit_test(test_choice_is_argmax),
         cmocka_unit_test(test_levels),
