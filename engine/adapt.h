@@ -33,8 +33,9 @@
  * measures; after 8 walks, a budget whose forward would be larger than any measured (up to twice
  * the largest) is tried once when it would pay at the largest measured cost (so cheap big trees are
  * found); while speculating for a marginal gain (< 10 %) one step in 16 without a 1-position
- * measurement is a plain decode (so the cost every budget is compared with does not go stale); no
- * budget below the smallest that measures anything is chosen. Leaving budget 0 takes twice min_gain
+ * measurement is a plain decode (so the cost every budget is compared with does not go stale), and
+ * so is a step while the 1-position cost has few samples and a larger size fits no dearer (a cold
+ * first forward); no budget below the smallest that measures anything is chosen. Leaving budget 0 takes twice min_gain
  * (hysteresis against noise). */
 #ifndef SD_ADAPT_H
 #define SD_ADAPT_H
