@@ -35,8 +35,8 @@
  * found); while speculating for a marginal gain (< 10 %) one step in 16 without a 1-position
  * measurement is a plain decode (so the cost every budget is compared with does not go stale), and
  * so is a step while the 1-position cost has few samples and a larger size fits no dearer (a cold
- * first forward); no budget below the smallest that measures anything is chosen. Leaving budget 0 takes twice min_gain
- * (hysteresis against noise). */
+ * first forward); no budget below the smallest that measures anything is chosen. Leaving budget 0
+ * takes twice min_gain (hysteresis against noise). */
 #ifndef SD_ADAPT_H
 #define SD_ADAPT_H
 
