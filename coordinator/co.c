@@ -9,6 +9,7 @@
 
 #include "../common/clock.h"
 #include "../common/log.h"
+#include "../engine/draft.h"
 #include "../engine/gguf.h"
 #include "../engine/sample.h"
 #include "../engine/tok.h"
@@ -468,6 +469,7 @@ static void fill_summary(co_sess *s, Specd__SessionSummary *m, char **ev, int32_
         m->stale_extends = st->stale_extends;
         m->held_commits = st->held_commits;
         m->held_extends = st->held_extends;
+        m->lookup_misses = st->lookup_misses;
         m->chunk_rtt_ms_mean = st->steps ? st->rtt_ms_sum / st->steps : 0;
         m->compute_ms_mean = st->steps ? s->compute_us_sum / 1e3 / st->steps : 0;
         m->draft_wait_ms_mean = st->steps ? st->draft_ms_sum / st->steps : 0;
@@ -852,7 +854,8 @@ static void place(co *c, co_sess *s)
                      .eog = c->eog,
                      .n_eog = s->ignore_eos ? 0 : c->n_eog,
                      .adaptive = !s->no_adapt,
-                     .shape = &s->shape};
+                     .shape = &s->shape,
+                     .lookup_min = draft_lookup_min(s->draft)};
     seq_io io = {io_chunk, io_cancel, io_commit, io_emit, s};
     if (seq_init(&s->sq, &sc, &io, s->prompt, s->n_prompt)) {
         sess_fail(c, s, RPC_INTERNAL, "%s", sd_errmsg());

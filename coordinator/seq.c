@@ -4,6 +4,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../engine/draft.h"
+
 /* A node of the draft tree, ids in the current epoch's numbering. */
 typedef struct {
     int32_t tok;
@@ -80,6 +82,7 @@ struct seq {
     adapt ad;
     int budget_asked;  /* adapt_nodes was asked for the chunk waiting to go out */
     int held;          /* this epoch's Commit told the drafter to hold */
+    int lookup_miss;   /* ... because the lookup drafter has nothing (the next chunk waits not) */
     int draft_waiting; /* the last pump left a chunk waiting for the drafter's answer */
     int n_unemitted;   /* committed tokens not yet handed to io.emit (they end at n_com or eog) */
 };
@@ -525,7 +528,11 @@ static void apply_verdict(seq *s, seq_chunk_st *c, const int32_t *path, int n_pa
     int speculating = done == SEQ_RUNNING && s->drafter_alive && s->c.mode != SEQ_AR;
     int budget = speculating && s->adaptive ? next_budget(s) : 0;
     int hold = speculating && s->adaptive && budget == 0;
+    s->lookup_miss = speculating && !hold && s->c.lookup_min > 0 && s->n_tree == 0 &&
+                     !draft_lookup_match(s->com, s->n_com, s->c.lookup_min);
     s->st.held_commits += hold;
+    s->st.lookup_misses += s->lookup_miss;
+    hold |= s->lookup_miss;
     s->held = hold;
     seq_commit cm = {.epoch = s->epoch,
                      .n_committed = s->n_com,
@@ -777,7 +784,8 @@ void seq_pump(seq *s, double now_ms)
         int budget = use_tree ? next_budget(s) : s->c.max_nodes;
         int n = use_tree && budget > 0 ? collect(s, root, budget, ids) : 0;
         if (root < 0 && use_tree && budget > 0) {
-            int ready = s->c.mode == SEQ_SI ? s->got_extend : (n > 0 || s->got_extend);
+            int ready =
+                s->lookup_miss || (s->c.mode == SEQ_SI ? s->got_extend : (n > 0 || s->got_extend));
             if (!ready && now_ms - s->wait_since < s->c.draft_wait_ms) {
                 s->draft_waiting = 1;
                 free(ids);

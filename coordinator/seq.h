@@ -43,6 +43,12 @@ typedef struct {
      * dsi, the chunks in flight to its SP degree. NULL shape or adaptive = 0: fixed. */
     int adaptive;
     const tree_shape *shape;
+    /* The drafter is a lookup drafter (ngram) whose shortest suffix is this many tokens (0: any
+     * other drafter). After a Commit that leaves no tree, whether it will propose anything is
+     * draft_lookup_match over the committed sequence: when not, the Commit tells it to hold and
+     * the next chunk goes out at once instead of waiting for its empty answer (the drafter's turn
+     * is paid only where it has something to say). */
+    int lookup_min;
 } seq_config;
 
 typedef struct {
@@ -84,6 +90,7 @@ typedef struct {
     long held_commits; /* Commits with hold set */
     long held_extends; /* extensions for an epoch whose Commit said hold (a drafter ignoring it) */
     long zero_budget;  /* chunks the controller sent without speculation */
+    long lookup_misses; /* Commits held because the lookup drafter has no match (lookup_min) */
     long proposed, accepted;
     long tried[SEQ_MAX_DEPTH], took[SEQ_MAX_DEPTH];
     double rtt_ms_sum;

@@ -197,29 +197,45 @@ static sd_err draft_random_open(draft **out, const char *spec, int n_vocab, cons
     return SD_OK;
 }
 
+/* ngram[:N[:M]]: 0 not an n-gram spec, 1 parsed, -1 malformed. */
+static int parse_ngram(const char *spec, int *n_out, int *n_min_out)
+{
+    if (strncmp(spec, "ngram", 5) || (spec[5] != 0 && spec[5] != ':'))
+        return 0;
+    long n = 3, n_min = 1;
+    if (spec[5] == ':') {
+        char *end;
+        n = strtol(spec + 6, &end, 10);
+        if (end != spec + 6 && *end == ':') {
+            const char *m = end + 1;
+            n_min = strtol(m, &end, 10);
+            if (end == m)
+                n_min = -1;
+        }
+        if (end == spec + 6 || *end || n < 1 || n > 16 || n_min < 1 || n_min > n)
+            return -1;
+    }
+    *n_out = (int)n;
+    *n_min_out = (int)n_min;
+    return 1;
+}
+
+int draft_lookup_min(const char *spec)
+{
+    int n, n_min;
+    return spec && parse_ngram(spec, &n, &n_min) == 1 ? n_min : 0;
+}
+
 sd_err draft_open(draft **out, const char *spec, model *target, const draft_opts *o)
 {
     *out = NULL;
     int V = model_cfg(target)->n_vocab;
-    if (!strncmp(spec, "ngram", 5) && (spec[5] == 0 || spec[5] == ':')) {
-        long n = 3, n_min = 1;
-        if (spec[5] == ':') {
-            char *end;
-            n = strtol(spec + 6, &end, 10);
-            if (end != spec + 6 && *end == ':') {
-                const char *m = end + 1;
-                n_min = strtol(m, &end, 10);
-                if (end == m)
-                    n_min = -1;
-            }
-            if (end == spec + 6 || *end || n < 1 || n > 16 || n_min < 1 || n_min > n)
-                return sd_fail(SD_EINVAL,
-                               "drafter '%s': expected ngram[:N[:M]] with "
-                               "1 <= M <= N <= 16",
-                               spec);
-        }
-        return draft_ngram_open(out, (int)n, (int)n_min, o);
-    }
+    int ng_n, ng_min, ng = parse_ngram(spec, &ng_n, &ng_min);
+    if (ng < 0)
+        return sd_fail(SD_EINVAL, "drafter '%s': expected ngram[:N[:M]] with 1 <= M <= N <= 16",
+                       spec);
+    if (ng > 0)
+        return draft_ngram_open(out, ng_n, ng_min, o);
     if (!strncmp(spec, "layerskip:", 10)) {
         int L = model_cfg(target)->n_layer_file;
         int *layers = malloc(sizeof(int) * (size_t)L), n = 0;

@@ -72,6 +72,14 @@ static inline sd_err draft_rollback(draft *d, int n_keep)
 sd_err draft_hist_append(draft *d, const int32_t *toks, int n);
 sd_err draft_hist_cut(draft *d, int n_keep);
 
+/* Lookup drafters (ngram): the shortest suffix a spec looks up (M of ngram:N:M), 0 for any
+ * other spec or a malformed one. Such a drafter proposes nothing exactly when
+ * draft_lookup_match(history, n, M) is 0 — a question anyone holding the committed sequence can
+ * answer without asking the drafter (the coordinator does, to skip waiting for an empty answer). */
+int draft_lookup_min(const char *spec);
+/* Nonzero when the last m tokens of h[0..n) occurred earlier with a token after them. */
+int draft_lookup_match(const int32_t *h, int n, int m);
+
 /* Implementations (draft_model.c, draft_ngram.c). */
 sd_err draft_model_open(draft **out, model *dm, int own_model, int n_vocab, const draft_opts *o,
                         const char *kind);

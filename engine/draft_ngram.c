@@ -130,6 +130,17 @@ static sd_err ng_propose(draft *d, const tree_shape *s, tree *t)
     return SD_OK;
 }
 
+int draft_lookup_match(const int32_t *h, int n, int m)
+{
+    if (m < 1 || n - 1 < m)
+        return 0;
+    const int32_t *suf = h + n - m;
+    for (int i = n - m - 1; i >= 0; i--)
+        if (!memcmp(h + i, suf, sizeof(int32_t) * (size_t)m))
+            return 1;
+    return 0;
+}
+
 static sd_err ng_advance(draft *d, const int32_t *toks, int n)
 {
     return draft_hist_append(d, toks, n);

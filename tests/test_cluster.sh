@@ -24,11 +24,12 @@ same_as_local "layerskip topk" --mode si -p "${prompts[0]}" -n 24 --draft layers
     --tree topk:2,2,1
 same_as_local "ngram dynamic async" --mode async -p "${prompts[1]}" -n 24 --tree dynamic:12
 
-# the summary's wait for the drafter: in si (no controller: a proposal every step) each chunk
-# waited for the drafter's answer to the Commit before it; in ar no chunk waits for a drafter
+# the summary's wait for the drafter: in si (no controller, a drafter that proposes every step)
+# each chunk waited for the drafter's answer to the Commit before it; in ar no chunk waits for a
+# drafter
 for mode in si ar; do
     err=$(timeout 300 $SPECD generate --coordinator "$CL_ADDR" --model "$M" --mode $mode \
-          -p "${prompts[0]}" -n 16 --ignore-eos --no-adapt 2>&1 >/dev/null)
+          -p "${prompts[0]}" -n 16 --ignore-eos --no-adapt --draft random:1 2>&1 >/dev/null)
     wait_us=$(sed -n 's/.*waiting for the drafter \([0-9.]*\) us per step.*/\1/p' <<<"$err")
     echo "$mode: waiting for the drafter ${wait_us:-?} us per step"
     if [ $mode = si ]; then
@@ -38,6 +39,20 @@ for mode in si ar; do
         check "ar: no wait for a drafter (${wait_us:-?} us)" $(ok_if [ "${wait_us:-1}" = 0.0 ])
     fi
 done
+
+# an n-gram drafter with nothing to match is not waited for: the coordinator sees that the last
+# tokens never occurred before (the drafter's own test), holds it and sends a plain decode; the
+# summary counts those steps, and the output stays target-only's
+err=$(timeout 300 $SPECD generate --coordinator "$CL_ADDR" --model "$M" --compare --mode si \
+      -p "${prompts[0]}" -n 48 --ignore-eos --no-adapt --draft ngram:3:2 2>&1 >/dev/null)
+check "si, ngram: identical" $(ok_if grep -q "identical to local target-only" <<<"$err")
+line=$(grep "drafter: .* tree extensions" <<<"$err")
+misses=$(sed -n 's/.*not asked on \([0-9]*\) (no n-gram match).*/\1/p' <<<"$line")
+ext=$(sed -n 's/.*drafter: \([0-9]*\) tree extensions.*/\1/p' <<<"$line")
+steps=$(sed -n 's/.*held for [0-9]* of \([0-9]*\) steps.*/\1/p' <<<"$line")
+echo "si, ngram: $line"
+check "si, ngram: steps without a match not asked (${misses:-?}), the others asked (${ext:-?}) of ${steps:-?}" \
+    $(ok_if test $(( ${misses:-0} > 0 && ${ext:-0} > 0 && ${misses:-0} + ${ext:-0} == ${steps:-0} )) = 1)
 
 # a never-right drafter: the session's controller turns speculation off and its Commits hold the
 # drafter, which then proposes nothing in those epochs (without the hold it drafts below every

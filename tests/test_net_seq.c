@@ -286,8 +286,8 @@ static void world_free(world *w)
 }
 
 /* An si session of one worker over the prompt 1 2 3 that never dispatches without the
- * drafter (draft_wait_ms 1e9), driven by hand. */
-static world *si_world(void)
+ * drafter (draft_wait_ms 1e9), driven by hand; lookup_min as seq_config's. */
+static world *si_world_lookup(int lookup_min)
 {
     world *w = calloc(1, sizeof *w);
     assert_non_null(w);
@@ -299,10 +299,16 @@ static world *si_world(void)
                     .max_tree = 8,
                     .n_predict = 10,
                     .max_ctx = 64,
-                    .draft_wait_ms = 1e9};
+                    .draft_wait_ms = 1e9,
+                    .lookup_min = lookup_min};
     seq_io io = {io_chunk, io_cancel, io_commit, io_emit, w};
     assert_int_equal(seq_init(&w->s, &c, &io, prompt, 3), SD_OK);
     return w;
+}
+
+static world *si_world(void)
+{
+    return si_world_lookup(0);
 }
 
 static void run_case(uint64_t seed, seq_mode mode, int n_workers, int inflight, int dr_kind,
@@ -505,12 +511,57 @@ static void test_seq_draft_wait(void **state)
     world_free(w);
 }
 
+/* A lookup drafter (ngram:N:2) has nothing to say after a Commit whose last two tokens never
+ * occurred before: the Commit holds it and the next chunk goes out at once, a plain decode,
+ * instead of waiting for its empty answer; where the pair did occur, the chunk waits as before.
+ * A drafter of another kind (lookup_min 0) is always waited for. */
+static void test_seq_lookup_miss(void **state)
+{
+    (void)state;
+    for (int lm = 0; lm <= 2; lm += 2) {
+        world *w = si_world_lookup(lm);
+        int32_t par[1] = {-1}, tok[1] = {4};
+        assert_int_equal(seq_tree_extend(w->s, 0, 0, par, tok, NULL, 1, 0), SD_OK);
+        assert_int_equal(seq_inflight(w->s), 1);
+        /* 1 2 3 7: (3, 7) is new */
+        assert_int_equal(seq_verdict(w->s, 1, 0, NULL, 0, 7, 1), SD_OK);
+        /* (the chunk that went out was checked to be empty: io_chunk after a holding Commit) */
+        assert_int_equal(seq_get_stats(w->s)->lookup_misses, lm > 0);
+        assert_int_equal(seq_inflight(w->s), lm > 0); /* no extension needed to go on */
+        if (lm == 0) {
+            world_free(w);
+            continue;
+        }
+        /* 1 2 3 7 1: (7, 1) is new too */
+        assert_int_equal(seq_verdict(w->s, 2, 0, NULL, 0, 1, 2), SD_OK);
+        assert_int_equal(seq_inflight(w->s), 1);
+        /* 1 2 3 7 1 2: (1, 2) occurred at the start, followed by 3: the drafter will propose */
+        assert_int_equal(seq_verdict(w->s, 3, 0, NULL, 0, 2, 3), SD_OK);
+        assert_int_equal(w->hold_sent, 0);
+        assert_int_equal(seq_inflight(w->s), 0);
+        int32_t tok3[1] = {3};
+        assert_int_equal(seq_tree_extend(w->s, 3, 0, par, tok3, NULL, 1, 4), SD_OK);
+        assert_int_equal(seq_inflight(w->s), 1);
+        const seq_stats *st = seq_get_stats(w->s);
+        assert_int_equal(st->lookup_misses, 2);
+        assert_int_equal(st->held_commits, 0);
+        assert_true(st->draft_ms_sum == 0); /* the two plain decodes waited for nothing */
+        int n;
+        const int32_t *com = seq_committed(w->s, &n);
+        int32_t want[6] = {1, 2, 3, 7, 1, 2};
+        assert_int_equal(n, 6);
+        assert_memory_equal(com, want, sizeof want);
+        world_free(w);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_seq_modes_random_orders),
         cmocka_unit_test(test_seq_rejects_bad_input),
         cmocka_unit_test(test_seq_draft_wait),
+        cmocka_unit_test(test_seq_lookup_miss),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

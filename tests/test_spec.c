@@ -251,6 +251,67 @@ static void test_drafter_rollback(void **state)
     }
 }
 
+/* A lookup drafter proposes nothing exactly when draft_lookup_match says so (the coordinator
+ * relies on it to skip waiting for an empty answer): random histories over a small vocabulary
+ * (so suffixes repeat about half the time), every n-gram spec x shape, against the drafter and
+ * against a brute-force reference written here. */
+static int ref_match(const int32_t *h, int n, int m)
+{
+    for (int i = 0; m >= 1 && i + m < n; i++) { /* an occurrence at i with a token after it */
+        int eq = 1;
+        for (int k = 0; k < m && eq; k++)
+            eq = h[i + k] == h[n - m + k];
+        if (eq)
+            return 1;
+    }
+    return 0;
+}
+
+static void test_lookup_predicate(void **state)
+{
+    tu_rng rng;
+    tu_rng_init(&rng, tu_seed() ^ 0x100c);
+    const char *specs[] = {"ngram", "ngram:1", "ngram:3:2", "ngram:4:3", "ngram:2:2"};
+    const int mins[] = {1, 1, 2, 3, 2};
+    const char *shapes_lk[] = {"chain:1", "chain:4", "topk:3,2", "dynamic:12"};
+    int n_match = 0, n_none = 0;
+    for (size_t k = 0; k < sizeof specs / sizeof specs[0]; k++) {
+        assert_int_equal(draft_lookup_min(specs[k]), mins[k]);
+        for (size_t si = 0; si < 4; si++) {
+            tree_shape sh;
+            assert_int_equal(tree_shape_parse(&sh, shapes_lk[si], 64), SD_OK);
+            tree t;
+            assert_int_equal(tree_init(&t, 64, 0), SD_OK);
+            for (int round = 0; round < 40; round++) {
+                int32_t h[40];
+                int n = 1 + (int)tu_below(&rng, 40), vocab = 2 + (int)tu_below(&rng, 12);
+                for (int i = 0; i < n; i++)
+                    h[i] = (int32_t)tu_below(&rng, (uint32_t)vocab);
+                draft_opts o = {.max_ctx = 64, .max_nodes = 64};
+                draft *d = open_drafter(specs[k], &o, 1);
+                assert_int_equal(draft_advance(d, h, n), SD_OK);
+                assert_int_equal(draft_propose(d, &sh, &t), SD_OK);
+                int m = draft_lookup_match(h, n, mins[k]);
+                assert_int_equal(m, ref_match(h, n, mins[k]));
+                if ((t.n > 0) != (m != 0))
+                    fail_msg("%s %s, %d tokens: %d nodes proposed, lookup_match %d", specs[k],
+                             shapes_lk[si], n, t.n, m);
+                n_match += m != 0;
+                n_none += m == 0;
+                draft_free(d);
+            }
+            tree_free(&t);
+        }
+    }
+    fprintf(stderr, "  lookup predicate = the drafter's: %d histories with a match, %d without\n",
+            n_match, n_none);
+    assert_true(n_match > 50 && n_none > 50);
+    for (const char *const *x = (const char *const[]){"model:x", "layerskip:0", "random:1",
+                                                      "ngram:0", "ngram:3:4", "ngramx", NULL};
+         *x; x++)
+        assert_int_equal(draft_lookup_min(*x), 0);
+}
+
 /* Trees from outside are checked before use and a bad one changes nothing. */
 static void test_bad_trees(void **state)
 {
@@ -318,7 +379,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_lossless_greedy), cmocka_unit_test(test_lossless_sampling),
         cmocka_unit_test(test_tree_logits),     cmocka_unit_test(test_drafter_rollback),
-        cmocka_unit_test(test_bad_trees),
+        cmocka_unit_test(test_bad_trees),       cmocka_unit_test(test_lookup_predicate),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -50,12 +50,14 @@ static void print_summary(const Specd__SessionSummary *s)
     else
         fprintf(stderr, "[cluster %s] %lld chunks | chunk round trip %.2f ms\n",
                 mode_name(s->mode), (long long)s->chunks, s->chunk_rtt_ms_mean);
-    if (s->extends || s->held_commits)
+    if (s->extends || s->held_commits || s->lookup_misses)
         fprintf(stderr,
                 "[cluster %s] drafter: %lld tree extensions (%lld stale, %lld while held) | "
-                "held for %lld of %d steps (plain decodes)\n",
+                "held for %lld of %d steps (plain decodes) | not asked on %lld (no n-gram "
+                "match)\n",
                 mode_name(s->mode), (long long)s->extends, (long long)s->stale_extends,
-                (long long)s->held_extends, (long long)s->held_commits, s->steps);
+                (long long)s->held_extends, (long long)s->held_commits, s->steps,
+                (long long)s->lookup_misses);
     if (s->worker && *s->worker)
         fprintf(stderr, "[cluster %s] worker(s) %s, drafter %s, numerics %s\n", mode_name(s->mode),
                 s->worker, s->drafter && *s->drafter ? s->drafter : "-",
