@@ -43,10 +43,17 @@ done
 # an n-gram drafter with nothing to match is not waited for: the coordinator sees that the last
 # tokens never occurred before (the drafter's own test), holds it and sends a plain decode; the
 # summary counts those steps, and the output stays target-only's
-err=$(timeout 300 $SPECD generate --coordinator "$CL_ADDR" --model "$M" --compare --mode si \
-      -p "${prompts[0]}" -n 48 --ignore-eos --no-adapt --draft ngram:3:2 2>&1 >/dev/null)
-check "si, ngram: identical" $(ok_if grep -q "identical to local target-only" <<<"$err")
-line=$(grep "drafter: .* tree extensions" <<<"$err")
+# compared NAME ARGS...: generate through the cluster with --compare, check the output is local
+# target-only's, and set $line to the summary's drafter line
+compared() {
+    local name=$1 err
+    shift
+    err=$(timeout 300 $SPECD generate --coordinator "$CL_ADDR" --model "$M" --compare "$@" \
+          2>&1 >/dev/null)
+    check "$name: identical" $(ok_if grep -q "identical to local target-only" <<<"$err")
+    line=$(grep "drafter: .* tree extensions" <<<"$err")
+}
+compared "si, ngram" --mode si -p "${prompts[0]}" -n 48 --ignore-eos --no-adapt --draft ngram:3:2
 misses=$(sed -n 's/.*not asked on \([0-9]*\) (no n-gram match).*/\1/p' <<<"$line")
 ext=$(sed -n 's/.*drafter: \([0-9]*\) tree extensions.*/\1/p' <<<"$line")
 steps=$(sed -n 's/.*held for [0-9]* of \([0-9]*\) steps.*/\1/p' <<<"$line")
@@ -58,10 +65,8 @@ check "si, ngram: steps without a match not asked (${misses:-?}), the others ask
 # drafter, which then proposes nothing in those epochs (without the hold it drafts below every
 # new root: CPU taken from the worker); the output stays target-only's
 for mode in si async dsi; do
-    err=$(timeout 300 $SPECD generate --coordinator "$CL_ADDR" --model "$M" --compare \
-          --mode $mode -p "${prompts[2]}" --chat -n 64 --ignore-eos --draft random:1 2>&1 >/dev/null)
-    check "$mode, random drafter: identical" $(ok_if grep -q "identical to local target-only" <<<"$err")
-    line=$(grep "drafter: .* tree extensions" <<<"$err")
+    compared "$mode, random drafter" --mode $mode -p "${prompts[2]}" --chat -n 64 --ignore-eos \
+        --draft random:1
     held=$(sed -n 's/.*held for \([0-9]*\) of.*/\1/p' <<<"$line")
     steps=$(sed -n 's/.*held for [0-9]* of \([0-9]*\) steps.*/\1/p' <<<"$line")
     while_held=$(sed -n 's/.*, \([0-9]*\) while held.*/\1/p' <<<"$line")
