@@ -82,7 +82,7 @@ struct seq {
     adapt ad;
     int budget_asked;  /* adapt_nodes was asked for the chunk waiting to go out */
     int held;          /* this epoch's Commit told the drafter to hold */
-    int lookup_miss;   /* ... because the lookup drafter has nothing: the next chunk need not wait */
+    int lookup_miss;   /* ... because the lookup drafter has nothing: the next chunk goes */
     int draft_waiting; /* the last pump left a chunk waiting for the drafter's answer */
     int n_unemitted;   /* committed tokens not yet handed to io.emit (they end at n_com or eog) */
 };
