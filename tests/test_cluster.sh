@@ -40,9 +40,6 @@ for mode in si ar; do
     fi
 done
 
-# an n-gram drafter with nothing to match is not waited for: the coordinator sees that the last
-# tokens never occurred before (the drafter's own test), holds it and sends a plain decode; the
-# summary counts those steps, and the output stays target-only's
 # compared NAME ARGS...: generate through the cluster with --compare, check the output is local
 # target-only's, and set $line to the summary's drafter line
 compared() {
@@ -53,6 +50,10 @@ compared() {
     check "$name: identical" $(ok_if grep -q "identical to local target-only" <<<"$err")
     line=$(grep "drafter: .* tree extensions" <<<"$err")
 }
+
+# an n-gram drafter with nothing to match is not waited for: the coordinator sees that the last
+# tokens never occurred before (the drafter's own test), holds it and sends a plain decode; the
+# summary counts those steps, and the output stays target-only's
 compared "si, ngram" --mode si -p "${prompts[0]}" -n 48 --ignore-eos --no-adapt --draft ngram:3:2
 misses=$(sed -n 's/.*not asked on \([0-9]*\) (no n-gram match).*/\1/p' <<<"$line")
 ext=$(sed -n 's/.*drafter: \([0-9]*\) tree extensions.*/\1/p' <<<"$line")
